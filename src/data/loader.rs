@@ -1,0 +1,138 @@
+//! The tensor loader: each split's images are decoded once (rayon) into a uint8 cache
+//! file, then every batch is an index-select of in-memory tensors in a per-epoch order
+//! drawn from the seed.
+//!
+//! Augmentation is the captioner's alone and only what keeps captions true: a shift of a
+//! few pixels. Horizontal flips would swap "left" and "right", and colour jitter would
+//! falsify the colour words, so neither is offered.
+
+use crate::data::images::load_rgb;
+use crate::data::layout::{Dataset, Split};
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use tch::{Device, Kind, Tensor};
+
+/// A split held in memory: images `(N, 3, S, S)` uint8 and tokens `(N, L)` int64.
+pub struct SplitData {
+    pub ids: Vec<String>,
+    pub images: Tensor,
+    pub tokens: Option<Tensor>,
+    pub captions: Vec<String>,
+    pub size: i64,
+}
+
+/// Decodes (or reads from the cache) the images of `ids` at `size` px: `(N, 3, S, S)` u8.
+pub fn image_tensor(ds: &Dataset, split: Split, ids: &[String], size: u32) -> Result<Tensor> {
+    let cache = ds.cache_dir().join(format!("{}_{size}.safetensors", split.name()));
+    let cache_ids = ds.cache_dir().join(format!("{}_{size}.ids", split.name()));
+    let joined = ids.join("\n");
+    if cache.exists() && std::fs::read_to_string(&cache_ids).ok().as_deref() == Some(joined.as_str()) {
+        let t = Tensor::read_safetensors(&cache).map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+        if let Some((_, t)) = t.into_iter().find(|(n, _)| n == "images") {
+            return Ok(t);
+        }
+    }
+    let pb = crate::util::progress::bar(ids.len() as u64, "decode");
+    let pixels: Vec<Vec<u8>> = ids
+        .par_iter()
+        .map(|id| {
+            let r = ds.image_path(id).and_then(|p| load_rgb(&p, size));
+            pb.inc(1);
+            r
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    let flat: Vec<u8> = pixels.concat();
+    let n = ids.len() as i64;
+    let s = size as i64;
+    let t = Tensor::from_slice(&flat).view([n, s, s, 3]).permute([0, 3, 1, 2]).contiguous();
+    crate::util::fsio::atomic_write_with(&cache, |tmp| {
+        Tensor::write_safetensors(&[("images", &t)], tmp).map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    crate::util::fsio::atomic_write(&cache_ids, joined.as_bytes())?;
+    Ok(t)
+}
+
+#[derive(serde::Deserialize)]
+struct Tokenized {
+    input_ids: Vec<i64>,
+}
+
+/// Loads a split's images, captions and (when the tokenizer has been run) token ids.
+pub fn load_split(ds: &Dataset, split: Split, size: u32, limit: Option<usize>) -> Result<SplitData> {
+    let mut ids = ds.split_ids(split)?;
+    if let Some(l) = limit {
+        ids.truncate(l);
+    }
+    let captions_map = ds.captions()?;
+    let captions: Vec<String> = ids
+        .iter()
+        .map(|id| captions_map.get(id).cloned().with_context(|| format!("no caption for {id}")))
+        .collect::<Result<_>>()?;
+    let images = image_tensor(ds, split, &ids, size)?;
+    let tokens = if ds.tokenized_path().exists() {
+        let all: BTreeMap<String, Tokenized> = crate::util::fsio::read_json(&ds.tokenized_path())?;
+        let rows: Vec<Vec<i64>> = ids
+            .iter()
+            .map(|id| all.get(id).map(|t| t.input_ids.clone()).with_context(|| format!("{id} is not in tokenized_captions.json")))
+            .collect::<Result<_>>()?;
+        let len = rows[0].len();
+        if rows.iter().any(|r| r.len() != len) {
+            bail!("tokenized_captions.json rows have different lengths; re-run `ekphrasis tokenizer train`");
+        }
+        Some(Tensor::from_slice(&rows.concat()).view([ids.len() as i64, len as i64]))
+    } else {
+        None
+    };
+    Ok(SplitData {
+        ids,
+        images,
+        tokens,
+        captions,
+        size: size as i64,
+    })
+}
+
+/// Row indices of micro-batch `micro`: epochs are seeded permutations, the last partial
+/// batch of an epoch is dropped.
+pub fn batch_indices(n: usize, batch: usize, seed: u64, micro: u64) -> Vec<i64> {
+    let batch = batch.min(n).max(1);
+    let per_epoch = (n / batch) as u64;
+    let (epoch, j) = (micro / per_epoch, (micro % per_epoch) as usize);
+    let mut perm: Vec<i64> = (0..n as i64).collect();
+    perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x2545_F491_4F6C_DD1D)));
+    perm[j * batch..(j + 1) * batch].to_vec()
+}
+
+/// uint8 images → float in [-1, 1] on `device`.
+pub fn to_float(images: &Tensor, device: Device) -> Tensor {
+    images.to_device(device).to_kind(Kind::Float) / 127.5 - 1.0
+}
+
+/// float in [-1, 1] → uint8 on the CPU.
+pub fn to_u8(images: &Tensor) -> Tensor {
+    ((images.detach().to_device(Device::Cpu).clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8)
+}
+
+/// Shifts each image by up to `max_shift` pixels (edge pixels repeat), a
+/// caption-preserving augmentation.
+pub fn random_shift(x: &Tensor, max_shift: i64) -> Tensor {
+    if max_shift <= 0 {
+        return x.shallow_clone();
+    }
+    let s = x.size()[3];
+    let padded = x.replication_pad2d([max_shift, max_shift, max_shift, max_shift]);
+    let n = x.size()[0];
+    let offs = Tensor::randint(2 * max_shift + 1, [n, 2], (Kind::Int64, Device::Cpu));
+    let offs: Vec<i64> = Vec::try_from(offs.view([-1])).unwrap_or_default();
+    let crops: Vec<Tensor> = (0..n)
+        .map(|i| {
+            let (dy, dx) = (offs[(2 * i) as usize], offs[(2 * i + 1) as usize]);
+            padded.get(i).narrow(1, dy, s).narrow(2, dx, s)
+        })
+        .collect();
+    Tensor::stack(&crops, 0)
+}

@@ -1,0 +1,9 @@
+//! Datasets: the embedded synthetic set, the on-disk layout, splits, the tokenizer and
+//! the tensor loader.
+
+pub mod images;
+pub mod layout;
+pub mod loader;
+pub mod splits;
+pub mod tokenizer;
+pub mod synth;

@@ -1,0 +1,3 @@
+//! Evaluation: text metrics, and (with the evaluator models) image and embedding metrics.
+
+pub mod text;

@@ -1,0 +1,10 @@
+//! ekphrasis: learns from scratch to describe pictures in paragraphs and to paint
+//! pictures from paragraphs, and measures what survives image → caption → image.
+
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod models;
+pub mod nn;
+pub mod train;
+pub mod util;

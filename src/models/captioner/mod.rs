@@ -1,0 +1,195 @@
+//! The image → paragraph captioner (seed 000 §2; Show, Attend and Tell with a
+//! Transformer decoder): a CNN or small ViT turns the image into a grid of feature
+//! vectors, and a pre-norm Transformer decoder with tied embeddings cross-attends to
+//! that grid while writing the paragraph token by token.
+
+pub mod decode;
+
+use crate::nn::conv::ConvEncoder;
+use crate::nn::transformer::{DecoderLayer, EncoderLayer, LayerCache};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    Cnn,
+    Vit,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionerConfig {
+    pub encoder: EncoderKind,
+    /// CNN: channels of each stride-2 stage; the grid is image/2^stages.
+    #[serde(default = "default_channels")]
+    pub channels: Vec<i64>,
+    /// ViT: patch side in pixels, and number of encoder layers.
+    #[serde(default = "default_patch")]
+    pub patch: i64,
+    #[serde(default = "default_vit_layers")]
+    pub vit_layers: i64,
+    /// Width of the decoder (and of the ViT).
+    pub dim: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub mlp: i64,
+    /// Longest paragraph in tokens, start and end included.
+    pub max_len: i64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// Image side the model is trained for.
+    pub image_size: i64,
+    /// Set from the tokenizer at build time.
+    #[serde(default)]
+    pub vocab_size: i64,
+}
+fn default_channels() -> Vec<i64> {
+    vec![32, 64, 128]
+}
+fn default_patch() -> i64 {
+    8
+}
+fn default_vit_layers() -> i64 {
+    2
+}
+
+enum ImageEncoder {
+    Cnn { conv: ConvEncoder, proj: nn::Linear },
+    Vit { patch: nn::Conv2D, layers: Vec<EncoderLayer> },
+}
+
+pub struct Captioner {
+    pub cfg: CaptionerConfig,
+    encoder: ImageEncoder,
+    grid_pos: Tensor,
+    enc_ln: nn::LayerNorm,
+    tok_emb: nn::Embedding,
+    pos_emb: Tensor,
+    layers: Vec<DecoderLayer>,
+    ln_f: nn::LayerNorm,
+}
+
+impl Captioner {
+    pub fn new(p: &nn::Path, cfg: &CaptionerConfig) -> Result<Self> {
+        if cfg.vocab_size <= 0 {
+            bail!("captioner: vocab_size is not set (it comes from the tokenizer)");
+        }
+        if cfg.dim % cfg.heads != 0 {
+            bail!("model.dim ({}) must be a multiple of model.heads ({})", cfg.dim, cfg.heads);
+        }
+        let (encoder, grid) = match cfg.encoder {
+            EncoderKind::Cnn => {
+                let down = 1i64 << cfg.channels.len();
+                if cfg.channels.is_empty() || cfg.image_size % down != 0 {
+                    bail!("model.image_size {} must be divisible by 2^{} (one halving per channel stage)", cfg.image_size, cfg.channels.len());
+                }
+                let conv = ConvEncoder::new(p / "cnn", &cfg.channels);
+                let proj = nn::linear(p / "cnn_proj", *cfg.channels.last().unwrap(), cfg.dim, Default::default());
+                (ImageEncoder::Cnn { conv, proj }, cfg.image_size / down)
+            }
+            EncoderKind::Vit => {
+                if cfg.image_size % cfg.patch != 0 {
+                    bail!("model.image_size {} must be divisible by model.patch {}", cfg.image_size, cfg.patch);
+                }
+                let conv_cfg = nn::ConvConfig {
+                    stride: cfg.patch,
+                    ..Default::default()
+                };
+                let patch = nn::conv2d(p / "vit_patch", 3, cfg.dim, cfg.patch, conv_cfg);
+                let layers = (0..cfg.vit_layers)
+                    .map(|i| EncoderLayer::new(p / "vit" / i, cfg.dim, cfg.heads, cfg.mlp, cfg.dropout))
+                    .collect();
+                (ImageEncoder::Vit { patch, layers }, cfg.image_size / cfg.patch)
+            }
+        };
+        let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        Ok(Captioner {
+            cfg: cfg.clone(),
+            encoder,
+            grid_pos: p.var("grid_pos", &[grid * grid, cfg.dim], init),
+            enc_ln: nn::layer_norm(p / "enc_ln", vec![cfg.dim], Default::default()),
+            tok_emb: nn::embedding(p / "tok_emb", cfg.vocab_size, cfg.dim, nn::EmbeddingConfig { ws_init: init, ..Default::default() }),
+            pos_emb: p.var("pos_emb", &[cfg.max_len, cfg.dim], init),
+            layers: (0..cfg.layers)
+                .map(|i| DecoderLayer::new(p / "dec" / i, cfg.dim, cfg.dim, cfg.heads, cfg.mlp, cfg.dropout))
+                .collect(),
+            ln_f: nn::layer_norm(p / "ln_f", vec![cfg.dim], Default::default()),
+        })
+    }
+
+    /// Checks an image batch before it reaches the network.
+    pub fn check_images(&self, images: &Tensor) -> Result<()> {
+        let s = images.size();
+        let want = [3, self.cfg.image_size, self.cfg.image_size];
+        if s.len() != 4 || s[1..] != want {
+            bail!("captioner expects images of shape (N, 3, {n}, {n}), got {s:?}", n = want[1]);
+        }
+        Ok(())
+    }
+
+    /// Images in [-1, 1] `(B, 3, S, S)` → grid features `(B, G, D)`.
+    pub fn encode(&self, images: &Tensor, train: bool) -> Tensor {
+        let h = match &self.encoder {
+            ImageEncoder::Cnn { conv, proj } => {
+                let f = conv.forward(images); // (B, C, g, g)
+                f.flatten(2, 3).transpose(1, 2).apply(proj) // (B, G, D)
+            }
+            ImageEncoder::Vit { patch, layers } => {
+                let mut h = patch.forward(images).flatten(2, 3).transpose(1, 2) + &self.grid_pos; // (B, G, D)
+                for l in layers {
+                    h = l.forward(&h, train);
+                }
+                return self.enc_ln.forward(&h);
+            }
+        };
+        self.enc_ln.forward(&(h + &self.grid_pos))
+    }
+
+    /// Next-token logits `(B, T, V)` for `tokens` `(B, T)` placed at positions
+    /// `offset..offset+T`, attending to `ctx`; `caches` (one per layer) make it incremental.
+    pub fn logits(&self, ctx: &Tensor, tokens: &Tensor, offset: i64, caches: Option<&mut [LayerCache]>, train: bool) -> Tensor {
+        let t = tokens.size()[1];
+        let mut x = tokens.apply(&self.tok_emb) + self.pos_emb.narrow(0, offset, t);
+        x = x.dropout(self.cfg.dropout, train);
+        match caches {
+            Some(caches) => {
+                for (l, c) in self.layers.iter().zip(caches.iter_mut()) {
+                    x = l.forward(&x, ctx, Some(c), train);
+                }
+            }
+            None => {
+                for l in &self.layers {
+                    x = l.forward(&x, ctx, None, train);
+                }
+            }
+        }
+        // Tied embeddings: the output layer is the transposed input embedding.
+        self.ln_f.forward(&x).matmul(&self.tok_emb.ws.tr())
+    }
+
+    /// Teacher-forced cross-entropy of `tokens` `(B, L)` given images; padding ignored.
+    /// With `sampled_fraction` > 0, that share of the input tokens is replaced by the
+    /// model's own predictions (parallel scheduled sampling, Mihaylova & Martins 2019).
+    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, label_smoothing: f64, sampled_fraction: f64, train: bool) -> Tensor {
+        // Trim the batch to its longest paragraph: padding costs compute, not information.
+        let longest = tokens.ne(pad).sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]).max(2);
+        let tokens = tokens.narrow(1, 0, longest.min(tokens.size()[1]));
+        let t = tokens.size()[1];
+        let mut input = tokens.narrow(1, 0, t - 1);
+        let target = tokens.narrow(1, 1, t - 1);
+        let ctx = self.encode(images, train);
+        if sampled_fraction > 0.0 {
+            let predicted = tch::no_grad(|| self.logits(&ctx, &input, 0, None, false).argmax(-1, false));
+            // Position i+1 of the input gets the prediction made at position i.
+            let shifted = Tensor::cat(&[input.narrow(1, 0, 1), predicted.narrow(1, 0, t - 2)], 1);
+            let pick = Tensor::rand(input.size(), (Kind::Float, input.device())).lt(sampled_fraction);
+            let pick = pick.logical_and(&input.ne(pad));
+            input = shifted.where_self(&pick, &input);
+        }
+        let logits = self.logits(&ctx, &input, 0, None, train);
+        let v = logits.size()[2];
+        logits.view([-1, v]).cross_entropy_loss::<Tensor>(&target.reshape([-1]), None, tch::Reduction::Mean, pad, label_smoothing)
+    }
+}

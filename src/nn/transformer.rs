@@ -1,0 +1,98 @@
+//! Pre-norm Transformer layers (Xiong et al. 2020): encoder layers (self-attention + MLP)
+//! and decoder layers (causal self-attention + cross-attention + MLP).
+
+use super::attention::{Attention, KvCache};
+use tch::{nn, nn::Module, Tensor};
+
+#[derive(Debug)]
+pub struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    dropout: f64,
+}
+
+impl Mlp {
+    pub fn new(p: nn::Path, dim: i64, hidden: i64, dropout: f64) -> Self {
+        Mlp {
+            fc1: nn::linear(&p / "fc1", dim, hidden, Default::default()),
+            fc2: nn::linear(&p / "fc2", hidden, dim, Default::default()),
+            dropout,
+        }
+    }
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        x.apply(&self.fc1).gelu("tanh").apply(&self.fc2).dropout(self.dropout, train)
+    }
+}
+
+fn ln(p: nn::Path, dim: i64) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![dim], Default::default())
+}
+
+#[derive(Debug)]
+pub struct EncoderLayer {
+    ln1: nn::LayerNorm,
+    attn: Attention,
+    ln2: nn::LayerNorm,
+    mlp: Mlp,
+    dropout: f64,
+}
+
+impl EncoderLayer {
+    pub fn new(p: nn::Path, dim: i64, heads: i64, hidden: i64, dropout: f64) -> Self {
+        EncoderLayer {
+            ln1: ln(&p / "ln1", dim),
+            attn: Attention::new(&p / "attn", dim, dim, heads, dropout),
+            ln2: ln(&p / "ln2", dim),
+            mlp: Mlp::new(&p / "mlp", dim, hidden, dropout),
+            dropout,
+        }
+    }
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = x + self.attn.forward(&self.ln1.forward(x), None, false, None, train).dropout(self.dropout, train);
+        &x + self.mlp.forward(&self.ln2.forward(&x), train)
+    }
+}
+
+/// Caches of one decoder layer: its self-attention and its cross-attention.
+#[derive(Default)]
+pub struct LayerCache {
+    pub self_attn: KvCache,
+    pub cross_attn: KvCache,
+}
+
+#[derive(Debug)]
+pub struct DecoderLayer {
+    ln1: nn::LayerNorm,
+    self_attn: Attention,
+    ln2: nn::LayerNorm,
+    cross_attn: Attention,
+    ln3: nn::LayerNorm,
+    mlp: Mlp,
+    dropout: f64,
+}
+
+impl DecoderLayer {
+    pub fn new(p: nn::Path, dim: i64, ctx_dim: i64, heads: i64, hidden: i64, dropout: f64) -> Self {
+        DecoderLayer {
+            ln1: ln(&p / "ln1", dim),
+            self_attn: Attention::new(&p / "self_attn", dim, dim, heads, dropout),
+            ln2: ln(&p / "ln2", dim),
+            cross_attn: Attention::new(&p / "cross_attn", dim, ctx_dim, heads, dropout),
+            ln3: ln(&p / "ln3", dim),
+            mlp: Mlp::new(&p / "mlp", dim, hidden, dropout),
+            dropout,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+        let (sc, cc) = match cache {
+            Some(c) => (Some(&mut c.self_attn), Some(&mut c.cross_attn)),
+            None => (None, None),
+        };
+        let h = self.self_attn.forward(&self.ln1.forward(x), None, true, sc, train);
+        let x = x + h.dropout(self.dropout, train);
+        let h = self.cross_attn.forward(&self.ln2.forward(&x), Some(ctx), false, cc, train);
+        let x = x + h.dropout(self.dropout, train);
+        &x + self.mlp.forward(&self.ln3.forward(&x), train)
+    }
+}

@@ -1,0 +1,103 @@
+//! Run checkpoints: one safetensors file with the weights, the EMA shadow and the AdamW
+//! moments, and a JSON file with the step, best metric, seed, tokenizer hash and the
+//! architecture they belong to. Both are written atomically; the JSON goes last, so a
+//! checkpoint is complete exactly when its JSON exists.
+
+use crate::util::fsio::{atomic_write_with, read_json, write_json};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{nn::VarStore, Tensor};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format_version: u32,
+    pub step: u64,
+    pub seed: u64,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Evaluations since the best one (early stopping).
+    pub stale_evals: u32,
+    pub tokenizer_hash: String,
+    /// The model config the weights were trained with.
+    pub arch: serde_json::Value,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+pub fn paths(run_dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
+    let dir = run_dir.join("checkpoints");
+    (dir.join(format!("{tag}.safetensors")), dir.join(format!("{tag}.json")))
+}
+
+pub fn exists(run_dir: &Path, tag: &str) -> bool {
+    paths(run_dir, tag).1.exists()
+}
+
+/// Writes tensors, then the state file.
+pub fn save(run_dir: &Path, tag: &str, tensors: &[(String, Tensor)], state: &TrainState) -> Result<()> {
+    let (weights, meta) = paths(run_dir, tag);
+    atomic_write_with(&weights, |tmp| {
+        Tensor::write_safetensors(tensors, tmp).map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    write_json(&meta, state)
+}
+
+/// Reads a checkpoint's state and tensors.
+pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Tensor>)> {
+    let (weights, meta) = paths(run_dir, tag);
+    if !meta.exists() {
+        bail!("no checkpoint {tag:?} in {} (expected {})", run_dir.display(), meta.display());
+    }
+    let state: TrainState = read_json(&meta)?;
+    if state.format_version > FORMAT_VERSION {
+        bail!(
+            "{} has checkpoint format {}, this ekphrasis reads up to {FORMAT_VERSION}; upgrade ekphrasis",
+            meta.display(),
+            state.format_version
+        );
+    }
+    let tensors = Tensor::read_safetensors(&weights)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading {}", weights.display()))?;
+    Ok((state, tensors.into_iter().collect()))
+}
+
+/// The model's variables as `model.<name>` tensors.
+pub fn model_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Copies `model.<name>` (or `<prefix><name>`) tensors into `vs`, checking names and
+/// shapes first so a mismatched checkpoint is refused before anything changes.
+pub fn load_into(vs: &VarStore, saved: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
+    let vars = vs.variables();
+    let mut problems = vec![];
+    for (name, var) in &vars {
+        match saved.get(&format!("{prefix}{name}")) {
+            None => problems.push(format!("missing {name}")),
+            Some(t) if t.size() != var.size() => {
+                problems.push(format!("{name}: checkpoint {:?} vs model {:?}", t.size(), var.size()))
+            }
+            _ => {}
+        }
+    }
+    if !problems.is_empty() {
+        let shown: Vec<_> = problems.iter().take(5).cloned().collect();
+        bail!(
+            "checkpoint does not fit the model ({} problems): {}",
+            problems.len(),
+            shown.join("; ")
+        );
+    }
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            var.shallow_clone().copy_(&saved[&format!("{prefix}{name}")]);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! The training loop every stage shares (nanoGPT's shape): set the learning rate →
+//! forward/backward with accumulation → clip → step → EMA → log → evaluate and keep the
+//! best checkpoint → stop early or at the last step. Resumable exactly: the data order
+//! and the dropout seed are functions of (seed, micro-step), and the checkpoint holds
+//! the weights, the EMA shadow and the optimizer moments.
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::checkpoint::{self, TrainState, FORMAT_VERSION};
+use super::ema::Ema;
+use super::schedule::lr_at;
+use crate::util::tensorboard::EventWriter;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{nn::VarStore, Tensor};
+
+/// The `train:` section of every stage's config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup: u64,
+    /// The cosine schedule ends at `lr * min_lr_ratio`.
+    #[serde(default = "d_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    /// Global gradient-norm clip; 0 disables.
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "d_one")]
+    pub accumulate: u64,
+    #[serde(default = "d_eval_every")]
+    pub eval_every: u64,
+    #[serde(default = "d_log_every")]
+    pub log_every: u64,
+    /// EMA decay of the weights; 0 disables the shadow copy.
+    #[serde(default)]
+    pub ema: f64,
+    /// Stop after this many evaluations without improvement; 0 never stops early.
+    #[serde(default)]
+    pub patience: u32,
+}
+fn d_warmup() -> u64 {
+    100
+}
+fn d_min_lr_ratio() -> f64 {
+    0.1
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_one() -> u64 {
+    1
+}
+fn d_eval_every() -> u64 {
+    250
+}
+fn d_log_every() -> u64 {
+    10
+}
+
+/// What a stage gives the runner.
+pub trait Trainable {
+    fn var_store(&self) -> &VarStore;
+    /// The training loss of micro-batch `micro` (its data chosen from `micro` alone).
+    fn loss(&mut self, micro: u64) -> Result<Tensor>;
+    /// Validation metrics, computed with the weights currently loaded.
+    fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>>;
+}
+
+/// Which metric picks the best checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BestMetric {
+    pub name: String,
+    #[serde(default)]
+    pub higher_is_better: bool,
+}
+
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    pub seed: u64,
+    pub arch: serde_json::Value,
+    pub tokenizer_hash: String,
+    pub best: BestMetric,
+    /// The resolved config, written to `config.yaml`.
+    pub config_yaml: String,
+}
+
+pub struct RunSummary {
+    pub steps: u64,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<u64>,
+    pub last_metrics: BTreeMap<String, f64>,
+    pub seconds: f64,
+    pub stopped_early: bool,
+}
+
+/// Set by the Ctrl-C handler; the loop finishes its step, checkpoints and exits.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn better(new: f64, old: Option<f64>, higher: bool) -> bool {
+    match old {
+        None => true,
+        Some(o) => (higher && new > o) || (!higher && new < o),
+    }
+}
+
+/// Refuses to resume when the saved architecture differs from the configured one.
+fn check_arch(saved: &serde_json::Value, now: &serde_json::Value, run_dir: &Path) -> Result<()> {
+    if saved != now {
+        bail!(
+            "cannot resume {}: the checkpoint was trained with model config\n  {saved}\nbut the config now says\n  {now}\nstart a new --run or restore the old model section",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    if cfg.steps == 0 || cfg.batch_size == 0 || cfg.accumulate == 0 {
+        bail!("train.steps, train.batch_size and train.accumulate must be positive");
+    }
+    let run_dir = &opts.run_dir;
+    let vs = model.var_store();
+    // Shallow handles on the variables (they share storage), so `model` can be borrowed
+    // mutably by the loop while checkpoints still read the live weights.
+    let model_vars = checkpoint::model_tensors(vs);
+    let adam_cfg = AdamWConfig {
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vs, adam_cfg);
+    let mut ema = (cfg.ema > 0.0).then(|| Ema::new(vs, cfg.ema));
+    let mut state = TrainState {
+        format_version: FORMAT_VERSION,
+        step: 0,
+        seed: opts.seed,
+        best_metric: None,
+        best_step: None,
+        stale_evals: 0,
+        tokenizer_hash: opts.tokenizer_hash.clone(),
+        arch: opts.arch.clone(),
+        metrics: BTreeMap::new(),
+    };
+    if opts.resume {
+        let (saved, tensors) = checkpoint::load(run_dir, "latest").context("--resume")?;
+        check_arch(&saved.arch, &opts.arch, run_dir)?;
+        if saved.tokenizer_hash != opts.tokenizer_hash {
+            bail!("cannot resume {}: it was trained with a different tokenizer.json", run_dir.display());
+        }
+        checkpoint::load_into(vs, &tensors, "model.")?;
+        opt.load_state(&tensors)?;
+        if let Some(e) = ema.as_mut() {
+            e.load_state(&tensors)?;
+        }
+        state = saved;
+        eprintln!("resuming {} at step {}", run_dir.display(), state.step);
+    } else if checkpoint::exists(run_dir, "latest") {
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --run",
+            run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    crate::util::fsio::atomic_write(&run_dir.join("config.yaml"), opts.config_yaml.as_bytes())?;
+    let mut tb = EventWriter::create(run_dir)?;
+
+    let save = |tag: &str, state: &TrainState, opt: &AdamW, ema: &Option<Ema>| -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = model_vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        tensors.extend(opt.state());
+        if let Some(e) = ema {
+            tensors.extend(e.state());
+        }
+        checkpoint::save(run_dir, tag, &tensors, state)
+    };
+
+    let start = std::time::Instant::now();
+    let first_step = state.step;
+    let pb = crate::util::progress::bar(cfg.steps, "train");
+    pb.set_position(state.step);
+    let mut stopped_early = false;
+    let mut last_metrics = state.metrics.clone();
+    while state.step < cfg.steps {
+        let step = state.step;
+        let lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio);
+        opt.zero_grad();
+        let mut loss_sum = 0.0;
+        for k in 0..cfg.accumulate {
+            let micro = step * cfg.accumulate + k;
+            // Dropout and any sampling inside the model draw from this seed.
+            tch::manual_seed((opts.seed.wrapping_mul(1_000_003).wrapping_add(micro)) as i64);
+            let loss = model.loss(micro)?;
+            let v = loss.double_value(&[]);
+            if !v.is_finite() {
+                let last = checkpoint::exists(run_dir, "latest")
+                    .then(|| checkpoint::paths(run_dir, "latest").1.display().to_string())
+                    .unwrap_or_else(|| "none yet".into());
+                bail!("loss is {v} at step {step} (micro-batch {micro}); stopping. Last good checkpoint: {last}");
+            }
+            loss_sum += v;
+            (loss / cfg.accumulate as f64).backward();
+        }
+        let loss = loss_sum / cfg.accumulate as f64;
+        let gnorm = opt.clip_grad_norm(cfg.grad_clip);
+        opt.step(lr);
+        if let Some(e) = ema.as_mut() {
+            e.update(step as i64);
+        }
+        state.step += 1;
+        pb.set_position(state.step);
+        pb.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+            let sps = (state.step - first_step) as f64 / start.elapsed().as_secs_f64();
+            tb.scalar("train/loss", state.step as i64, loss)?;
+            tb.scalar("train/lr", state.step as i64, lr)?;
+            tb.scalar("train/grad_norm", state.step as i64, gnorm)?;
+            tb.scalar("train/steps_per_sec", state.step as i64, sps)?;
+        }
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+            let metrics = match &ema {
+                Some(e) => e.with_shadow(|| model.evaluate(state.step, &mut tb))?,
+                None => model.evaluate(state.step, &mut tb)?,
+            };
+            for (k, v) in &metrics {
+                tb.scalar(&format!("val/{k}"), state.step as i64, *v)?;
+            }
+            let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            pb.println(format!("step {:>6} | train loss {loss:.4} | {}", state.step, line.join(" | ")));
+            let value = *metrics.get(&opts.best.name).with_context(|| {
+                format!("evaluation produced no metric {:?} (best.name in the config)", opts.best.name)
+            })?;
+            state.metrics = metrics.clone();
+            last_metrics = metrics;
+            if better(value, state.best_metric, opts.best.higher_is_better) {
+                state.best_metric = Some(value);
+                state.best_step = Some(state.step);
+                state.stale_evals = 0;
+                save("best", &state, &opt, &ema)?;
+            } else {
+                state.stale_evals += 1;
+                if cfg.patience > 0 && state.stale_evals >= cfg.patience {
+                    stopped_early = true;
+                }
+            }
+            save("latest", &state, &opt, &ema)?;
+        } else if interrupted {
+            save("latest", &state, &opt, &ema)?;
+        }
+        tb.flush()?;
+        if interrupted {
+            pb.finish_and_clear();
+            bail!(
+                "interrupted at step {}; checkpoint written to {}; continue with --resume",
+                state.step,
+                checkpoint::paths(run_dir, "latest").1.display()
+            );
+        }
+        if stopped_early {
+            pb.println(format!("early stop: no improvement of {} in {} evaluations", opts.best.name, cfg.patience));
+            break;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(RunSummary {
+        steps: state.step,
+        best_metric: state.best_metric,
+        best_step: state.best_step,
+        last_metrics,
+        seconds: start.elapsed().as_secs_f64(),
+        stopped_early,
+    })
+}

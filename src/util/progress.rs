@@ -1,0 +1,20 @@
+//! Progress bars with one look across the tool (indicatif), hidden when not on a terminal
+//! so logs and CI output stay readable.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+    )
+    .expect("static template")
+    .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_prefix(what.to_string());
+    if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb
+}
