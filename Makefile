@@ -26,6 +26,9 @@ else
 LIBTORCH_DEP :=
 endif
 
+# An interrupted run (a checkpoint but no done.json) is resumed, not restarted.
+resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
+
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner tensorboard fmt lint clean
 
@@ -68,11 +71,11 @@ $(DATA)/tokenizer.json: $(DATA)/captions.json | build
 	$(EK) tokenizer train --data $(DATA) -c experiments/demo/tokenizer.yaml
 
 ## train-captioner: image -> paragraph on the embedded set (<= 5 min on 2 cores)
-train-captioner: runs/captioner/demo/done
-runs/captioner/demo/done: $(DATA)/tokenizer.json | build
-	$(EK) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo
+train-captioner: runs/captioner/demo/done.json
+runs/captioner/demo/done.json: $(DATA)/tokenizer.json | build
+	$(EK) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
 
-eval-captioner: runs/captioner/demo/done
+eval-captioner: runs/captioner/demo/done.json
 	$(EK) eval captioner --run runs/captioner/demo --split test
 
 ## demo: every stage that exists, on the embedded set

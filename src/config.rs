@@ -15,7 +15,8 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T>
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     // First pass on the text itself, so errors carry the file's own line numbers.
-    let parsed: T = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let parsed: T =
+        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if overrides.is_empty() {
         return Ok(parsed);
     }
@@ -23,7 +24,13 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T>
     for o in overrides {
         apply_override(&mut value, o)?;
     }
-    serde_yaml::from_value(value).map_err(|e| anyhow::anyhow!("{} after --set {}: {e}", path.display(), overrides.join(" --set ")))
+    serde_yaml::from_value(value).map_err(|e| {
+        anyhow::anyhow!(
+            "{} after --set {}: {e}",
+            path.display(),
+            overrides.join(" --set ")
+        )
+    })
 }
 
 /// Sets one dotted key; intermediate mappings are created as needed.
@@ -31,7 +38,8 @@ pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
     let Some((key, raw)) = assignment.split_once('=') else {
         bail!("--set {assignment:?}: expected key.path=value");
     };
-    let new: Value = serde_yaml::from_str(raw).with_context(|| format!("--set {assignment:?}: value is not YAML"))?;
+    let new: Value = serde_yaml::from_str(raw)
+        .with_context(|| format!("--set {assignment:?}: value is not YAML"))?;
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -39,14 +47,19 @@ pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
             bail!("--set {assignment:?}: empty key segment");
         }
         let Value::Mapping(map) = node else {
-            bail!("--set {assignment:?}: {} is not a section", parts[..i].join("."));
+            bail!(
+                "--set {assignment:?}: {} is not a section",
+                parts[..i].join(".")
+            );
         };
         let k = Value::String(part.to_string());
         if i + 1 == parts.len() {
             map.insert(k, new);
             return Ok(());
         }
-        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+        node = map
+            .entry(k)
+            .or_insert_with(|| Value::Mapping(Default::default()));
     }
     unreachable!("split always yields a segment")
 }
@@ -86,15 +99,24 @@ mod tests {
 
         let bad = write("seed: 1\ntrain:\n  lr: 0.1\n  lrr: 2\n");
         let e = load::<Cfg>(bad.path(), &[]).unwrap_err().to_string();
-        assert!(e.contains("lrr") && e.contains("line 4") && e.contains(&bad.path().display().to_string()), "{e}");
+        assert!(
+            e.contains("lrr")
+                && e.contains("line 4")
+                && e.contains(&bad.path().display().to_string()),
+            "{e}"
+        );
 
         let wrong_type = write("seed: x\ntrain:\n  lr: 0.1\n");
         let e = load::<Cfg>(wrong_type.path(), &[]).unwrap_err().to_string();
         assert!(e.contains("seed") && e.contains("line 1"), "{e}");
 
-        let e = load::<Cfg>(f.path(), &["train.nope=1".into()]).unwrap_err().to_string();
+        let e = load::<Cfg>(f.path(), &["train.nope=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope") && e.contains("--set"), "{e}");
-        let e = load::<Cfg>(Path::new("/no/such.yaml"), &[]).unwrap_err().to_string();
+        let e = load::<Cfg>(Path::new("/no/such.yaml"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such.yaml"), "{e}");
     }
 }

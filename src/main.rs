@@ -1,1 +1,12 @@
-fn main(){ let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)); }
+//! The `ekphrasis` binary: parse the command line, run it, report errors without panics.
+
+use clap::Parser;
+
+fn main() {
+    let cli = ekphrasis::cli::Cli::parse();
+    ekphrasis::util::signals::install();
+    if let Err(e) = ekphrasis::app::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -23,13 +23,18 @@ pub fn load_rgb(path: &Path, size: u32) -> Result<Vec<u8>> {
         .into_dimensions()
         .map_err(|e| anyhow!("{}: not a readable image: {e}", path.display()))?;
     if w == 0 || h == 0 || w as u64 * h as u64 > MAX_PIXELS {
-        bail!("{}: {w}×{h} pixels is outside the accepted range (1 … {MAX_PIXELS} pixels)", path.display());
+        bail!(
+            "{}: {w}×{h} pixels is outside the accepted range (1 … {MAX_PIXELS} pixels)",
+            path.display()
+        );
     }
     reader = image::ImageReader::open(path)?.with_guessed_format()?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 8);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| anyhow!("{}: cannot decode: {e}", path.display()))?;
+    let img = reader
+        .decode()
+        .map_err(|e| anyhow!("{}: cannot decode: {e}", path.display()))?;
     Ok(to_square_rgb(img, size))
 }
 
@@ -37,7 +42,8 @@ pub fn to_square_rgb(img: image::DynamicImage, size: u32) -> Vec<u8> {
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
     let side = w.min(h);
-    let cropped = image::imageops::crop_imm(&rgba, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    let cropped =
+        image::imageops::crop_imm(&rgba, (w - side) / 2, (h - side) / 2, side, side).to_image();
     let resized = if side == size {
         cropped
     } else {

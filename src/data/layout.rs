@@ -89,7 +89,12 @@ impl Dataset {
         let path = self.splits_dir().join(format!("{}_ids.txt", split.name()));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading split file {}", path.display()))?;
-        let ids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        let ids: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
         if ids.is_empty() {
             bail!("split file {} lists no image ids", path.display());
         }
@@ -104,15 +109,20 @@ impl Dataset {
                 return Ok(p);
             }
         }
-        bail!("no image file for id {id:?} in {}", self.images_dir().display())
+        bail!(
+            "no image file for id {id:?} in {}",
+            self.images_dir().display()
+        )
     }
 
     pub fn metadata(&self) -> Result<Vec<MetadataRow>> {
         let path = self.metadata_path();
-        let mut rdr = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut rdr =
+            csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut rows = vec![];
         for (i, row) in rdr.deserialize().enumerate() {
-            let row: MetadataRow = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+            let row: MetadataRow =
+                row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
             rows.push(row);
         }
         Ok(rows)

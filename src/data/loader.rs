@@ -26,11 +26,16 @@ pub struct SplitData {
 
 /// Decodes (or reads from the cache) the images of `ids` at `size` px: `(N, 3, S, S)` u8.
 pub fn image_tensor(ds: &Dataset, split: Split, ids: &[String], size: u32) -> Result<Tensor> {
-    let cache = ds.cache_dir().join(format!("{}_{size}.safetensors", split.name()));
+    let cache = ds
+        .cache_dir()
+        .join(format!("{}_{size}.safetensors", split.name()));
     let cache_ids = ds.cache_dir().join(format!("{}_{size}.ids", split.name()));
     let joined = ids.join("\n");
-    if cache.exists() && std::fs::read_to_string(&cache_ids).ok().as_deref() == Some(joined.as_str()) {
-        let t = Tensor::read_safetensors(&cache).map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
+    if cache.exists()
+        && std::fs::read_to_string(&cache_ids).ok().as_deref() == Some(joined.as_str())
+    {
+        let t = Tensor::read_safetensors(&cache)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cache.display()))?;
         if let Some((_, t)) = t.into_iter().find(|(n, _)| n == "images") {
             return Ok(t);
         }
@@ -48,7 +53,10 @@ pub fn image_tensor(ds: &Dataset, split: Split, ids: &[String], size: u32) -> Re
     let flat: Vec<u8> = pixels.concat();
     let n = ids.len() as i64;
     let s = size as i64;
-    let t = Tensor::from_slice(&flat).view([n, s, s, 3]).permute([0, 3, 1, 2]).contiguous();
+    let t = Tensor::from_slice(&flat)
+        .view([n, s, s, 3])
+        .permute([0, 3, 1, 2])
+        .contiguous();
     crate::util::fsio::atomic_write_with(&cache, |tmp| {
         Tensor::write_safetensors(&[("images", &t)], tmp).map_err(|e| anyhow::anyhow!("{e}"))
     })?;
@@ -62,7 +70,12 @@ struct Tokenized {
 }
 
 /// Loads a split's images, captions and (when the tokenizer has been run) token ids.
-pub fn load_split(ds: &Dataset, split: Split, size: u32, limit: Option<usize>) -> Result<SplitData> {
+pub fn load_split(
+    ds: &Dataset,
+    split: Split,
+    size: u32,
+    limit: Option<usize>,
+) -> Result<SplitData> {
     let mut ids = ds.split_ids(split)?;
     if let Some(l) = limit {
         ids.truncate(l);
@@ -70,14 +83,23 @@ pub fn load_split(ds: &Dataset, split: Split, size: u32, limit: Option<usize>) -
     let captions_map = ds.captions()?;
     let captions: Vec<String> = ids
         .iter()
-        .map(|id| captions_map.get(id).cloned().with_context(|| format!("no caption for {id}")))
+        .map(|id| {
+            captions_map
+                .get(id)
+                .cloned()
+                .with_context(|| format!("no caption for {id}"))
+        })
         .collect::<Result<_>>()?;
     let images = image_tensor(ds, split, &ids, size)?;
     let tokens = if ds.tokenized_path().exists() {
         let all: BTreeMap<String, Tokenized> = crate::util::fsio::read_json(&ds.tokenized_path())?;
         let rows: Vec<Vec<i64>> = ids
             .iter()
-            .map(|id| all.get(id).map(|t| t.input_ids.clone()).with_context(|| format!("{id} is not in tokenized_captions.json")))
+            .map(|id| {
+                all.get(id)
+                    .map(|t| t.input_ids.clone())
+                    .with_context(|| format!("{id} is not in tokenized_captions.json"))
+            })
             .collect::<Result<_>>()?;
         let len = rows[0].len();
         if rows.iter().any(|r| r.len() != len) {
@@ -103,7 +125,9 @@ pub fn batch_indices(n: usize, batch: usize, seed: u64, micro: u64) -> Vec<i64> 
     let per_epoch = (n / batch) as u64;
     let (epoch, j) = (micro / per_epoch, (micro % per_epoch) as usize);
     let mut perm: Vec<i64> = (0..n as i64).collect();
-    perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x2545_F491_4F6C_DD1D)));
+    perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ epoch.wrapping_mul(0x2545_F491_4F6C_DD1D),
+    ));
     perm[j * batch..(j + 1) * batch].to_vec()
 }
 
@@ -114,7 +138,9 @@ pub fn to_float(images: &Tensor, device: Device) -> Tensor {
 
 /// float in [-1, 1] → uint8 on the CPU.
 pub fn to_u8(images: &Tensor) -> Tensor {
-    ((images.detach().to_device(Device::Cpu).clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8)
+    ((images.detach().to_device(Device::Cpu).clamp(-1.0, 1.0) + 1.0) * 127.5)
+        .round()
+        .to_kind(Kind::Uint8)
 }
 
 /// Shifts each image by up to `max_shift` pixels (edge pixels repeat), a

@@ -5,5 +5,5 @@ pub mod images;
 pub mod layout;
 pub mod loader;
 pub mod splits;
-pub mod tokenizer;
 pub mod synth;
+pub mod tokenizer;

@@ -49,7 +49,10 @@ pub struct TextTokenizer {
 }
 
 fn find_token(t: &tokenizers::Tokenizer, names: &[&str]) -> Option<i64> {
-    names.iter().find_map(|n| t.token_to_id(n)).map(|i| i as i64)
+    names
+        .iter()
+        .find_map(|n| t.token_to_id(n))
+        .map(|i| i as i64)
 }
 
 impl TextTokenizer {
@@ -61,7 +64,10 @@ impl TextTokenizer {
         let bos = find_token(&inner, &[BOS, "[CLS]", "<|startoftext|>", "<|endoftext|>"]);
         let eos = find_token(&inner, &[EOS, "[SEP]", "<|endoftext|>"]);
         let (Some(pad), Some(bos), Some(eos)) = (pad, bos, eos) else {
-            bail!("{}: needs pad, start and end special tokens ({PAD} {BOS} {EOS} or equivalents)", path.display());
+            bail!(
+                "{}: needs pad, start and end special tokens ({PAD} {BOS} {EOS} or equivalents)",
+                path.display()
+            );
         };
         Ok(TextTokenizer {
             inner,
@@ -78,17 +84,30 @@ impl TextTokenizer {
 
     /// `<s> tokens… </s>`, truncated to `max_len` (the end token is kept).
     pub fn encode(&self, text: &str, max_len: usize) -> Result<Vec<i64>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
         let mut ids = Vec::with_capacity(max_len);
         ids.push(self.bos);
-        ids.extend(enc.get_ids().iter().take(max_len.saturating_sub(2)).map(|&i| i as i64));
+        ids.extend(
+            enc.get_ids()
+                .iter()
+                .take(max_len.saturating_sub(2))
+                .map(|&i| i as i64),
+        );
         ids.push(self.eos);
         Ok(ids)
     }
 
     /// Number of tokens `text` has before truncation (start and end included).
     pub fn token_count(&self, text: &str) -> Result<usize> {
-        Ok(self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?.len() + 2)
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?
+            .len()
+            + 2)
     }
 
     /// Decodes ids, stopping at the end token and skipping special tokens.
@@ -99,16 +118,25 @@ impl TextTokenizer {
             .filter(|&&i| i != self.bos && i != self.pad && i >= 0)
             .map(|&i| i as u32)
             .collect();
-        self.inner.decode(&ids, true).unwrap_or_default().trim().to_string()
+        self.inner
+            .decode(&ids, true)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 }
 
 /// Trains byte-level BPE on `texts` and writes a standard `tokenizer.json` to `out`.
 pub fn train_bpe(texts: &[String], cfg: &TokenizerConfig, out: &Path) -> Result<()> {
     if cfg.vocab_size < 300 {
-        bail!("tokenizer.vocab_size must be at least 300 (256 bytes + specials + merges), got {}", cfg.vocab_size);
+        bail!(
+            "tokenizer.vocab_size must be at least 300 (256 bytes + specials + merges), got {}",
+            cfg.vocab_size
+        );
     }
-    let specials = [PAD, BOS, EOS, UNK].map(|t| AddedToken::from(t.to_string(), true)).to_vec();
+    let specials = [PAD, BOS, EOS, UNK]
+        .map(|t| AddedToken::from(t.to_string(), true))
+        .to_vec();
     let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
         .show_progress(false)
         .vocab_size(cfg.vocab_size)
@@ -117,18 +145,26 @@ pub fn train_bpe(texts: &[String], cfg: &TokenizerConfig, out: &Path) -> Result<
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build()
         .into();
-    let mut tk = TokenizerBuilder::<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(BPE::default().into())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::default().into()))
-        .with_post_processor(Some(ByteLevel::default().into()))
-        .with_decoder(Some(ByteLevel::default().into()))
-        .build()
-        .map_err(|e| anyhow!("building tokenizer: {e}"))?;
+    let mut tk = TokenizerBuilder::<
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default().into())
+    .with_normalizer(None)
+    .with_pre_tokenizer(Some(ByteLevel::default().into()))
+    .with_post_processor(Some(ByteLevel::default().into()))
+    .with_decoder(Some(ByteLevel::default().into()))
+    .build()
+    .map_err(|e| anyhow!("building tokenizer: {e}"))?;
     tk.train(&mut trainer, texts.iter())
         .map_err(|e| anyhow!("training tokenizer: {e}"))?;
     let tokenizer = tokenizers::Tokenizer::from(tk);
-    let json = tokenizer.to_string(true).map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
+    let json = tokenizer
+        .to_string(true)
+        .map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
     atomic_write(out, json.as_bytes())
 }
 
@@ -147,7 +183,11 @@ pub struct TokenizeSummary {
 
 /// Trains on the training split's captions (or copies a supplied tokenizer), then
 /// writes `tokenized_captions.json` for every caption, padded to `max_len`.
-pub fn build_for_dataset(ds: &Dataset, cfg: &TokenizerConfig, supplied: Option<&Path>) -> Result<TokenizeSummary> {
+pub fn build_for_dataset(
+    ds: &Dataset,
+    cfg: &TokenizerConfig,
+    supplied: Option<&Path>,
+) -> Result<TokenizeSummary> {
     let captions = ds.captions()?;
     match supplied {
         Some(src) => {
@@ -176,7 +216,13 @@ pub fn build_for_dataset(ds: &Dataset, cfg: &TokenizerConfig, supplied: Option<&
         let mut mask = vec![1u8; ids.len()];
         ids.resize(cfg.max_len, tok.pad);
         mask.resize(cfg.max_len, 0);
-        out.insert(id.clone(), Tokenized { input_ids: ids, attention_mask: mask });
+        out.insert(
+            id.clone(),
+            Tokenized {
+                input_ids: ids,
+                attention_mask: mask,
+            },
+        );
     }
     write_json(&ds.tokenized_path(), &out)?;
     Ok(TokenizeSummary {

@@ -61,7 +61,11 @@ fn lcs(a: &[String], b: &[String]) -> usize {
     let mut cur = vec![0usize; b.len() + 1];
     for x in a {
         for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { cur[j].max(prev[j + 1]) };
+            cur[j + 1] = if x == y {
+                prev[j] + 1
+            } else {
+                cur[j].max(prev[j + 1])
+            };
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -94,9 +98,12 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
+/// One tf-idf vector per n-gram order, with their norms and the length term.
+type CiderVec<'a> = (Vec<HashMap<&'a [String], f64>>, [f64; 4], f64);
+
 /// tf-idf vectors per n (1..4), their norms and the n-gram count used for the length
 /// penalty, as in coco-caption's `CiderScorer.counts2vec`.
-fn cider_vec<'a>(w: &'a [String], df: &HashMap<Vec<String>, f64>, log_n: f64) -> (Vec<HashMap<&'a [String], f64>>, [f64; 4], f64) {
+fn cider_vec<'a>(w: &'a [String], df: &HashMap<Vec<String>, f64>, log_n: f64) -> CiderVec<'a> {
     let mut vecs = vec![];
     let mut norms = [0.0; 4];
     for n in 1..=4 {
@@ -185,7 +192,10 @@ pub fn repeated_trigram_rate(cands: &[Vec<String>]) -> f64 {
 }
 
 /// All caption metrics for generated vs reference paragraphs.
-pub fn caption_metrics(generated: &[String], references: &[String]) -> std::collections::BTreeMap<String, f64> {
+pub fn caption_metrics(
+    generated: &[String],
+    references: &[String],
+) -> std::collections::BTreeMap<String, f64> {
     let c: Vec<Vec<String>> = generated.iter().map(|t| words(t)).collect();
     let r: Vec<Vec<String>> = references.iter().map(|t| words(t)).collect();
     let b = bleu(&c, &r);
@@ -199,7 +209,10 @@ pub fn caption_metrics(generated: &[String], references: &[String]) -> std::coll
     m.insert("distinct2".into(), distinct_n(&c, 2));
     m.insert("repeated_trigrams".into(), repeated_trigram_rate(&c));
     m.insert("repeated_trigrams_ref".into(), repeated_trigram_rate(&r));
-    m.insert("mean_words".into(), mean(&c.iter().map(|x| x.len() as f64).collect::<Vec<_>>()));
+    m.insert(
+        "mean_words".into(),
+        mean(&c.iter().map(|x| x.len() as f64).collect::<Vec<_>>()),
+    );
     m
 }
 
@@ -215,7 +228,10 @@ mod tests {
     fn bleu_by_hand() {
         // cand "the cat sat on the mat" vs ref "the cat is on the mat":
         // p1 = 5/6, p2 = 3/5 (the cat, on the, the mat), p3 = 1/4 (on the mat), p4 = 0/3.
-        let b = bleu(&[w("the cat sat on the mat")], &[w("the cat is on the mat")]);
+        let b = bleu(
+            &[w("the cat sat on the mat")],
+            &[w("the cat is on the mat")],
+        );
         assert!((b[0] - 5.0 / 6.0).abs() < 1e-12);
         assert!((b[1] - (5.0f64 / 6.0 * 3.0 / 5.0).sqrt()).abs() < 1e-12);
         assert!((b[2] - (5.0f64 / 6.0 * 3.0 / 5.0 * 1.0 / 4.0).cbrt()).abs() < 1e-12);
@@ -240,7 +256,11 @@ mod tests {
 
     #[test]
     fn cider_identical_beats_different_and_length_penalty_applies() {
-        let refs = vec![w("a red house stands on the left"), w("a blue boat floats on the sea"), w("a green tree grows in the meadow")];
+        let refs = vec![
+            w("a red house stands on the left"),
+            w("a blue boat floats on the sea"),
+            w("a green tree grows in the meadow"),
+        ];
         let same = cider_d(&refs, &refs);
         // Identical candidates: every n-gram matches, cosine 1 per n, no length penalty → 10.
         assert!((same - 10.0).abs() < 1e-9, "{same}");

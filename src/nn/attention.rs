@@ -31,7 +31,10 @@ pub struct Attention {
 impl Attention {
     /// `kv_dim` is the width of what is attended to (the same as `dim` for self-attention).
     pub fn new(p: nn::Path, dim: i64, kv_dim: i64, heads: i64, dropout: f64) -> Self {
-        assert!(dim % heads == 0, "width {dim} must divide into {heads} heads");
+        assert!(
+            dim % heads == 0,
+            "width {dim} must divide into {heads} heads"
+        );
         Attention {
             q: nn::linear(&p / "q_proj", dim, dim, Default::default()),
             k: nn::linear(&p / "k_proj", kv_dim, dim, Default::default()),
@@ -50,29 +53,50 @@ impl Attention {
     /// Self-attention when `context` is None, else cross-attention to `context`
     /// `(B, S, Ckv)`. With a cache: self-attention appends the new keys; cross-attention
     /// computes the context's keys once and reuses them.
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, causal: bool, cache: Option<&mut KvCache>, train: bool) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        causal: bool,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
         let (b, t, c) = x.size3().unwrap();
         let q = self.split(&x.apply(&self.q));
         let (k, v, had_past) = match (context, cache) {
-            (None, None) => (self.split(&x.apply(&self.k)), self.split(&x.apply(&self.v)), false),
+            (None, None) => (
+                self.split(&x.apply(&self.k)),
+                self.split(&x.apply(&self.v)),
+                false,
+            ),
             (None, Some(cache)) => {
                 let (k_new, v_new) = (self.split(&x.apply(&self.k)), self.split(&x.apply(&self.v)));
                 let had_past = cache.k.is_some();
                 let (k, v) = match (&cache.k, &cache.v) {
-                    (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k_new], 2), Tensor::cat(&[pv, &v_new], 2)),
+                    (Some(pk), Some(pv)) => {
+                        (Tensor::cat(&[pk, &k_new], 2), Tensor::cat(&[pv, &v_new], 2))
+                    }
                     _ => (k_new, v_new),
                 };
                 cache.k = Some(k.shallow_clone());
                 cache.v = Some(v.shallow_clone());
                 (k, v, had_past)
             }
-            (Some(ctx), None) => (self.split(&ctx.apply(&self.k)), self.split(&ctx.apply(&self.v)), false),
+            (Some(ctx), None) => (
+                self.split(&ctx.apply(&self.k)),
+                self.split(&ctx.apply(&self.v)),
+                false,
+            ),
             (Some(ctx), Some(cache)) => {
                 if cache.k.is_none() {
                     cache.k = Some(self.split(&ctx.apply(&self.k)));
                     cache.v = Some(self.split(&ctx.apply(&self.v)));
                 }
-                (cache.k.as_ref().unwrap().shallow_clone(), cache.v.as_ref().unwrap().shallow_clone(), false)
+                (
+                    cache.k.as_ref().unwrap().shallow_clone(),
+                    cache.v.as_ref().unwrap().shallow_clone(),
+                    false,
+                )
             }
         };
         // With a past, new queries sit at the end: a causal mask is only needed when
@@ -86,6 +110,9 @@ impl Attention {
         };
         let p = if train { self.dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, is_causal, None, false);
-        y.transpose(1, 2).contiguous().view([b, t, c]).apply(&self.o) // (B, T, C)
+        y.transpose(1, 2)
+            .contiguous()
+            .view([b, t, c])
+            .apply(&self.o) // (B, T, C)
     }
 }

@@ -20,7 +20,10 @@ impl Mlp {
         }
     }
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.fc1).gelu("tanh").apply(&self.fc2).dropout(self.dropout, train)
+        x.apply(&self.fc1)
+            .gelu("tanh")
+            .apply(&self.fc2)
+            .dropout(self.dropout, train)
     }
 }
 
@@ -48,7 +51,10 @@ impl EncoderLayer {
         }
     }
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x + self.attn.forward(&self.ln1.forward(x), None, false, None, train).dropout(self.dropout, train);
+        let x = x + self
+            .attn
+            .forward(&self.ln1.forward(x), None, false, None, train)
+            .dropout(self.dropout, train);
         &x + self.mlp.forward(&self.ln2.forward(&x), train)
     }
 }
@@ -84,14 +90,24 @@ impl DecoderLayer {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        cache: Option<&mut LayerCache>,
+        train: bool,
+    ) -> Tensor {
         let (sc, cc) = match cache {
             Some(c) => (Some(&mut c.self_attn), Some(&mut c.cross_attn)),
             None => (None, None),
         };
-        let h = self.self_attn.forward(&self.ln1.forward(x), None, true, sc, train);
+        let h = self
+            .self_attn
+            .forward(&self.ln1.forward(x), None, true, sc, train);
         let x = x + h.dropout(self.dropout, train);
-        let h = self.cross_attn.forward(&self.ln2.forward(&x), Some(ctx), false, cc, train);
+        let h = self
+            .cross_attn
+            .forward(&self.ln2.forward(&x), Some(ctx), false, cc, train);
         let x = x + h.dropout(self.dropout, train);
         &x + self.mlp.forward(&self.ln3.forward(&x), train)
     }

@@ -60,7 +60,11 @@ impl AdamW {
                 var,
             })
             .collect();
-        AdamW { cfg, steps: 0, params }
+        AdamW {
+            cfg,
+            steps: 0,
+            params,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -76,11 +80,19 @@ impl AdamW {
     /// Rescales gradients so their global L2 norm is at most `max_norm` (no-op when
     /// `max_norm` ≤ 0); returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(|g| g.defined())
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
+        let norms: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.to_kind(Kind::Float).norm())
+            .collect();
         let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
         if max_norm > 0.0 && total > max_norm {
             let scale = max_norm / (total + 1e-6);
@@ -126,15 +138,29 @@ impl AdamW {
 
     /// Restores moments saved by [`AdamW::state`]; every tensor must be present with
     /// the right shape.
-    pub fn load_state(&mut self, saved: &std::collections::HashMap<String, Tensor>) -> anyhow::Result<()> {
-        let steps = saved.get("adam.steps").ok_or_else(|| anyhow::anyhow!("checkpoint has no optimizer state"))?;
+    pub fn load_state(
+        &mut self,
+        saved: &std::collections::HashMap<String, Tensor>,
+    ) -> anyhow::Result<()> {
+        let steps = saved
+            .get("adam.steps")
+            .ok_or_else(|| anyhow::anyhow!("checkpoint has no optimizer state"))?;
         self.steps = steps.int64_value(&[0]);
         tch::no_grad(|| -> anyhow::Result<()> {
             for p in self.params.iter_mut() {
-                for (key, dst) in [(format!("adam.m.{}", p.name), &mut p.m), (format!("adam.v.{}", p.name), &mut p.v)] {
-                    let src = saved.get(&key).ok_or_else(|| anyhow::anyhow!("checkpoint lacks {key}"))?;
+                for (key, dst) in [
+                    (format!("adam.m.{}", p.name), &mut p.m),
+                    (format!("adam.v.{}", p.name), &mut p.v),
+                ] {
+                    let src = saved
+                        .get(&key)
+                        .ok_or_else(|| anyhow::anyhow!("checkpoint lacks {key}"))?;
                     if src.size() != dst.size() {
-                        anyhow::bail!("checkpoint {key} has shape {:?}, the model needs {:?}", src.size(), dst.size());
+                        anyhow::bail!(
+                            "checkpoint {key} has shape {:?}, the model needs {:?}",
+                            src.size(),
+                            dst.size()
+                        );
                     }
                     dst.copy_(src);
                 }
@@ -158,14 +184,20 @@ mod tests {
         let ys = Tensor::randn([16, 3], (Kind::Float, Device::Cpu));
         let build = |vs: &nn::VarStore| {
             let p = vs.root();
-            nn::seq().add(nn::linear(&p / "a", 5, 8, Default::default())).add_fn(|x| x.tanh()).add(nn::linear(&p / "b", 8, 3, Default::default()))
+            nn::seq()
+                .add(nn::linear(&p / "a", 5, 8, Default::default()))
+                .add_fn(|x| x.tanh())
+                .add(nn::linear(&p / "b", 8, 3, Default::default()))
         };
         let vs1 = nn::VarStore::new(Device::Cpu);
         let m1 = build(&vs1);
         let mut vs2 = nn::VarStore::new(Device::Cpu);
         let m2 = build(&vs2);
         vs2.copy(&vs1).unwrap();
-        let cfg = AdamWConfig { decay_all: true, ..Default::default() };
+        let cfg = AdamWConfig {
+            decay_all: true,
+            ..Default::default()
+        };
         let mut ours = AdamW::new(&vs1, cfg);
         let mut theirs = nn::AdamW::default().build(&vs2, 1e-2).unwrap();
         for step in 0..20 {

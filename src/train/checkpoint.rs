@@ -29,7 +29,10 @@ pub struct TrainState {
 
 pub fn paths(run_dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
     let dir = run_dir.join("checkpoints");
-    (dir.join(format!("{tag}.safetensors")), dir.join(format!("{tag}.json")))
+    (
+        dir.join(format!("{tag}.safetensors")),
+        dir.join(format!("{tag}.json")),
+    )
 }
 
 pub fn exists(run_dir: &Path, tag: &str) -> bool {
@@ -37,7 +40,12 @@ pub fn exists(run_dir: &Path, tag: &str) -> bool {
 }
 
 /// Writes tensors, then the state file.
-pub fn save(run_dir: &Path, tag: &str, tensors: &[(String, Tensor)], state: &TrainState) -> Result<()> {
+pub fn save(
+    run_dir: &Path,
+    tag: &str,
+    tensors: &[(String, Tensor)],
+    state: &TrainState,
+) -> Result<()> {
     let (weights, meta) = paths(run_dir, tag);
     atomic_write_with(&weights, |tmp| {
         Tensor::write_safetensors(tensors, tmp).map_err(|e| anyhow::anyhow!("{e}"))
@@ -49,7 +57,11 @@ pub fn save(run_dir: &Path, tag: &str, tensors: &[(String, Tensor)], state: &Tra
 pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Tensor>)> {
     let (weights, meta) = paths(run_dir, tag);
     if !meta.exists() {
-        bail!("no checkpoint {tag:?} in {} (expected {})", run_dir.display(), meta.display());
+        bail!(
+            "no checkpoint {tag:?} in {} (expected {})",
+            run_dir.display(),
+            meta.display()
+        );
     }
     let state: TrainState = read_json(&meta)?;
     if state.format_version > FORMAT_VERSION {
@@ -67,7 +79,11 @@ pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Te
 
 /// The model's variables as `model.<name>` tensors.
 pub fn model_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("model.{n}"), t))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -80,9 +96,11 @@ pub fn load_into(vs: &VarStore, saved: &HashMap<String, Tensor>, prefix: &str) -
     for (name, var) in &vars {
         match saved.get(&format!("{prefix}{name}")) {
             None => problems.push(format!("missing {name}")),
-            Some(t) if t.size() != var.size() => {
-                problems.push(format!("{name}: checkpoint {:?} vs model {:?}", t.size(), var.size()))
-            }
+            Some(t) if t.size() != var.size() => problems.push(format!(
+                "{name}: checkpoint {:?} vs model {:?}",
+                t.size(),
+                var.size()
+            )),
             _ => {}
         }
     }
@@ -96,7 +114,8 @@ pub fn load_into(vs: &VarStore, saved: &HashMap<String, Tensor>, prefix: &str) -
     }
     tch::no_grad(|| {
         for (name, var) in vars {
-            var.shallow_clone().copy_(&saved[&format!("{prefix}{name}")]);
+            var.shallow_clone()
+                .copy_(&saved[&format!("{prefix}{name}")]);
         }
     });
     Ok(())

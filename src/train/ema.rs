@@ -35,7 +35,11 @@ impl Ema {
 
     /// Runs `f` with the shadow weights loaded into the model, then restores the live ones.
     pub fn with_shadow<T>(&self, f: impl FnOnce() -> T) -> T {
-        let backup: Vec<Tensor> = self.shadow.iter().map(|(_, v, _)| v.detach().copy()).collect();
+        let backup: Vec<Tensor> = self
+            .shadow
+            .iter()
+            .map(|(_, v, _)| v.detach().copy())
+            .collect();
         tch::no_grad(|| {
             for (_, v, s) in &self.shadow {
                 v.shallow_clone().copy_(s);
@@ -52,15 +56,27 @@ impl Ema {
 
     /// The shadow as named tensors (`ema.<var>`) for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.shadow.iter().map(|(n, _, s)| (format!("ema.{n}"), s.shallow_clone())).collect()
+        self.shadow
+            .iter()
+            .map(|(n, _, s)| (format!("ema.{n}"), s.shallow_clone()))
+            .collect()
     }
 
-    pub fn load_state(&mut self, saved: &std::collections::HashMap<String, Tensor>) -> anyhow::Result<()> {
+    pub fn load_state(
+        &mut self,
+        saved: &std::collections::HashMap<String, Tensor>,
+    ) -> anyhow::Result<()> {
         tch::no_grad(|| {
             for (n, _, s) in self.shadow.iter_mut() {
-                let src = saved.get(&format!("ema.{n}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks ema.{n}"))?;
+                let src = saved
+                    .get(&format!("ema.{n}"))
+                    .ok_or_else(|| anyhow::anyhow!("checkpoint lacks ema.{n}"))?;
                 if src.size() != s.size() {
-                    anyhow::bail!("checkpoint ema.{n} has shape {:?}, the model needs {:?}", src.size(), s.size());
+                    anyhow::bail!(
+                        "checkpoint ema.{n} has shape {:?}, the model needs {:?}",
+                        src.size(),
+                        s.size()
+                    );
                 }
                 s.copy_(src);
             }

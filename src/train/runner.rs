@@ -170,7 +170,10 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         let (saved, tensors) = checkpoint::load(run_dir, "latest").context("--resume")?;
         check_arch(&saved.arch, &opts.arch, run_dir)?;
         if saved.tokenizer_hash != opts.tokenizer_hash {
-            bail!("cannot resume {}: it was trained with a different tokenizer.json", run_dir.display());
+            bail!(
+                "cannot resume {}: it was trained with a different tokenizer.json",
+                run_dir.display()
+            );
         }
         checkpoint::load_into(vs, &tensors, "model.")?;
         opt.load_state(&tensors)?;
@@ -190,7 +193,10 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     let mut tb = EventWriter::create(run_dir)?;
 
     let save = |tag: &str, state: &TrainState, opt: &AdamW, ema: &Option<Ema>| -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = model_vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        let mut tensors: Vec<(String, Tensor)> = model_vars
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
         tensors.extend(opt.state());
         if let Some(e) = ema {
             tensors.extend(e.state());
@@ -204,6 +210,10 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     pb.set_position(state.step);
     let mut stopped_early = false;
     let mut last_metrics = state.metrics.clone();
+    // Test hook: behave as if interrupted right after this step (resume tests).
+    let stop_after: Option<u64> = std::env::var("EKPHRASIS_STOP_AFTER_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok());
     while state.step < cfg.steps {
         let step = state.step;
         let lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio);
@@ -216,9 +226,11 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             let loss = model.loss(micro)?;
             let v = loss.double_value(&[]);
             if !v.is_finite() {
-                let last = checkpoint::exists(run_dir, "latest")
-                    .then(|| checkpoint::paths(run_dir, "latest").1.display().to_string())
-                    .unwrap_or_else(|| "none yet".into());
+                let last = if checkpoint::exists(run_dir, "latest") {
+                    checkpoint::paths(run_dir, "latest").1.display().to_string()
+                } else {
+                    "none yet".to_string()
+                };
                 bail!("loss is {v} at step {step} (micro-batch {micro}); stopping. Last good checkpoint: {last}");
             }
             loss_sum += v;
@@ -233,15 +245,15 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         state.step += 1;
         pb.set_position(state.step);
         pb.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
-        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+        if state.step.is_multiple_of(cfg.log_every) || state.step == cfg.steps {
             let sps = (state.step - first_step) as f64 / start.elapsed().as_secs_f64();
             tb.scalar("train/loss", state.step as i64, loss)?;
             tb.scalar("train/lr", state.step as i64, lr)?;
             tb.scalar("train/grad_norm", state.step as i64, gnorm)?;
             tb.scalar("train/steps_per_sec", state.step as i64, sps)?;
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
-        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(state.step);
+        if state.step.is_multiple_of(cfg.eval_every) || state.step == cfg.steps {
             let metrics = match &ema {
                 Some(e) => e.with_shadow(|| model.evaluate(state.step, &mut tb))?,
                 None => model.evaluate(state.step, &mut tb)?,
@@ -250,9 +262,19 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                 tb.scalar(&format!("val/{k}"), state.step as i64, *v)?;
             }
             let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            pb.println(format!("step {:>6} | train loss {loss:.4} | {}", state.step, line.join(" | ")));
+            crate::util::progress::say(
+                &pb,
+                format!(
+                    "step {:>6} | train loss {loss:.4} | {}",
+                    state.step,
+                    line.join(" | ")
+                ),
+            );
             let value = *metrics.get(&opts.best.name).with_context(|| {
-                format!("evaluation produced no metric {:?} (best.name in the config)", opts.best.name)
+                format!(
+                    "evaluation produced no metric {:?} (best.name in the config)",
+                    opts.best.name
+                )
             })?;
             state.metrics = metrics.clone();
             last_metrics = metrics;
@@ -281,7 +303,13 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             );
         }
         if stopped_early {
-            pb.println(format!("early stop: no improvement of {} in {} evaluations", opts.best.name, cfg.patience));
+            crate::util::progress::say(
+                &pb,
+                format!(
+                    "early stop: no improvement of {} in {} evaluations",
+                    opts.best.name, cfg.patience
+                ),
+            );
             break;
         }
     }

@@ -2,4 +2,5 @@
 
 pub mod fsio;
 pub mod progress;
+pub mod signals;
 pub mod tensorboard;

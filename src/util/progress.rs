@@ -18,3 +18,12 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     }
     pb
 }
+
+/// Prints a line above the bar, or plainly when the bar is hidden (logs, CI).
+pub fn say(pb: &ProgressBar, line: impl AsRef<str>) {
+    if pb.is_hidden() {
+        eprintln!("{}", line.as_ref());
+    } else {
+        pb.println(line.as_ref());
+    }
+}

@@ -62,7 +62,11 @@ impl EventWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let name = format!("events.out.tfevents.{}.ekphrasis.{}", now.as_secs(), std::process::id());
+        let name = format!(
+            "events.out.tfevents.{}.ekphrasis.{}",
+            now.as_secs(),
+            std::process::id()
+        );
         let path = dir.join(name);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = EventWriter {
@@ -88,7 +92,9 @@ impl EventWriter {
         summary.message(1, &value);
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let mut ev = Proto::default();
-        ev.double(1, wall.as_secs_f64()).int(2, step).message(5, &summary);
+        ev.double(1, wall.as_secs_f64())
+            .int(2, step)
+            .message(5, &summary);
         self.record(&ev.0)
     }
 
@@ -99,13 +105,23 @@ impl EventWriter {
     }
 
     /// An RGB image given as height × width × 3 bytes.
-    pub fn image(&mut self, tag: &str, step: i64, rgb: &[u8], height: u32, width: u32) -> Result<()> {
+    pub fn image(
+        &mut self,
+        tag: &str,
+        step: i64,
+        rgb: &[u8],
+        height: u32,
+        width: u32,
+    ) -> Result<()> {
         let mut png = std::io::Cursor::new(Vec::new());
         image::RgbImage::from_raw(width, height, rgb.to_vec())
             .context("image buffer does not match its size")?
             .write_to(&mut png, image::ImageFormat::Png)?;
         let mut img = Proto::default();
-        img.int(1, height as i64).int(2, width as i64).int(3, 3).bytes(4, png.get_ref());
+        img.int(1, height as i64)
+            .int(2, width as i64)
+            .int(3, 3)
+            .bytes(4, png.get_ref());
         let mut value = Proto::default();
         value.bytes(1, tag.as_bytes()).message(4, &img);
         self.event(step, value)
@@ -122,9 +138,15 @@ impl EventWriter {
         let mut shape = Proto::default();
         shape.message(2, &dim);
         let mut tensor = Proto::default();
-        tensor.int(1, 7).message(2, &shape).bytes(8, text.as_bytes()); // DT_STRING
+        tensor
+            .int(1, 7)
+            .message(2, &shape)
+            .bytes(8, text.as_bytes()); // DT_STRING
         let mut value = Proto::default();
-        value.bytes(1, tag.as_bytes()).message(9, &meta).message(8, &tensor);
+        value
+            .bytes(1, tag.as_bytes())
+            .message(9, &meta)
+            .message(8, &tensor);
         self.event(step, value)
     }
 

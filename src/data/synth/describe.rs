@@ -35,8 +35,22 @@ fn article(word: &str) -> &'static str {
 fn style_name<R: Rng>(rng: &mut R, style: usize) -> &'static str {
     match style {
         0 => pick(rng, &["oil painting", "painting in oil", "small oil study"]),
-        1 => pick(rng, &["watercolour", "watercolour painting", "light watercolour sketch"]),
-        2 => pick(rng, &["pointillist painting", "pointillist study", "pointillist canvas"]),
+        1 => pick(
+            rng,
+            &[
+                "watercolour",
+                "watercolour painting",
+                "light watercolour sketch",
+            ],
+        ),
+        2 => pick(
+            rng,
+            &[
+                "pointillist painting",
+                "pointillist study",
+                "pointillist canvas",
+            ],
+        ),
         _ => pick(rng, &["mosaic", "tile mosaic", "mosaic picture"]),
     }
 }
@@ -44,18 +58,37 @@ fn style_name<R: Rng>(rng: &mut R, style: usize) -> &'static str {
 fn sky_phrase<R: Rng>(rng: &mut R, sky: usize) -> &'static str {
     match sky {
         0 => pick(rng, &["a dawn sky", "the sky at dawn", "an early dawn sky"]),
-        1 => pick(rng, &["a bright midday sky", "the clear sky of midday", "a midday sky"]),
-        2 => pick(rng, &["a dusk sky", "the sky at dusk", "a glowing dusk sky"]),
-        _ => pick(rng, &["a night sky", "the dark sky of night", "a deep night sky"]),
+        1 => pick(
+            rng,
+            &[
+                "a bright midday sky",
+                "the clear sky of midday",
+                "a midday sky",
+            ],
+        ),
+        2 => pick(
+            rng,
+            &["a dusk sky", "the sky at dusk", "a glowing dusk sky"],
+        ),
+        _ => pick(
+            rng,
+            &["a night sky", "the dark sky of night", "a deep night sky"],
+        ),
     }
 }
 
 fn ground_phrase<R: Rng>(rng: &mut R, ground: usize) -> &'static str {
     match ground {
         0 => pick(rng, &["a calm sea", "the open sea", "a wide sea"]),
-        1 => pick(rng, &["a green meadow", "a grassy meadow", "an open meadow"]),
+        1 => pick(
+            rng,
+            &["a green meadow", "a grassy meadow", "an open meadow"],
+        ),
         2 => pick(rng, &["a sandy desert", "a dry desert", "a flat desert"]),
-        _ => pick(rng, &["a white snowfield", "a quiet snowfield", "a wide snowfield"]),
+        _ => pick(
+            rng,
+            &["a white snowfield", "a quiet snowfield", "a wide snowfield"],
+        ),
     }
 }
 
@@ -126,22 +159,34 @@ fn texture_sentence<R: Rng>(rng: &mut R, style: usize) -> String {
 
 fn mood_sentence<R: Rng>(rng: &mut R, sky: usize) -> String {
     match sky {
-        0 => pick(rng, &[
-            "The light is fresh and quiet, like the first minutes of morning.",
-            "The mood is calm and hopeful, the day only just beginning.",
-        ]),
-        1 => pick(rng, &[
-            "The light is strong and even, and the mood is open and cheerful.",
-            "Everything sits in plain daylight, and the mood is bright and simple.",
-        ]),
-        2 => pick(rng, &[
-            "The warm evening light gives the scene a wistful, peaceful mood.",
-            "The mood is warm and a little melancholy, the day coming to its end.",
-        ]),
-        _ => pick(rng, &[
-            "The darkness makes the scene feel still, hushed and mysterious.",
-            "The mood is calm and secretive, as if the world were asleep.",
-        ]),
+        0 => pick(
+            rng,
+            &[
+                "The light is fresh and quiet, like the first minutes of morning.",
+                "The mood is calm and hopeful, the day only just beginning.",
+            ],
+        ),
+        1 => pick(
+            rng,
+            &[
+                "The light is strong and even, and the mood is open and cheerful.",
+                "Everything sits in plain daylight, and the mood is bright and simple.",
+            ],
+        ),
+        2 => pick(
+            rng,
+            &[
+                "The warm evening light gives the scene a wistful, peaceful mood.",
+                "The mood is warm and a little melancholy, the day coming to its end.",
+            ],
+        ),
+        _ => pick(
+            rng,
+            &[
+                "The darkness makes the scene feel still, hushed and mysterious.",
+                "The mood is calm and secretive, as if the world were asleep.",
+            ],
+        ),
     }
     .into()
 }
@@ -182,7 +227,10 @@ fn object_sentence<R: Rng>(rng: &mut R, o: &Object) -> String {
     let a = article(size);
     match rng.gen_range(0..3) {
         0 => format!("In the {pos} {a} {size} {colour} {kind} {v}."),
-        1 => format!("{} {size} {colour} {kind} {v} in the {pos} of the picture.", capitalise(a)),
+        1 => format!(
+            "{} {size} {colour} {kind} {v} in the {pos} of the picture.",
+            capitalise(a)
+        ),
         _ => format!("The {pos} holds {a} {size} {kind}, painted {colour}."),
     }
 }
@@ -228,7 +276,11 @@ fn composition_sentence<R: Rng>(rng: &mut R, scene: &Scene) -> String {
     let noun = if n == 1 { "subject" } else { "subjects" };
     match rng.gen_range(0..2) {
         0 => format!("The composition holds {} {noun}: {list}.", NUMBERS[n]),
-        _ => format!("There {} {} {noun} in all: {list}.", if n == 1 { "is" } else { "are" }, NUMBERS[n]),
+        _ => format!(
+            "There {} {} {noun} in all: {list}.",
+            if n == 1 { "is" } else { "are" },
+            NUMBERS[n]
+        ),
     }
 }
 
@@ -279,7 +331,10 @@ pub fn describe<R: Rng>(scene: &Scene, rng: &mut R) -> String {
         }
     };
     let mut head = vec![opening];
-    let mut setting = vec![sky_sentence(rng, scene.sky), ground_sentence(rng, scene.ground)];
+    let mut setting = vec![
+        sky_sentence(rng, scene.sky),
+        ground_sentence(rng, scene.ground),
+    ];
     if rng.gen_bool(0.5) {
         setting.reverse();
     }

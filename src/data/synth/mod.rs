@@ -55,7 +55,13 @@ pub struct Summary {
 /// Renders `n` items of `size` px into `out` (which must not exist unless `force`).
 /// Everything is written into `<out>.partial` first and renamed at the end, so an
 /// interrupted run never leaves a dataset that looks complete.
-pub fn render_dataset(out: &Path, n: usize, size: usize, seed: u64, force: bool) -> Result<Summary> {
+pub fn render_dataset(
+    out: &Path,
+    n: usize,
+    size: usize,
+    seed: u64,
+    force: bool,
+) -> Result<Summary> {
     if !(16..=256).contains(&size) {
         bail!("--size must be between 16 and 256 pixels, got {size}");
     }
@@ -64,7 +70,10 @@ pub fn render_dataset(out: &Path, n: usize, size: usize, seed: u64, force: bool)
     }
     if out.exists() {
         if !force {
-            bail!("{} already exists; pass --force to replace it", out.display());
+            bail!(
+                "{} already exists; pass --force to replace it",
+                out.display()
+            );
         }
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
@@ -80,9 +89,11 @@ pub fn render_dataset(out: &Path, n: usize, size: usize, seed: u64, force: bool)
         .into_par_iter()
         .map(|i| -> Result<(String, Scene, String)> {
             let item = make_item(seed, i, size);
-            let img = image::RgbImage::from_raw(size as u32, size as u32, item.pixels).expect("size matches");
+            let img = image::RgbImage::from_raw(size as u32, size as u32, item.pixels)
+                .expect("size matches");
             let path = images.join(format!("{}.png", item.id));
-            img.save(&path).with_context(|| format!("writing {}", path.display()))?;
+            img.save(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
             pb.inc(1);
             Ok((item.id, item.scene, item.caption))
         })
@@ -111,7 +122,8 @@ pub fn render_dataset(out: &Path, n: usize, size: usize, seed: u64, force: bool)
     atomic_write(&partial.join("metadata.csv"), &metadata_csv(&rows)?)?;
     let ids: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
     let splits = write_splits(&partial.join("splits"), &ids, seed)?;
-    std::fs::rename(&partial, out).with_context(|| format!("moving {} into place", partial.display()))?;
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("moving {} into place", partial.display()))?;
     Ok(Summary {
         n,
         splits,
@@ -124,6 +136,10 @@ pub fn render_dataset(out: &Path, n: usize, size: usize, seed: u64, force: bool)
 
 /// The scene stored in a metadata row of the embedded set.
 pub fn scene_of(row: &MetadataRow) -> Result<Scene> {
-    serde_json::from_str(&row.attributes)
-        .with_context(|| format!("metadata row {}: attributes are not a synthetic scene", row.id))
+    serde_json::from_str(&row.attributes).with_context(|| {
+        format!(
+            "metadata row {}: attributes are not a synthetic scene",
+            row.id
+        )
+    })
 }

@@ -49,7 +49,12 @@ impl Shape for Disc {
         (x - self.0).powi(2) + (y - self.1).powi(2) <= self.2 * self.2
     }
     fn bounds(&self) -> (f32, f32, f32, f32) {
-        (self.0 - self.2, self.1 - self.2, self.0 + self.2, self.1 + self.2)
+        (
+            self.0 - self.2,
+            self.1 - self.2,
+            self.0 + self.2,
+            self.1 + self.2,
+        )
     }
 }
 impl Shape for Ellipse {
@@ -57,7 +62,12 @@ impl Shape for Ellipse {
         ((x - self.0) / self.2).powi(2) + ((y - self.1) / self.3).powi(2) <= 1.0
     }
     fn bounds(&self) -> (f32, f32, f32, f32) {
-        (self.0 - self.2, self.1 - self.3, self.0 + self.2, self.1 + self.3)
+        (
+            self.0 - self.2,
+            self.1 - self.3,
+            self.0 + self.2,
+            self.1 + self.3,
+        )
     }
 }
 impl Shape for Rect {
@@ -214,8 +224,14 @@ fn draw_object(cv: &mut Canvas, o: &super::scene::Object) {
             }
         }
         ("cloud", _) => {
-            cv.fill(&Ellipse(cx - 0.22 * s, cy + 0.05 * s, 0.28 * s, 0.18 * s), col);
-            cv.fill(&Ellipse(cx + 0.2 * s, cy + 0.05 * s, 0.28 * s, 0.2 * s), col);
+            cv.fill(
+                &Ellipse(cx - 0.22 * s, cy + 0.05 * s, 0.28 * s, 0.18 * s),
+                col,
+            );
+            cv.fill(
+                &Ellipse(cx + 0.2 * s, cy + 0.05 * s, 0.28 * s, 0.2 * s),
+                col,
+            );
             cv.fill(&Ellipse(cx, cy - 0.08 * s, 0.26 * s, 0.24 * s), col);
         }
         ("bird", _) => {
@@ -232,15 +248,26 @@ fn draw_object(cv: &mut Canvas, o: &super::scene::Object) {
             }
         }
         ("house", d) => {
-            cv.fill(&Rect(cx - 0.35 * s, cy - 0.1 * s, cx + 0.35 * s, cy + 0.45 * s), col);
-            cv.fill(&Poly(vec![p(-0.45, -0.1), p(0.45, -0.1), p(0.0, -0.45)]), ROOF);
+            cv.fill(
+                &Rect(cx - 0.35 * s, cy - 0.1 * s, cx + 0.35 * s, cy + 0.45 * s),
+                col,
+            );
+            cv.fill(
+                &Poly(vec![p(-0.45, -0.1), p(0.45, -0.1), p(0.0, -0.45)]),
+                ROOF,
+            );
             if let Detail::Door(c) = d {
                 let door = Rect(cx - 0.09 * s, cy + 0.12 * s, cx + 0.09 * s, cy + 0.45 * s);
                 cv.fill(&door, rgb(c));
             }
         }
         ("boat", d) => {
-            let hull = Poly(vec![p(-0.45, 0.2), p(0.45, 0.2), p(0.3, 0.42), p(-0.3, 0.42)]);
+            let hull = Poly(vec![
+                p(-0.45, 0.2),
+                p(0.45, 0.2),
+                p(0.3, 0.42),
+                p(-0.3, 0.42),
+            ]);
             cv.fill(&hull, col);
             cv.fill(&Segment(p(0.0, -0.45), p(0.0, 0.2), 0.025 * s), TRUNK);
             if let Detail::Sail(c) = d {
@@ -249,18 +276,30 @@ fn draw_object(cv: &mut Canvas, o: &super::scene::Object) {
             }
         }
         ("mountain", d) => {
-            cv.fill(&Poly(vec![p(0.0, -0.5), p(-0.55, 0.45), p(0.55, 0.45)]), col);
+            cv.fill(
+                &Poly(vec![p(0.0, -0.5), p(-0.55, 0.45), p(0.55, 0.45)]),
+                col,
+            );
             if d == Detail::SnowCap(true) {
                 let cap = Poly(vec![p(0.0, -0.5), p(-0.17, -0.2), p(0.17, -0.2)]);
                 cv.fill(&cap, [250., 250., 252.]);
             }
         }
         ("tower", d) => {
-            cv.fill(&Rect(cx - 0.12 * s, cy - 0.28 * s, cx + 0.12 * s, cy + 0.5 * s), col);
-            cv.fill(&Poly(vec![p(-0.17, -0.28), p(0.17, -0.28), p(0.0, -0.5)]), ROOF);
+            cv.fill(
+                &Rect(cx - 0.12 * s, cy - 0.28 * s, cx + 0.12 * s, cy + 0.5 * s),
+                col,
+            );
+            cv.fill(
+                &Poly(vec![p(-0.17, -0.28), p(0.17, -0.28), p(0.0, -0.5)]),
+                ROOF,
+            );
             if let Detail::Flag(c) = d {
                 cv.fill(&Segment(p(0.0, -0.5), p(0.0, -0.72), 0.015 * s), TRUNK);
-                cv.fill(&Rect(cx, cy - 0.72 * s, cx + 0.24 * s, cy - 0.58 * s), rgb(c));
+                cv.fill(
+                    &Rect(cx, cy - 0.72 * s, cx + 0.24 * s, cy - 0.58 * s),
+                    rgb(c),
+                );
             }
         }
         ("flower", _) => {
@@ -308,7 +347,10 @@ fn draw_background(cv: &mut Canvas, scene: &Scene, rng: &mut impl Rng) {
         for i in 0..6 {
             let y = HORIZON + (i as f32 + 0.5) * (1.0 - HORIZON) / 6.0;
             let x = rng.gen::<f32>() * 0.6;
-            cv.fill(&Segment((x, y), (x + 0.3, y), 0.5 / n as f32 * SS as f32), [90., 150., 210.]);
+            cv.fill(
+                &Segment((x, y), (x + 0.3, y), 0.5 / n as f32 * SS as f32),
+                [90., 150., 210.],
+            );
         }
     }
 }
@@ -333,7 +375,8 @@ fn apply_style(style: usize, m: usize, px: &mut [Rgb], salt: u64) {
             let len = (3.0 * unit) as i64;
             for y in 0..m {
                 for x in 0..m {
-                    let k = 1.0 + 0.13 * hash_noise(x as i64 / len.max(1) + y as i64 * 7, y as i64, salt);
+                    let k = 1.0
+                        + 0.13 * hash_noise(x as i64 / len.max(1) + y as i64 * 7, y as i64, salt);
                     px[y * m + x] = px[y * m + x].map(|v| v * k);
                 }
             }
@@ -361,7 +404,7 @@ fn apply_style(style: usize, m: usize, px: &mut [Rgb], salt: u64) {
         // pointillist: the scene re-made of coloured dots on a pale canvas
         2 => {
             let src = px.to_vec();
-            let step = (2.0 * unit) as usize;
+            let step = ((1.5 * unit).round() as usize).max(2);
             px.fill([238., 232., 218.]);
             for gy in (0..m).step_by(step) {
                 for gx in (0..m).step_by(step) {
@@ -381,7 +424,8 @@ fn apply_style(style: usize, m: usize, px: &mut [Rgb], salt: u64) {
         }
         // mosaic: flat tiles with dark grout
         _ => {
-            let tile = (3.0 * unit) as usize;
+            // Small tiles: at 64 px a 3-pixel tile still keeps a small object readable.
+            let tile = ((1.5 * unit).round() as usize).max(2);
             for ty in (0..m).step_by(tile) {
                 for tx in (0..m).step_by(tile) {
                     let mut acc = [0.0; 3];
@@ -396,7 +440,7 @@ fn apply_style(style: usize, m: usize, px: &mut [Rgb], salt: u64) {
                     for y in ty..(ty + tile).min(m) {
                         for x in tx..(tx + tile).min(m) {
                             let grout = x == tx || y == ty;
-                            px[y * m + x] = if grout { c.map(|v| v * 0.6) } else { c };
+                            px[y * m + x] = if grout { c.map(|v| v * 0.75) } else { c };
                         }
                     }
                 }

@@ -69,7 +69,11 @@ pub fn parse(text: &str) -> Vec<String> {
         facts.insert(format!("sky={s}"));
     }
     if let Some(g) = first_of(&["sea", "meadow", "desert", "snowfield"]) {
-        let g = if g == "snowfield" { GROUNDS[3].to_string() } else { g };
+        let g = if g == "snowfield" {
+            GROUNDS[3].to_string()
+        } else {
+            g
+        };
         facts.insert(format!("ground={g}"));
     }
     if let Some(s) = first_of(&STYLES) {
@@ -78,7 +82,11 @@ pub fn parse(text: &str) -> Vec<String> {
     let mut current: Option<&str> = None;
     for sentence in text.split(['.', '!', '?', ';']) {
         let w = words(sentence);
-        let kinds: Vec<&str> = KINDS.iter().copied().filter(|k| w.iter().any(|v| v == k)).collect();
+        let kinds: Vec<&str> = KINDS
+            .iter()
+            .copied()
+            .filter(|k| w.iter().any(|v| v == k))
+            .collect();
         match kinds.as_slice() {
             [kind] => {
                 current = Some(kind);
@@ -93,8 +101,12 @@ pub fn parse(text: &str) -> Vec<String> {
                 if let Some(s) = w.iter().find_map(|v| size_of(v)) {
                     facts.insert(format!("{kind}.size={s}"));
                 }
-                let row = w.iter().find(|v| ["top", "middle", "bottom"].contains(&v.as_str()));
-                let col = w.iter().find(|v| ["left", "centre", "right"].contains(&v.as_str()));
+                let row = w
+                    .iter()
+                    .find(|v| ["top", "middle", "bottom"].contains(&v.as_str()));
+                let col = w
+                    .iter()
+                    .find(|v| ["left", "centre", "right"].contains(&v.as_str()));
                 let pos = match (row, col) {
                     (Some(r), Some(c)) if !(r == "middle" && c == "centre") => format!("{r} {c}"),
                     (None | Some(_), Some(c)) if c == "centre" => "centre".into(),
@@ -127,8 +139,16 @@ pub fn fact_scores(predicted: &[String], truth: &[String]) -> (f64, f64, f64) {
     let p: BTreeSet<&String> = predicted.iter().collect();
     let t: BTreeSet<&String> = truth.iter().collect();
     let hit = p.intersection(&t).count() as f64;
-    let precision = if p.is_empty() { 0.0 } else { hit / p.len() as f64 };
-    let recall = if t.is_empty() { 0.0 } else { hit / t.len() as f64 };
+    let precision = if p.is_empty() {
+        0.0
+    } else {
+        hit / p.len() as f64
+    };
+    let recall = if t.is_empty() {
+        0.0
+    } else {
+        hit / t.len() as f64
+    };
     let f1 = if precision + recall > 0.0 {
         2.0 * precision * recall / (precision + recall)
     } else {

@@ -115,7 +115,9 @@ impl Scene {
                 .flat_map(|&r| (0..3).map(move |c| r * 3 + c))
                 .filter(|&p| !used[p])
                 .collect();
-            let Some(&pos) = free.choose(rng) else { continue };
+            let Some(&pos) = free.choose(rng) else {
+                continue;
+            };
             used[pos] = true;
             let colour = rng.gen_range(0..COLOURS.len());
             let other_colour = |rng: &mut R| loop {
@@ -201,7 +203,7 @@ mod tests {
             assert!((1..=4).contains(&s.objects.len()));
             let mut cells: Vec<usize> = s.objects.iter().map(|o| o.pos).collect();
             cells.sort();
-        cells.dedup();
+            cells.dedup();
             assert_eq!(cells.len(), s.objects.len());
             for o in &s.objects {
                 let rows = if is_sky_kind(o.kind) { 0..2 } else { 1..3 };

@@ -107,7 +107,9 @@ fn penalise(logits: &mut Tensor, histories: &[Vec<i64>], opts: &DecodeOptions) {
     let b = histories.len() as i64;
     let scale = Tensor::from_slice(&scale).view([b, v]).to_device(dev);
     // CTRL's rule: positive logits are divided, negative ones multiplied.
-    let penalised = logits.where_self(&logits.lt(0.0), &(&*logits / &scale)).where_self(&logits.ge(0.0), &(&*logits * &scale));
+    let penalised = logits
+        .where_self(&logits.lt(0.0), &(&*logits / &scale))
+        .where_self(&logits.ge(0.0), &(&*logits * &scale));
     let ban = Tensor::from_slice(&ban).view([b, v]).to_device(dev);
     *logits = penalised.masked_fill(&ban, f64::NEG_INFINITY);
 }
@@ -126,7 +128,14 @@ fn sample_top_p(logits: &Tensor, temperature: f64, top_p: f64) -> Tensor {
 impl Captioner {
     /// Decodes a batch of images in [-1, 1]; returns token ids per image (start token
     /// first, end token last when one was produced).
-    pub fn generate(&self, images: &Tensor, opts: &DecodeOptions, bos: i64, eos: i64, pad: i64) -> Vec<Vec<i64>> {
+    pub fn generate(
+        &self,
+        images: &Tensor,
+        opts: &DecodeOptions,
+        bos: i64,
+        eos: i64,
+        pad: i64,
+    ) -> Vec<Vec<i64>> {
         tch::no_grad(|| match opts.strategy {
             Strategy::Beam => (0..images.size()[0])
                 .map(|i| self.beam_search(&images.narrow(0, i, 1), opts, bos, eos))
@@ -139,11 +148,20 @@ impl Captioner {
         opts.max_tokens.min(self.cfg.max_len as usize).max(2) - 1
     }
 
-    fn batched(&self, images: &Tensor, opts: &DecodeOptions, bos: i64, eos: i64, pad: i64) -> Vec<Vec<i64>> {
+    fn batched(
+        &self,
+        images: &Tensor,
+        opts: &DecodeOptions,
+        bos: i64,
+        eos: i64,
+        pad: i64,
+    ) -> Vec<Vec<i64>> {
         let b = images.size()[0];
         let dev = images.device();
         let ctx = self.encode(images, false);
-        let mut caches: Vec<LayerCache> = (0..self.cfg.layers).map(|_| LayerCache::default()).collect();
+        let mut caches: Vec<LayerCache> = (0..self.cfg.layers)
+            .map(|_| LayerCache::default())
+            .collect();
         let mut hist: Vec<Vec<i64>> = vec![vec![bos]; b as usize];
         let mut done = vec![false; b as usize];
         let mut input = Tensor::full([b, 1], bos, (Kind::Int64, dev));
@@ -152,7 +170,9 @@ impl Captioner {
                 self.logits(&ctx, &input, t as i64, Some(&mut caches), false)
             } else {
                 let all: Vec<i64> = hist.concat();
-                let prefix = Tensor::from_slice(&all).view([b, t as i64 + 1]).to_device(dev);
+                let prefix = Tensor::from_slice(&all)
+                    .view([b, t as i64 + 1])
+                    .to_device(dev);
                 self.logits(&ctx, &prefix, 0, None, false)
             };
             let mut last = logits.select(1, -1); // (B, V)
@@ -161,7 +181,8 @@ impl Captioner {
                 Strategy::Sample => sample_top_p(&last, opts.temperature, opts.top_p),
                 _ => last.argmax(-1, false),
             };
-            let next: Vec<i64> = Vec::try_from(next.to_device(tch::Device::Cpu)).expect("int64 tokens");
+            let next: Vec<i64> =
+                Vec::try_from(next.to_device(tch::Device::Cpu)).expect("int64 tokens");
             for (r, &tok) in next.iter().enumerate() {
                 let tok = if done[r] { pad } else { tok };
                 hist[r].push(tok);
@@ -187,9 +208,16 @@ impl Captioner {
     fn beam_search(&self, image: &Tensor, opts: &DecodeOptions, bos: i64, eos: i64) -> Vec<i64> {
         let k = opts.beam.max(1) as i64;
         let dev = image.device();
-        let ctx = self.encode(image, false).expand([k, -1, -1], false).contiguous();
-        let mut caches: Vec<LayerCache> = (0..self.cfg.layers).map(|_| LayerCache::default()).collect();
-        let mut beams: Vec<(Vec<i64>, f64)> = (0..k).map(|i| (vec![bos], if i == 0 { 0.0 } else { f64::NEG_INFINITY })).collect();
+        let ctx = self
+            .encode(image, false)
+            .expand([k, -1, -1], false)
+            .contiguous();
+        let mut caches: Vec<LayerCache> = (0..self.cfg.layers)
+            .map(|_| LayerCache::default())
+            .collect();
+        let mut beams: Vec<(Vec<i64>, f64)> = (0..k)
+            .map(|i| (vec![bos], if i == 0 { 0.0 } else { f64::NEG_INFINITY }))
+            .collect();
         let mut finished: Vec<(Vec<i64>, f64)> = vec![];
         let norm = |len: usize| (len as f64).powf(opts.length_penalty);
         for t in 0..self.max_steps(opts) {
@@ -197,17 +225,28 @@ impl Captioner {
             let logits = if opts.kv_cache {
                 let last: Vec<i64> = beams.iter().map(|b| *b.0.last().unwrap()).collect();
                 let input = Tensor::from_slice(&last).view([n, 1]).to_device(dev);
-                self.logits(&ctx.narrow(0, 0, n), &input, t as i64, Some(&mut caches), false)
+                self.logits(
+                    &ctx.narrow(0, 0, n),
+                    &input,
+                    t as i64,
+                    Some(&mut caches),
+                    false,
+                )
             } else {
                 let all: Vec<i64> = beams.iter().flat_map(|b| b.0.clone()).collect();
-                let prefix = Tensor::from_slice(&all).view([n, t as i64 + 1]).to_device(dev);
+                let prefix = Tensor::from_slice(&all)
+                    .view([n, t as i64 + 1])
+                    .to_device(dev);
                 self.logits(&ctx.narrow(0, 0, n), &prefix, 0, None, false)
             };
             let mut last = logits.select(1, -1);
             let hist: Vec<Vec<i64>> = beams.iter().map(|b| b.0.clone()).collect();
             penalise(&mut last, &hist, opts);
-            let logp = last.log_softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
-            let scores = Tensor::from_slice(&beams.iter().map(|b| b.1 as f32).collect::<Vec<_>>()).view([n, 1]);
+            let logp = last
+                .log_softmax(-1, Kind::Float)
+                .to_device(tch::Device::Cpu);
+            let scores = Tensor::from_slice(&beams.iter().map(|b| b.1 as f32).collect::<Vec<_>>())
+                .view([n, 1]);
             let total = (logp + scores).view([-1]);
             let v = last.size()[1];
             let (top, idx) = total.topk(2 * k, 0, true, true);
@@ -232,8 +271,14 @@ impl Captioner {
                     break;
                 }
             }
-            let best_alive = next.first().map(|b| b.1 / norm(b.0.len() - 1)).unwrap_or(f64::NEG_INFINITY);
-            let best_done = finished.iter().map(|f| f.1).fold(f64::NEG_INFINITY, f64::max);
+            let best_alive = next
+                .first()
+                .map(|b| b.1 / norm(b.0.len() - 1))
+                .unwrap_or(f64::NEG_INFINITY);
+            let best_done = finished
+                .iter()
+                .map(|f| f.1)
+                .fold(f64::NEG_INFINITY, f64::max);
             if next.is_empty() || (finished.len() as i64 >= k && best_done >= best_alive) {
                 beams = next;
                 break;
@@ -243,8 +288,16 @@ impl Captioner {
                 for c in caches.iter_mut() {
                     c.self_attn.select(&index);
                     // The cross-attention keys are identical across hypotheses.
-                    c.cross_attn.k = c.cross_attn.k.as_ref().map(|t| t.narrow(0, 0, next.len() as i64));
-                    c.cross_attn.v = c.cross_attn.v.as_ref().map(|t| t.narrow(0, 0, next.len() as i64));
+                    c.cross_attn.k = c
+                        .cross_attn
+                        .k
+                        .as_ref()
+                        .map(|t| t.narrow(0, 0, next.len() as i64));
+                    c.cross_attn.v = c
+                        .cross_attn
+                        .v
+                        .as_ref()
+                        .map(|t| t.narrow(0, 0, next.len() as i64));
                 }
             }
             beams = next;

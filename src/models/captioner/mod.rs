@@ -56,8 +56,14 @@ fn default_vit_layers() -> i64 {
 }
 
 enum ImageEncoder {
-    Cnn { conv: ConvEncoder, proj: nn::Linear },
-    Vit { patch: nn::Conv2D, layers: Vec<EncoderLayer> },
+    Cnn {
+        conv: ConvEncoder,
+        proj: nn::Linear,
+    },
+    Vit {
+        patch: nn::Conv2D,
+        layers: Vec<EncoderLayer>,
+    },
 }
 
 pub struct Captioner {
@@ -77,7 +83,11 @@ impl Captioner {
             bail!("captioner: vocab_size is not set (it comes from the tokenizer)");
         }
         if cfg.dim % cfg.heads != 0 {
-            bail!("model.dim ({}) must be a multiple of model.heads ({})", cfg.dim, cfg.heads);
+            bail!(
+                "model.dim ({}) must be a multiple of model.heads ({})",
+                cfg.dim,
+                cfg.heads
+            );
         }
         let (encoder, grid) = match cfg.encoder {
             EncoderKind::Cnn => {
@@ -86,12 +96,21 @@ impl Captioner {
                     bail!("model.image_size {} must be divisible by 2^{} (one halving per channel stage)", cfg.image_size, cfg.channels.len());
                 }
                 let conv = ConvEncoder::new(p / "cnn", &cfg.channels);
-                let proj = nn::linear(p / "cnn_proj", *cfg.channels.last().unwrap(), cfg.dim, Default::default());
+                let proj = nn::linear(
+                    p / "cnn_proj",
+                    *cfg.channels.last().unwrap(),
+                    cfg.dim,
+                    Default::default(),
+                );
                 (ImageEncoder::Cnn { conv, proj }, cfg.image_size / down)
             }
             EncoderKind::Vit => {
                 if cfg.image_size % cfg.patch != 0 {
-                    bail!("model.image_size {} must be divisible by model.patch {}", cfg.image_size, cfg.patch);
+                    bail!(
+                        "model.image_size {} must be divisible by model.patch {}",
+                        cfg.image_size,
+                        cfg.patch
+                    );
                 }
                 let conv_cfg = nn::ConvConfig {
                     stride: cfg.patch,
@@ -99,21 +118,46 @@ impl Captioner {
                 };
                 let patch = nn::conv2d(p / "vit_patch", 3, cfg.dim, cfg.patch, conv_cfg);
                 let layers = (0..cfg.vit_layers)
-                    .map(|i| EncoderLayer::new(p / "vit" / i, cfg.dim, cfg.heads, cfg.mlp, cfg.dropout))
+                    .map(|i| {
+                        EncoderLayer::new(p / "vit" / i, cfg.dim, cfg.heads, cfg.mlp, cfg.dropout)
+                    })
                     .collect();
-                (ImageEncoder::Vit { patch, layers }, cfg.image_size / cfg.patch)
+                (
+                    ImageEncoder::Vit { patch, layers },
+                    cfg.image_size / cfg.patch,
+                )
             }
         };
-        let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
         Ok(Captioner {
             cfg: cfg.clone(),
             encoder,
             grid_pos: p.var("grid_pos", &[grid * grid, cfg.dim], init),
             enc_ln: nn::layer_norm(p / "enc_ln", vec![cfg.dim], Default::default()),
-            tok_emb: nn::embedding(p / "tok_emb", cfg.vocab_size, cfg.dim, nn::EmbeddingConfig { ws_init: init, ..Default::default() }),
+            tok_emb: nn::embedding(
+                p / "tok_emb",
+                cfg.vocab_size,
+                cfg.dim,
+                nn::EmbeddingConfig {
+                    ws_init: init,
+                    ..Default::default()
+                },
+            ),
             pos_emb: p.var("pos_emb", &[cfg.max_len, cfg.dim], init),
             layers: (0..cfg.layers)
-                .map(|i| DecoderLayer::new(p / "dec" / i, cfg.dim, cfg.dim, cfg.heads, cfg.mlp, cfg.dropout))
+                .map(|i| {
+                    DecoderLayer::new(
+                        p / "dec" / i,
+                        cfg.dim,
+                        cfg.dim,
+                        cfg.heads,
+                        cfg.mlp,
+                        cfg.dropout,
+                    )
+                })
                 .collect(),
             ln_f: nn::layer_norm(p / "ln_f", vec![cfg.dim], Default::default()),
         })
@@ -124,7 +168,10 @@ impl Captioner {
         let s = images.size();
         let want = [3, self.cfg.image_size, self.cfg.image_size];
         if s.len() != 4 || s[1..] != want {
-            bail!("captioner expects images of shape (N, 3, {n}, {n}), got {s:?}", n = want[1]);
+            bail!(
+                "captioner expects images of shape (N, 3, {n}, {n}), got {s:?}",
+                n = want[1]
+            );
         }
         Ok(())
     }
@@ -149,7 +196,14 @@ impl Captioner {
 
     /// Next-token logits `(B, T, V)` for `tokens` `(B, T)` placed at positions
     /// `offset..offset+T`, attending to `ctx`; `caches` (one per layer) make it incremental.
-    pub fn logits(&self, ctx: &Tensor, tokens: &Tensor, offset: i64, caches: Option<&mut [LayerCache]>, train: bool) -> Tensor {
+    pub fn logits(
+        &self,
+        ctx: &Tensor,
+        tokens: &Tensor,
+        offset: i64,
+        caches: Option<&mut [LayerCache]>,
+        train: bool,
+    ) -> Tensor {
         let t = tokens.size()[1];
         let mut x = tokens.apply(&self.tok_emb) + self.pos_emb.narrow(0, offset, t);
         x = x.dropout(self.cfg.dropout, train);
@@ -172,24 +226,45 @@ impl Captioner {
     /// Teacher-forced cross-entropy of `tokens` `(B, L)` given images; padding ignored.
     /// With `sampled_fraction` > 0, that share of the input tokens is replaced by the
     /// model's own predictions (parallel scheduled sampling, Mihaylova & Martins 2019).
-    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, label_smoothing: f64, sampled_fraction: f64, train: bool) -> Tensor {
+    pub fn loss(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+        pad: i64,
+        label_smoothing: f64,
+        sampled_fraction: f64,
+        train: bool,
+    ) -> Tensor {
         // Trim the batch to its longest paragraph: padding costs compute, not information.
-        let longest = tokens.ne(pad).sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]).max(2);
+        let longest = tokens
+            .ne(pad)
+            .sum_dim_intlist(1, false, Kind::Int64)
+            .max()
+            .int64_value(&[])
+            .max(2);
         let tokens = tokens.narrow(1, 0, longest.min(tokens.size()[1]));
         let t = tokens.size()[1];
         let mut input = tokens.narrow(1, 0, t - 1);
         let target = tokens.narrow(1, 1, t - 1);
         let ctx = self.encode(images, train);
         if sampled_fraction > 0.0 {
-            let predicted = tch::no_grad(|| self.logits(&ctx, &input, 0, None, false).argmax(-1, false));
+            let predicted =
+                tch::no_grad(|| self.logits(&ctx, &input, 0, None, false).argmax(-1, false));
             // Position i+1 of the input gets the prediction made at position i.
             let shifted = Tensor::cat(&[input.narrow(1, 0, 1), predicted.narrow(1, 0, t - 2)], 1);
-            let pick = Tensor::rand(input.size(), (Kind::Float, input.device())).lt(sampled_fraction);
+            let pick =
+                Tensor::rand(input.size(), (Kind::Float, input.device())).lt(sampled_fraction);
             let pick = pick.logical_and(&input.ne(pad));
             input = shifted.where_self(&pick, &input);
         }
         let logits = self.logits(&ctx, &input, 0, None, train);
         let v = logits.size()[2];
-        logits.view([-1, v]).cross_entropy_loss::<Tensor>(&target.reshape([-1]), None, tch::Reduction::Mean, pad, label_smoothing)
+        logits.view([-1, v]).cross_entropy_loss::<Tensor>(
+            &target.reshape([-1]),
+            None,
+            tch::Reduction::Mean,
+            pad,
+            label_smoothing,
+        )
     }
 }

@@ -1,0 +1,171 @@
+//! Runs a parsed command line: one function per command, each a thin join of config,
+//! device and the library.
+
+use crate::cli::{
+    CaptionArgs, Cli, Command, DataCommand, DecodeArgs, EvalCommand, TokenizerCommand, TrainCommand,
+};
+use crate::config;
+use crate::data::layout::Dataset;
+use crate::data::tokenizer::{build_for_dataset, TokenizerConfig};
+use crate::device::parse_device;
+use crate::models::captioner::decode::DecodeOptions;
+use crate::stages::captioner;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+fn require_config(cli: &Cli, example: &str) -> Result<PathBuf> {
+    cli.config
+        .clone()
+        .with_context(|| format!("this command needs a config: -c {example}"))
+}
+
+/// Loads the config, applies --set and --seed, and returns it with its resolved YAML.
+fn stage_config<T: serde::de::DeserializeOwned + serde::Serialize>(
+    cli: &Cli,
+    example: &str,
+) -> Result<(T, String)> {
+    let path = require_config(cli, example)?;
+    let mut overrides = cli.overrides.clone();
+    if let Some(seed) = cli.seed {
+        overrides.push(format!("seed={seed}"));
+    }
+    let cfg: T = config::load(&path, &overrides)?;
+    let yaml = config::to_yaml(&cfg)?;
+    Ok((cfg, yaml))
+}
+
+fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> DecodeOptions {
+    DecodeOptions {
+        strategy: a.strategy.unwrap_or(base.strategy),
+        beam: a.beam,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        repetition_penalty: if a.repetition_penalty != 1.0 {
+            a.repetition_penalty
+        } else {
+            base.repetition_penalty
+        },
+        no_repeat_ngram: if a.no_repeat_ngram != 0 {
+            a.no_repeat_ngram
+        } else {
+            base.no_repeat_ngram
+        },
+        kv_cache: !a.no_kv_cache,
+        ..base
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let device = parse_device(&cli.device)?;
+    match &cli.command {
+        Command::Data(DataCommand::Synth {
+            out,
+            n,
+            size,
+            force,
+        }) => {
+            let seed = cli.seed.unwrap_or(0);
+            eprintln!(
+                "rendering {n} synthetic paintings at {size} px into {}",
+                out.display()
+            );
+            let s = crate::data::synth::render_dataset(out, *n, *size, seed, *force)?;
+            println!(
+                "rendered {} images in {:.2} s ({:.0} images/s); splits train/val/test {}/{}/{}; paragraph words min {} mean {:.1} max {}",
+                s.n,
+                s.seconds,
+                s.n as f64 / s.seconds,
+                s.splits[0],
+                s.splits[1],
+                s.splits[2],
+                s.words_min,
+                s.words_mean,
+                s.words_max
+            );
+        }
+        Command::Tokenizer(TokenizerCommand::Train { data, from }) => {
+            let cfg: TokenizerConfig = match &cli.config {
+                Some(p) => config::load(p, &cli.overrides)?,
+                None => TokenizerConfig {
+                    vocab_size: 5000,
+                    min_frequency: 2,
+                    max_len: 256,
+                },
+            };
+            let ds = Dataset::open(data)?;
+            let s = build_for_dataset(&ds, &cfg, from.as_deref())?;
+            println!(
+                "tokenizer: {} tokens in {}; captions average {:.1} tokens (max {}), {} truncated to {}",
+                s.vocab_size,
+                ds.tokenizer_path().display(),
+                s.tokens_mean,
+                s.tokens_max,
+                s.truncated,
+                cfg.max_len
+            );
+        }
+        Command::Train(TrainCommand::Captioner(args)) => {
+            let (cfg, yaml) = stage_config::<captioner::CaptionerStageConfig>(
+                &cli,
+                "experiments/demo/captioner.yaml",
+            )?;
+            let s = captioner::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "captioner trained: {} steps in {:.1} s; best {:?} at step {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                s.best_step,
+                args.run.display()
+            );
+        }
+        Command::Eval(EvalCommand::Captioner {
+            run,
+            split,
+            checkpoint,
+            limit,
+            decode,
+        }) => {
+            let lc_cfg: captioner::CaptionerStageConfig =
+                config::load(&run.join("config.yaml"), &[])?;
+            let opts = decode_options(lc_cfg.eval.decode, decode);
+            let m = captioner::evaluate(run, *split, checkpoint, Some(opts), *limit, device)?;
+            for (k, v) in &m {
+                println!("{k:>24} {v:.4}");
+            }
+            println!(
+                "wrote {}",
+                run.join(format!("eval_{}", split.name()))
+                    .join("index.html")
+                    .display()
+            );
+        }
+        Command::Caption(CaptionArgs {
+            run,
+            images,
+            checkpoint,
+            decode,
+        }) => {
+            let lc = captioner::load_run(run, checkpoint, device)?;
+            let opts = decode_options(lc.cfg.eval.decode.clone(), decode);
+            let size = lc.cfg.model.image_size as u32;
+            let mut pixels = vec![];
+            for p in images {
+                pixels.extend(crate::data::images::load_rgb(p, size)?);
+            }
+            let n = images.len() as i64;
+            let s = size as i64;
+            let t = tch::Tensor::from_slice(&pixels)
+                .view([n, s, s, 3])
+                .permute([0, 3, 1, 2]);
+            let caps = captioner::caption_images(&lc.model, &lc.tok, &t, &opts, device, 32);
+            for (p, c) in images.iter().zip(caps) {
+                println!("{}\t{c}", p.display());
+            }
+        }
+    }
+    if cli.config.is_none() && !cli.overrides.is_empty() {
+        bail!("--set was given without -c/--config");
+    }
+    Ok(())
+}

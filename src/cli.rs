@@ -1,0 +1,151 @@
+//! The command line: `ekphrasis <command>`. The `///` comments are the help text.
+
+use crate::data::layout::Split;
+use crate::models::captioner::decode::Strategy;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ekphrasis: learn to describe pictures in paragraphs and to paint pictures from
+/// paragraphs, then measure what survives image → caption → image.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    /// auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: String,
+    /// Seed for everything random; overrides the config's `seed`.
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+    /// Experiment config (YAML), e.g. experiments/demo/captioner.yaml.
+    #[arg(short, long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Override a config value, e.g. --set train.steps=100 (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build datasets: render the embedded synthetic set.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train the shared BPE tokenizer and write tokenized_captions.json.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Train a stage from a config (-c): captioner.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Evaluate a trained run on a split and write metrics.json + an HTML page.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Describe image files with a trained captioner run.
+    Caption(CaptionArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Render the embedded synthetic art dataset (deterministic for a seed).
+    Synth {
+        /// Output dataset folder.
+        #[arg(long, default_value = "data/synth")]
+        out: PathBuf,
+        /// Number of paintings.
+        #[arg(long, default_value_t = 5000)]
+        n: usize,
+        /// Image side in pixels (16–256).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Replace an existing dataset folder.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCommand {
+    /// Train byte-level BPE on the training split (config: experiments/demo/tokenizer.yaml).
+    Train {
+        /// Dataset folder.
+        #[arg(long, default_value = "data/synth")]
+        data: PathBuf,
+        /// Use this existing tokenizer.json (e.g. GPT-2's) instead of training one.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run folder (config.yaml, checkpoints, TensorBoard events).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Continue the run in --run from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Image → paragraph captioner (CNN/ViT encoder + Transformer decoder).
+    Captioner(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// Decoding strategy (default: the run's eval.decode).
+    #[arg(long)]
+    pub strategy: Option<Strategy>,
+    /// Beam width for --strategy beam.
+    #[arg(long, default_value_t = 3)]
+    pub beam: usize,
+    /// Sampling temperature for --strategy sample.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus mass for --strategy sample.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// > 1 discourages tokens already written.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    /// Forbid repeating n-grams of this length (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram: usize,
+    /// Decode without the KV cache (recompute every prefix; slower, for comparison).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// BLEU, ROUGE-L, CIDEr-D, perplexity, degeneration and attribute scores.
+    Captioner {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        /// Which checkpoint: best or latest.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Evaluate only the first N images of the split.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        decode: DecodeArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CaptionArgs {
+    /// Captioner run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Image files to describe.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}

@@ -1,0 +1,397 @@
+//! The captioner stage: `train captioner` and `eval captioner`.
+
+use crate::data::layout::{Dataset, Split};
+use crate::data::loader::{batch_indices, load_split, random_shift, to_float, SplitData};
+use crate::data::synth::{parse, scene_of};
+use crate::data::tokenizer::TextTokenizer;
+use crate::eval::text::caption_metrics;
+use crate::models::captioner::decode::DecodeOptions;
+use crate::models::captioner::{Captioner, CaptionerConfig};
+use crate::train::runner::{self, BestMetric, RunOptions, TrainConfig, Trainable};
+use crate::util::tensorboard::EventWriter;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Scheduled sampling: from this fraction of training on (the seed: teacher forcing
+    /// for the first 80 %), feed back the model's own tokens…
+    #[serde(default = "d_ss_start")]
+    pub sampling_start: f64,
+    /// …for up to this share of input tokens (ramped linearly to the end). 0 disables.
+    #[serde(default)]
+    pub sampling_fraction: f64,
+}
+fn d_ss_start() -> f64 {
+    0.8
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Validation images decoded at each evaluation during training.
+    pub subset: usize,
+    pub decode: DecodeOptions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionerStageConfig {
+    pub data: PathBuf,
+    pub seed: u64,
+    pub model: CaptionerConfig,
+    pub train: TrainConfig,
+    pub loss: LossConfig,
+    /// Random shift in pixels (the only caption-preserving augmentation here).
+    #[serde(default)]
+    pub augment_shift: i64,
+    pub eval: EvalConfig,
+    pub best: BestMetric,
+    /// Use only this many training images (tests use tiny runs).
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+}
+
+/// Ground-truth attribute facts per id, when the dataset is the embedded one.
+pub fn synth_facts(ds: &Dataset) -> Result<Option<HashMap<String, Vec<String>>>> {
+    let rows = ds.metadata()?;
+    if rows.is_empty() || rows.iter().any(|r| r.source != "synthetic") {
+        return Ok(None);
+    }
+    let mut out = HashMap::new();
+    for r in &rows {
+        out.insert(r.id.clone(), scene_of(r)?.facts());
+    }
+    Ok(Some(out))
+}
+
+/// Attribute precision / recall / F1 (micro) of captions against the truth.
+pub fn attribute_scores(
+    captions: &[String],
+    ids: &[String],
+    truth: &HashMap<String, Vec<String>>,
+) -> BTreeMap<String, f64> {
+    let (mut hit, mut pred, mut gold) = (0usize, 0usize, 0usize);
+    for (c, id) in captions.iter().zip(ids) {
+        let p = parse::parse(c);
+        let t = &truth[id];
+        hit += p.iter().filter(|f| t.contains(f)).count();
+        pred += p.len();
+        gold += t.len();
+    }
+    let precision = hit as f64 / pred.max(1) as f64;
+    let recall = hit as f64 / gold.max(1) as f64;
+    let f1 = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    BTreeMap::from([
+        ("attr_precision".into(), precision),
+        ("attr_recall".into(), recall),
+        ("attr_f1".into(), f1),
+    ])
+}
+
+pub struct CaptionerStage {
+    pub vs: nn::VarStore,
+    pub model: Captioner,
+    pub tok: TextTokenizer,
+    cfg: CaptionerStageConfig,
+    train: SplitData,
+    val: SplitData,
+    truth: Option<HashMap<String, Vec<String>>>,
+    device: Device,
+}
+
+/// Builds the model for `cfg` on `device` with the dataset's tokenizer.
+pub fn build_model(
+    cfg: &CaptionerConfig,
+    tok: &TextTokenizer,
+    device: Device,
+) -> Result<(nn::VarStore, Captioner)> {
+    let mut mcfg = cfg.clone();
+    mcfg.vocab_size = tok.vocab_size() as i64;
+    let vs = nn::VarStore::new(device);
+    let model = Captioner::new(&vs.root(), &mcfg)?;
+    Ok((vs, model))
+}
+
+impl CaptionerStage {
+    pub fn new(cfg: CaptionerStageConfig, device: Device) -> Result<Self> {
+        let ds = Dataset::open(&cfg.data)?;
+        if !ds.tokenizer_path().exists() {
+            bail!(
+                "{} has no tokenizer.json; run `ekphrasis tokenizer train --data {}` first",
+                cfg.data.display(),
+                cfg.data.display()
+            );
+        }
+        let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+        tch::manual_seed(cfg.seed as i64);
+        let (vs, model) = build_model(&cfg.model, &tok, device)?;
+        let size = cfg.model.image_size as u32;
+        let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+        let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset.max(1)))?;
+        if train.tokens.is_none() {
+            bail!(
+                "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
+                cfg.data.display()
+            );
+        }
+        let truth = synth_facts(&ds)?;
+        Ok(CaptionerStage {
+            vs,
+            model,
+            tok,
+            cfg,
+            train,
+            val,
+            truth,
+            device,
+        })
+    }
+
+    fn sampled_fraction(&self, micro: u64) -> f64 {
+        let l = &self.cfg.loss;
+        let total = (self.cfg.train.steps * self.cfg.train.accumulate) as f64;
+        let progress = micro as f64 / total;
+        if l.sampling_fraction <= 0.0 || progress < l.sampling_start {
+            return 0.0;
+        }
+        l.sampling_fraction * (progress - l.sampling_start) / (1.0 - l.sampling_start).max(1e-9)
+    }
+}
+
+/// Decodes `images` (uint8) in batches and returns the captions.
+pub fn caption_images(
+    model: &Captioner,
+    tok: &TextTokenizer,
+    images: &Tensor,
+    opts: &DecodeOptions,
+    device: Device,
+    batch: i64,
+) -> Vec<String> {
+    let n = images.size()[0];
+    let mut out = Vec::with_capacity(n as usize);
+    let mut start = 0;
+    while start < n {
+        let len = batch.min(n - start);
+        let x = to_float(&images.narrow(0, start, len), device);
+        for ids in model.generate(&x, opts, tok.bos, tok.eos, tok.pad) {
+            out.push(tok.decode(&ids));
+        }
+        start += len;
+    }
+    out
+}
+
+/// Teacher-forced mean loss over a split's rows (for perplexity).
+pub fn teacher_forced_loss(model: &Captioner, data: &SplitData, pad: i64, device: Device) -> f64 {
+    let tokens = data.tokens.as_ref().expect("tokenized");
+    let n = data.images.size()[0];
+    let mut total = 0.0;
+    let mut count = 0.0;
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < n {
+            let len = 32.min(n - start);
+            let x = to_float(&data.images.narrow(0, start, len), device);
+            let t = tokens.narrow(0, start, len).to_device(device);
+            total += model.loss(&x, &t, pad, 0.0, 0.0, false).double_value(&[]) * len as f64;
+            count += len as f64;
+            start += len;
+        }
+    });
+    total / count.max(1.0)
+}
+
+impl Trainable for CaptionerStage {
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let n = self.train.images.size()[0] as usize;
+        let idx = Tensor::from_slice(&batch_indices(
+            n,
+            self.cfg.train.batch_size,
+            self.cfg.seed,
+            micro,
+        ));
+        let x = to_float(&self.train.images.index_select(0, &idx), self.device);
+        let x = random_shift(&x, self.cfg.augment_shift);
+        let tokens = self
+            .train
+            .tokens
+            .as_ref()
+            .unwrap()
+            .index_select(0, &idx)
+            .to_device(self.device);
+        let frac = self.sampled_fraction(micro);
+        Ok(self.model.loss(
+            &x,
+            &tokens,
+            self.tok.pad,
+            self.cfg.loss.label_smoothing,
+            frac,
+            true,
+        ))
+    }
+
+    fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        let loss = teacher_forced_loss(&self.model, &self.val, self.tok.pad, self.device);
+        let captions = caption_images(
+            &self.model,
+            &self.tok,
+            &self.val.images,
+            &self.cfg.eval.decode,
+            self.device,
+            64,
+        );
+        let mut m = caption_metrics(&captions, &self.val.captions);
+        m.retain(|k, _| ["bleu4", "cider_d", "repeated_trigrams"].contains(&k.as_str()));
+        m.insert("loss".into(), loss);
+        m.insert("perplexity".into(), loss.exp());
+        if let Some(truth) = &self.truth {
+            m.extend(attribute_scores(&captions, &self.val.ids, truth));
+        }
+        for (i, c) in captions.iter().take(3).enumerate() {
+            tb.text(
+                &format!("captions/val_{i}"),
+                step as i64,
+                &format!(
+                    "**generated:** {c}\n\n**reference:** {}",
+                    self.val.captions[i]
+                ),
+            )?;
+        }
+        Ok(m)
+    }
+}
+
+pub fn train(
+    cfg: CaptionerStageConfig,
+    config_yaml: String,
+    run_dir: &Path,
+    resume: bool,
+    device: Device,
+) -> Result<runner::RunSummary> {
+    let mut stage = CaptionerStage::new(cfg.clone(), device)?;
+    let opts = RunOptions {
+        run_dir: run_dir.to_path_buf(),
+        resume,
+        seed: cfg.seed,
+        arch: serde_json::to_value(&stage.model.cfg)?,
+        tokenizer_hash: stage.tok.hash.clone(),
+        best: cfg.best.clone(),
+        config_yaml,
+    };
+    let params: i64 = stage
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    eprintln!(
+        "captioner: {:.2}M parameters, {} training images, {} steps of {} on {:?}",
+        params as f64 / 1e6,
+        stage.train.ids.len(),
+        cfg.train.steps,
+        cfg.train.batch_size,
+        device
+    );
+    let summary = runner::run(&mut stage, &cfg.train, &opts)?;
+    super::write_done(run_dir, &summary)?;
+    Ok(summary)
+}
+
+/// A trained captioner read back from its run folder (config + chosen checkpoint; EMA
+/// weights when the run kept them).
+pub struct LoadedCaptioner {
+    pub cfg: CaptionerStageConfig,
+    pub vs: nn::VarStore,
+    pub model: Captioner,
+    pub tok: TextTokenizer,
+    pub step: u64,
+}
+
+pub fn load_run(run_dir: &Path, checkpoint: &str, device: Device) -> Result<LoadedCaptioner> {
+    let cfg_path = run_dir.join("config.yaml");
+    if !cfg_path.exists() {
+        bail!(
+            "{} is not a captioner run (no config.yaml)",
+            run_dir.display()
+        );
+    }
+    let cfg: CaptionerStageConfig = crate::config::load(&cfg_path, &[])?;
+    let ds = Dataset::open(&cfg.data)?;
+    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+    let (vs, model) = build_model(&cfg.model, &tok, device)?;
+    let (state, tensors) = crate::train::checkpoint::load(run_dir, checkpoint)?;
+    if state.tokenizer_hash != tok.hash {
+        bail!(
+            "{}: trained with a different tokenizer.json than {} holds now",
+            run_dir.display(),
+            ds.tokenizer_path().display()
+        );
+    }
+    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
+        "ema."
+    } else {
+        "model."
+    };
+    crate::train::checkpoint::load_into(&vs, &tensors, prefix)?;
+    Ok(LoadedCaptioner {
+        cfg,
+        vs,
+        model,
+        tok,
+        step: state.step,
+    })
+}
+
+/// `eval captioner`: decodes a split, scores it, writes metrics.json and a page.
+pub fn evaluate(
+    run_dir: &Path,
+    split: Split,
+    checkpoint: &str,
+    decode: Option<DecodeOptions>,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<BTreeMap<String, f64>> {
+    let lc = load_run(run_dir, checkpoint, device)?;
+    let ds = Dataset::open(&lc.cfg.data)?;
+    let data = load_split(&ds, split, lc.cfg.model.image_size as u32, limit)?;
+    let opts = decode.unwrap_or(lc.cfg.eval.decode.clone());
+    let start = std::time::Instant::now();
+    let captions = caption_images(&lc.model, &lc.tok, &data.images, &opts, device, 64);
+    let secs = start.elapsed().as_secs_f64();
+    let loss = teacher_forced_loss(&lc.model, &data, lc.tok.pad, device);
+    let mut m = caption_metrics(&captions, &data.captions);
+    m.insert("loss".into(), loss);
+    m.insert("perplexity".into(), loss.exp());
+    m.insert("images".into(), captions.len() as f64);
+    m.insert("images_per_sec".into(), captions.len() as f64 / secs);
+    if let Some(truth) = synth_facts(&ds)? {
+        m.extend(attribute_scores(&captions, &data.ids, &truth));
+    }
+    let out = run_dir.join(format!("eval_{}", split.name()));
+    crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
+    let rows: Vec<(String, String, String)> = data
+        .ids
+        .iter()
+        .zip(&captions)
+        .zip(&data.captions)
+        .take(24)
+        .map(|((id, g), r)| (id.clone(), g.clone(), r.clone()))
+        .collect();
+    crate::report::caption_page(&out, &ds, &rows, &m).context("writing the caption page")?;
+    Ok(m)
+}

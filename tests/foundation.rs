@@ -1,0 +1,224 @@
+//! Foundation: bad input is a clean error, resume continues a run exactly, and
+//! TensorBoard files are readable by TensorBoard's own reader.
+
+mod common;
+use common::*;
+
+#[test]
+fn bad_configs_and_devices_are_clean_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path());
+    let cfg = tiny_captioner_config(dir.path(), &data, 2);
+    let run_dir = dir.path().join("run");
+    let (c, r) = (cfg.to_str().unwrap(), run_dir.to_str().unwrap());
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(
+        &unknown,
+        text.replace("  layers: 1\n", "  layers: 1\n  layerz: 2\n"),
+    )
+    .unwrap();
+    let e = assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            unknown.to_str().unwrap(),
+            "--run",
+            r,
+        ],
+        "layerz",
+    );
+    assert!(e.contains("line 8"), "{e}");
+
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(&wrong, text.replace("  dim: 32", "  dim: wide")).unwrap();
+    assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            wrong.to_str().unwrap(),
+            "--run",
+            r,
+        ],
+        "dim",
+    );
+
+    assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            "/no/such/config.yaml",
+            "--run",
+            r,
+        ],
+        "/no/such/config.yaml",
+    );
+    assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            c,
+            "--run",
+            r,
+            "--set",
+            "train.nope=1",
+        ],
+        "nope",
+    );
+    if !tch::Cuda::is_available() {
+        assert_clean_error(
+            &[
+                "train",
+                "captioner",
+                "-c",
+                c,
+                "--run",
+                r,
+                "--device",
+                "cuda",
+            ],
+            "no CUDA device",
+        );
+    }
+    assert_clean_error(
+        &["train", "captioner", "-c", c, "--run", r, "--resume"],
+        "no checkpoint",
+    );
+
+    // A run whose architecture no longer matches its checkpoint refuses to resume.
+    let (ok, _, err) = run(&["train", "captioner", "-c", c, "--run", r, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert_clean_error(
+        &["train", "captioner", "-c", c, "--run", r, "--device", "cpu"],
+        "--resume",
+    );
+    assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            c,
+            "--run",
+            r,
+            "--resume",
+            "--set",
+            "model.dim=48",
+            "--device",
+            "cpu",
+        ],
+        "cannot resume",
+    );
+}
+
+/// Training 6 steps straight equals 3 steps + resume + 3 steps, weight for weight.
+#[test]
+fn resume_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path());
+    let cfg = tiny_captioner_config(dir.path(), &data, 6);
+    let c = cfg.to_str().unwrap();
+    let straight = dir.path().join("straight");
+    let split = dir.path().join("split");
+    let (ok, _, err) = run(&[
+        "train",
+        "captioner",
+        "-c",
+        c,
+        "--run",
+        straight.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    // The first half stops after step 3 as if interrupted (the runner's test hook).
+    let out = bin()
+        .args([
+            "train",
+            "captioner",
+            "-c",
+            c,
+            "--run",
+            split.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .env("EKPHRASIS_STOP_AFTER_STEP", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("interrupted at step 3"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        "train",
+        "captioner",
+        "-c",
+        c,
+        "--run",
+        split.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--resume",
+    ]);
+    assert!(ok, "{err}");
+    let a = tch::Tensor::read_safetensors(straight.join("checkpoints/latest.safetensors")).unwrap();
+    let b: std::collections::HashMap<_, _> =
+        tch::Tensor::read_safetensors(split.join("checkpoints/latest.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(!a.is_empty());
+    for (name, t) in a {
+        let diff = (&t - &b[&name]).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "{name} differs after resume by {diff}");
+    }
+}
+
+/// TensorBoard's own reader finds our scalars, images and text.
+#[test]
+fn tensorboard_reader_reads_our_event_files() {
+    let Some(py) = python() else {
+        eprintln!("SKIPPED: EKPHRASIS_PYTHON not set (run through `make test`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut w = ekphrasis::util::tensorboard::EventWriter::create(dir.path()).unwrap();
+        for step in 0..5 {
+            w.scalar("train/loss", step, 1.0 / (step + 1) as f64)
+                .unwrap();
+        }
+        w.image("grid", 3, &[200u8; 4 * 6 * 3], 4, 6).unwrap();
+        w.text("caption", 3, "a red house").unwrap();
+    }
+    let script = r#"
+import sys
+from tensorboard.backend.event_processing import event_accumulator as ea
+acc = ea.EventAccumulator(sys.argv[1], size_guidance={"tensors": 0, "images": 0, "scalars": 0})
+acc.Reload()
+vals = [round(e.value, 4) for e in acc.Scalars("train/loss")]
+img = acc.Images("grid")[0]
+txt = acc.Tensors("caption")[0].tensor_proto.string_val[0].decode()
+print(vals, img.width, img.height, txt)
+"#;
+    let out = std::process::Command::new(py)
+        .args(["-c", script, dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "[1.0, 0.5, 0.3333, 0.25, 0.2] 6 4 a red house"
+    );
+}
