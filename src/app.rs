@@ -9,7 +9,7 @@ use crate::data::layout::Dataset;
 use crate::data::tokenizer::{build_for_dataset, TokenizerConfig};
 use crate::device::parse_device;
 use crate::models::captioner::decode::DecodeOptions;
-use crate::stages::captioner;
+use crate::stages::{captioner, cycle, evaluators, t2i};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -52,6 +52,12 @@ fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> DecodeOptions {
         },
         kv_cache: !a.no_kv_cache,
         ..base
+    }
+}
+
+fn print_metrics(m: &std::collections::BTreeMap<String, f64>) {
+    for (k, v) in m {
+        println!("{k:>24} {v:.4}");
     }
 }
 
@@ -118,6 +124,99 @@ pub fn run(cli: Cli) -> Result<()> {
                 s.best_step,
                 args.run.display()
             );
+        }
+        Command::Train(TrainCommand::Clip(args)) => {
+            let (cfg, yaml) =
+                stage_config::<evaluators::ClipStageConfig>(&cli, "experiments/demo/clip.yaml")?;
+            let s = evaluators::train_clip(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "clip trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Train(TrainCommand::Probe(args)) => {
+            let (cfg, yaml) =
+                stage_config::<evaluators::ProbeStageConfig>(&cli, "experiments/demo/probe.yaml")?;
+            let s = evaluators::train_probe(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "probe trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Eval(EvalCommand::Clip { run, split, limit }) => {
+            let m = evaluators::eval_clip(run, *split, *limit, device)?;
+            print_metrics(&m);
+            println!(
+                "wrote {}",
+                run.join(format!("eval_{}", split.name()))
+                    .join("plots.html")
+                    .display()
+            );
+        }
+        Command::Train(TrainCommand::T2i(args)) => {
+            let (cfg, yaml) =
+                stage_config::<t2i::T2IStageConfig>(&cli, "experiments/demo/t2i-vae.yaml")?;
+            let s = t2i::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "t2i trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Eval(EvalCommand::T2i { run, split, limit }) => {
+            print_metrics(&t2i::evaluate(run, *split, *limit, device)?);
+            println!(
+                "wrote {}",
+                run.join(format!("eval_{}", split.name()))
+                    .join("metrics.json")
+                    .display()
+            );
+        }
+        Command::Draw(a) => {
+            let texts = match (&a.text, &a.captions) {
+                (Some(t), None) => vec![t.clone()],
+                (None, Some(csv)) => crate::data::ingest::read_caption_column(csv)?,
+                _ => bail!("give either a TEXT argument or --captions FILE.csv"),
+            };
+            let paths = t2i::draw(
+                &a.run,
+                &texts,
+                a.n,
+                cli.seed.unwrap_or(0) as i64,
+                &a.out,
+                a.grid,
+                device,
+            )?;
+            println!("wrote {} images to {}", paths.len(), a.out.display());
+        }
+        Command::Cycle(a) => {
+            let args = cycle::CycleArgs {
+                captioner: a.captioner.clone(),
+                generator: a.generator.clone(),
+                clip: a.clip.clone(),
+                probe: (a.probe != "none").then(|| PathBuf::from(&a.probe)),
+                split: a.split,
+                limit: a.limit,
+                out: a.out.clone(),
+                seed: cli.seed.unwrap_or(0),
+            };
+            let table = cycle::run(&args, device)?;
+            for (col, m) in &table {
+                println!("{col}");
+                print_metrics(m);
+            }
+            println!("report: {}", a.out.join("index.html").display());
+        }
+        Command::Eval(EvalCommand::Probe { run, split }) => {
+            print_metrics(&evaluators::eval_probe(run, *split, device)?);
         }
         Command::Eval(EvalCommand::Captioner {
             run,

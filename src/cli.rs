@@ -34,7 +34,7 @@ pub enum Command {
     /// Train the shared BPE tokenizer and write tokenized_captions.json.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
-    /// Train a stage from a config (-c): captioner.
+    /// Train a stage from a config (-c): captioner, clip, probe.
     #[command(subcommand)]
     Train(TrainCommand),
     /// Evaluate a trained run on a split and write metrics.json + an HTML page.
@@ -42,6 +42,56 @@ pub enum Command {
     Eval(EvalCommand),
     /// Describe image files with a trained captioner run.
     Caption(CaptionArgs),
+    /// Paint images from text with a trained text → image run.
+    Draw(DrawArgs),
+    /// image → caption → image on a split, with floor, ceiling and nearest-neighbour
+    /// baselines; writes reports/<name>/index.html and metrics.json.
+    Cycle(CycleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CycleArgs {
+    /// Captioner run folder.
+    #[arg(long, default_value = "runs/captioner/demo")]
+    pub captioner: PathBuf,
+    /// Text → image run folder.
+    #[arg(long, default_value = "runs/t2i/demo")]
+    pub generator: PathBuf,
+    /// Contrastive evaluator run folder.
+    #[arg(long, default_value = "runs/clip/demo")]
+    pub clip: PathBuf,
+    /// Attribute probe run folder (embedded set only); "none" to skip.
+    #[arg(long, default_value = "runs/probe/demo")]
+    pub probe: String,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Use only the first N images of the split.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Report folder.
+    #[arg(long, default_value = "reports/demo")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DrawArgs {
+    /// Text → image run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The paragraph to draw (or use --captions).
+    pub text: Option<String>,
+    /// A CSV file with a `caption` column: one row per text (seed 004's test captions).
+    #[arg(long)]
+    pub captions: Option<PathBuf>,
+    /// Images per text, each from a different noise.
+    #[arg(long, default_value_t = 5)]
+    pub n: i64,
+    /// Output folder.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Also write grid.png (texts × noises).
+    #[arg(long)]
+    pub grid: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +140,12 @@ pub struct RunArgs {
 pub enum TrainCommand {
     /// Image → paragraph captioner (CNN/ViT encoder + Transformer decoder).
     Captioner(RunArgs),
+    /// Contrastive image–text embedding (symmetric InfoNCE): the evaluators' encoder.
+    Clip(RunArgs),
+    /// Attribute probe: a classifier of the embedded set's attributes (grades images).
+    Probe(RunArgs),
+    /// Text → image generator (model.kind: vae) with its own text encoder.
+    T2i(RunArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,6 +189,34 @@ pub enum EvalCommand {
         limit: Option<usize>,
         #[command(flatten)]
         decode: DecodeArgs,
+    },
+    /// Recall@1/5/10 and median rank both ways, R-precision, PCA / t-SNE plots and
+    /// TensorBoard projector files.
+    Clip {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        /// Use only the first N pairs of the split.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Text → image: CLIP-style score, R-precision, FD-own, KID-own, probe attribute
+    /// accuracy, IS-style score and diversity on a split's captions.
+    T2i {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Attribute accuracy of the probe on real images of a split.
+    Probe {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
     },
 }
 

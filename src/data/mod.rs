@@ -2,6 +2,7 @@
 //! the tensor loader.
 
 pub mod images;
+pub mod ingest;
 pub mod layout;
 pub mod loader;
 pub mod splits;

@@ -1,3 +1,7 @@
 //! The networks: each model owns its layers and its loss, not the training loop.
 
 pub mod captioner;
+pub mod clip;
+pub mod probe;
+pub mod t2i;
+pub mod text_encoder;

@@ -61,6 +61,19 @@ impl Attention {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
+        self.forward_masked(x, context, causal, cache, None, train)
+    }
+
+    /// As [`Attention::forward`], with `key_mask` `(B, S)` (true = attend) hiding padding.
+    pub fn forward_masked(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        causal: bool,
+        cache: Option<&mut KvCache>,
+        key_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let (b, t, c) = x.size3().unwrap();
         let q = self.split(&x.apply(&self.q));
         let (k, v, had_past) = match (context, cache) {
@@ -102,12 +115,19 @@ impl Attention {
         // With a past, new queries sit at the end: a causal mask is only needed when
         // several new tokens arrive at once, which decoding never does after the prefill.
         let is_causal = causal && !had_past && t > 1;
-        let mask = if causal && had_past && t > 1 {
+        let mut mask = if causal && had_past && t > 1 {
             let s = k.size()[2];
             Some(Tensor::ones([t, s], (tch::Kind::Bool, x.device())).tril(s - t))
         } else {
             None
         };
+        if let Some(km) = key_mask {
+            let km = km.view([b, 1, 1, -1]); // (B, 1, 1, S): broadcast over heads and queries
+            mask = Some(match mask {
+                Some(m) => m.logical_and(&km),
+                None => km,
+            });
+        }
         let p = if train { self.dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, is_causal, None, false);
         y.transpose(1, 2)

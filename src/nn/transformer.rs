@@ -50,11 +50,12 @@ impl EncoderLayer {
             dropout,
         }
     }
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x + self
+    /// `key_mask` `(B, T)`: true for real tokens, false for padding.
+    pub fn forward(&self, x: &Tensor, key_mask: Option<&Tensor>, train: bool) -> Tensor {
+        let h = self
             .attn
-            .forward(&self.ln1.forward(x), None, false, None, train)
-            .dropout(self.dropout, train);
+            .forward_masked(&self.ln1.forward(x), None, false, None, key_mask, train);
+        let x = x + h.dropout(self.dropout, train);
         &x + self.mlp.forward(&self.ln2.forward(&x), train)
     }
 }

@@ -1,4 +1,10 @@
-//! Reports: self-contained HTML pages (images inlined as base64 PNG) and image grids.
+//! Reports: self-contained HTML pages (images inlined as base64 PNG), plots and
+//! TensorBoard projector files.
+
+pub mod cycle;
+pub mod grid;
+pub mod plots;
+pub mod projector;
 
 use crate::data::layout::Dataset;
 use crate::util::fsio::atomic_write;

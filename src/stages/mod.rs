@@ -2,6 +2,9 @@
 //! what a CLI command calls.
 
 pub mod captioner;
+pub mod cycle;
+pub mod evaluators;
+pub mod t2i;
 
 use anyhow::Result;
 use std::path::Path;

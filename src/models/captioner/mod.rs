@@ -186,7 +186,7 @@ impl Captioner {
             ImageEncoder::Vit { patch, layers } => {
                 let mut h = patch.forward(images).flatten(2, 3).transpose(1, 2) + &self.grid_pos; // (B, G, D)
                 for l in layers {
-                    h = l.forward(&h, train);
+                    h = l.forward(&h, None, train);
                 }
                 return self.enc_ln.forward(&h);
             }

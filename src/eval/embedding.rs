@@ -1,0 +1,202 @@
+//! Embedding metrics: retrieval Recall@k and median rank, R-precision (1 true + 99
+//! random candidates, as AttnGAN's evaluation), the CLIP-style score, and Fréchet
+//! distance / KID between feature sets (named "FD-own" / "KID-own" in reports because the
+//! features come from the encoder trained here, not Inception).
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// Rank (0 = best) of the true partner for each query, given similarity `(N, N)` with
+/// the truth on the diagonal.
+fn ranks(sim: &Tensor) -> Vec<i64> {
+    let n = sim.size()[0];
+    let diag = sim.diagonal(0, 0, 1).unsqueeze(1);
+    let better = sim.gt_tensor(&diag).sum_dim_intlist(1, false, Kind::Int64);
+    let _ = n;
+    Vec::try_from(better.to_device(tch::Device::Cpu)).unwrap()
+}
+
+/// Recall@1/5/10 and median rank (1-based), image→text and text→image, for unit
+/// embeddings where row i of each is a pair.
+pub fn retrieval(images: &Tensor, texts: &Tensor) -> BTreeMap<String, f64> {
+    let sim = images.matmul(&texts.tr());
+    let mut m = BTreeMap::new();
+    for (dir, s) in [("i2t", sim.shallow_clone()), ("t2i", sim.tr())] {
+        let r = ranks(&s);
+        for k in [1, 5, 10] {
+            let hit = r.iter().filter(|&&x| x < k).count() as f64 / r.len() as f64;
+            m.insert(format!("{dir}_r{k}"), hit);
+        }
+        let mut sorted = r.clone();
+        sorted.sort();
+        m.insert(
+            format!("{dir}_median_rank"),
+            (sorted[sorted.len() / 2] + 1) as f64,
+        );
+    }
+    m
+}
+
+/// R-precision: for each image, rank its true caption among it and `distractors` random
+/// other captions; the share ranked first. Chance is 1/(distractors+1).
+pub fn r_precision(images: &Tensor, texts: &Tensor, distractors: usize, seed: u64) -> f64 {
+    let n = images.size()[0] as usize;
+    if n < 2 {
+        return 0.0;
+    }
+    let sim: Vec<Vec<f32>> =
+        Vec::try_from(images.matmul(&texts.tr()).to_device(tch::Device::Cpu)).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut hits = 0;
+    for (i, row) in sim.iter().enumerate() {
+        let others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        let picked: Vec<&usize> = others
+            .choose_multiple(&mut rng, distractors.min(n - 1))
+            .collect();
+        if picked.iter().all(|&&j| row[j] < row[i]) {
+            hits += 1;
+        }
+    }
+    hits as f64 / n as f64
+}
+
+/// CLIP-style score: 100 × max(cos, 0), averaged over pairs.
+pub fn clip_score(images: &Tensor, texts: &Tensor) -> f64 {
+    ((images * texts)
+        .sum_dim_intlist(1, false, Kind::Float)
+        .clamp_min(0.0)
+        * 100.0)
+        .mean(Kind::Float)
+        .double_value(&[])
+}
+
+fn mean_cov(x: &Tensor) -> (Tensor, Tensor) {
+    let x = x.to_kind(Kind::Double);
+    let mu = x.mean_dim(0, false, Kind::Double);
+    let c = &x - &mu;
+    let cov = c.tr().matmul(&c) / (x.size()[0] - 1).max(1) as f64;
+    (mu, cov)
+}
+
+/// Square root of a symmetric positive semi-definite matrix via its eigen-decomposition.
+fn sqrtm_psd(m: &Tensor) -> Tensor {
+    let (vals, vecs) = m.linalg_eigh("L");
+    let s = vals.clamp_min(0.0).sqrt();
+    (&vecs * s.unsqueeze(0)).matmul(&vecs.tr())
+}
+
+/// Fréchet distance between Gaussians fitted to two feature sets `(N, F)`:
+/// |μ₁−μ₂|² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^½ Σ₂ Σ₁^½)^½).
+pub fn frechet_distance(a: &Tensor, b: &Tensor) -> f64 {
+    let (m1, s1) = mean_cov(&a.to_device(tch::Device::Cpu));
+    let (m2, s2) = mean_cov(&b.to_device(tch::Device::Cpu));
+    let r1 = sqrtm_psd(&s1);
+    let inner = r1.matmul(&s2).matmul(&r1);
+    let inner = (&inner + inner.tr()) / 2.0;
+    let cross = sqrtm_psd(&inner).trace();
+    let d = (&m1 - &m2).square().sum(Kind::Double);
+    (d + s1.trace() + s2.trace() - cross * 2.0)
+        .double_value(&[])
+        .max(0.0)
+}
+
+/// Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic
+/// polynomial kernel k(x, y) = (x·y / d + 1)³.
+pub fn kid(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    let b = b.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    let d = a.size()[1] as f64;
+    let k = |x: &Tensor, y: &Tensor| (x.matmul(&y.tr()) / d + 1.0).pow_tensor_scalar(3);
+    let (n, m) = (a.size()[0] as f64, b.size()[0] as f64);
+    let kxx = k(&a, &a);
+    let kyy = k(&b, &b);
+    let kxy = k(&a, &b);
+    let off =
+        |t: &Tensor, n: f64| (t.sum(Kind::Double) - t.trace()).double_value(&[]) / (n * (n - 1.0));
+    off(&kxx, n) + off(&kyy, m) - 2.0 * kxy.mean(Kind::Double).double_value(&[])
+}
+
+/// Inception-Score-style score from class posteriors `(N, C)`: exp(E KL(p(y|x) ‖ p(y))).
+pub fn inception_style_score(posteriors: &Tensor) -> f64 {
+    let p = posteriors.to_kind(Kind::Double).clamp_min(1e-12);
+    let py = p.mean_dim(0, true, Kind::Double);
+    let kl = (&p * (p.log() - py.log())).sum_dim_intlist(1, false, Kind::Double);
+    kl.mean(Kind::Double).exp().double_value(&[])
+}
+
+/// Mean pairwise L2 distance between rows (the diversity of several images of one
+/// caption; zero means mode collapse).
+pub fn mean_pairwise_distance(x: &Tensor) -> f64 {
+    let n = x.size()[0];
+    if n < 2 {
+        return 0.0;
+    }
+    let d = Tensor::cdist(
+        &x.to_kind(Kind::Float),
+        &x.to_kind(Kind::Float),
+        2.0,
+        None::<i64>,
+    );
+    d.sum(Kind::Double).double_value(&[]) / (n * (n - 1)) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::clip::l2_normalise;
+    use tch::Device;
+
+    fn randn(n: i64, d: i64, seed: i64) -> Tensor {
+        tch::manual_seed(seed);
+        Tensor::randn([n, d], (Kind::Float, Device::Cpu))
+    }
+
+    #[test]
+    fn perfect_pairs_retrieve_perfectly_and_shuffled_pairs_at_chance() {
+        let x = l2_normalise(&randn(200, 32, 0));
+        let m = retrieval(&x, &x);
+        assert_eq!(
+            (m["i2t_r1"], m["t2i_r1"], m["i2t_median_rank"]),
+            (1.0, 1.0, 1.0)
+        );
+        assert_eq!(r_precision(&x, &x, 99, 0), 1.0);
+        let y = l2_normalise(&randn(200, 32, 1));
+        let rp = r_precision(&x, &y, 99, 0);
+        assert!(
+            rp < 0.05,
+            "unrelated pairs: R-precision {rp} should be near 1/100"
+        );
+        assert!((clip_score(&x, &x) - 100.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn frechet_and_kid_known_answers() {
+        let a = randn(2000, 8, 2);
+        assert!(frechet_distance(&a, &a) < 1e-6);
+        assert!(kid(&a, &a).abs() < 0.05);
+        // A shift by 3 in every coordinate: FD ≈ |Δμ|² = 8 · 9 = 72 (same covariance).
+        let b = &a + 3.0;
+        let fd = frechet_distance(&a, &b);
+        assert!((fd - 72.0).abs() < 1e-3, "{fd}");
+        // Independent samples of one distribution: FD small, KID near zero.
+        let c = randn(2000, 8, 3);
+        assert!(frechet_distance(&a, &c) < 0.1);
+        assert!(kid(&a, &c).abs() < 0.01);
+        assert!(kid(&a, &b) > 1.0);
+    }
+
+    #[test]
+    fn inception_style_score_bounds() {
+        // Confident and evenly spread over C classes → C; all the same → 1.
+        let eye = Tensor::eye(10, (Kind::Float, Device::Cpu));
+        assert!((inception_style_score(&eye) - 10.0).abs() < 1e-6);
+        let same = Tensor::ones([10, 10], (Kind::Float, Device::Cpu)) / 10.0;
+        assert!((inception_style_score(&same) - 1.0).abs() < 1e-9);
+        assert_eq!(
+            mean_pairwise_distance(&Tensor::ones([5, 3], (Kind::Float, Device::Cpu))),
+            0.0
+        );
+    }
+}

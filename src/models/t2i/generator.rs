@@ -1,0 +1,194 @@
+//! The conditional image generator shared by the VAE decoder and the GAN generator: a
+//! noise vector and the caption's global vector are projected to a 4×4 map, then
+//! upsampling blocks double the resolution. Every block is modulated by the caption
+//! (FiLM, the channel-wise affine "fusion" of DF-GAN, Tao et al. 2022), and blocks at
+//! low resolution also cross-attend to the caption's tokens, so words like "top left"
+//! can bind to places.
+
+use crate::nn::attention::Attention;
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    pub z_dim: i64,
+    /// Channels after each ×2 upsampling from 4×4: the output side is 4·2^len.
+    pub channels: Vec<i64>,
+    /// Blocks whose output side is at most this cross-attend to the caption tokens.
+    #[serde(default = "d_attn")]
+    pub attention_max_side: i64,
+}
+fn d_attn() -> i64 {
+    16
+}
+
+fn groups(ch: i64) -> i64 {
+    [8, 4, 2, 1].into_iter().find(|g| ch % g == 0).unwrap()
+}
+
+/// Channel-wise scale and shift predicted from the caption vector.
+#[derive(Debug)]
+struct Film {
+    lin: nn::Linear,
+}
+
+impl Film {
+    fn new(p: nn::Path, cond: i64, ch: i64) -> Self {
+        let cfg = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        Film {
+            lin: nn::linear(p, cond, 2 * ch, cfg),
+        }
+    }
+    fn forward(&self, x: &Tensor, c: &Tensor) -> Tensor {
+        let ss = self.lin.forward(c).unsqueeze(-1).unsqueeze(-1); // (B, 2C, 1, 1)
+        let parts = ss.chunk(2, 1);
+        x * (&parts[0] + 1.0) + &parts[1]
+    }
+}
+
+#[derive(Debug)]
+struct UpBlock {
+    conv1: nn::Conv2D,
+    norm1: nn::GroupNorm,
+    film1: Film,
+    conv2: nn::Conv2D,
+    norm2: nn::GroupNorm,
+    film2: Film,
+    attn: Option<(nn::LayerNorm, Attention)>,
+}
+
+impl UpBlock {
+    fn new(p: nn::Path, cin: i64, cout: i64, cond: i64, text_dim: i64, attend: bool) -> Self {
+        let c3 = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        UpBlock {
+            conv1: nn::conv2d(&p / "conv1", cin, cout, 3, c3),
+            norm1: nn::group_norm(&p / "norm1", groups(cout), cout, Default::default()),
+            film1: Film::new(&p / "film1", cond, cout),
+            conv2: nn::conv2d(&p / "conv2", cout, cout, 3, c3),
+            norm2: nn::group_norm(&p / "norm2", groups(cout), cout, Default::default()),
+            film2: Film::new(&p / "film2", cond, cout),
+            attn: attend.then(|| {
+                let heads = if cout % 4 == 0 { 4 } else { 1 };
+                (
+                    nn::layer_norm(&p / "attn_ln", vec![cout], Default::default()),
+                    Attention::new(&p / "attn", cout, text_dim, heads, 0.0),
+                )
+            }),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, cond: &Tensor, tokens: &Tensor, token_mask: &Tensor) -> Tensor {
+        let (_, _, h, w) = x.size4().unwrap();
+        let x = x.upsample_nearest2d([h * 2, w * 2], None, None);
+        let h1 = self
+            .film1
+            .forward(&x.apply(&self.conv1).apply(&self.norm1), cond)
+            .leaky_relu();
+        let mut out = &h1
+            + self
+                .film2
+                .forward(&h1.apply(&self.conv2).apply(&self.norm2), cond)
+                .leaky_relu();
+        if let Some((ln, attn)) = &self.attn {
+            let (b, c, hh, ww) = out.size4().unwrap();
+            let seq = out.flatten(2, 3).transpose(1, 2); // (B, H·W, C)
+            let a = attn.forward_masked(
+                &ln.forward(&seq),
+                Some(tokens),
+                false,
+                None,
+                Some(token_mask),
+                false,
+            );
+            out = (seq + a).transpose(1, 2).view([b, c, hh, ww]);
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+pub struct Generator {
+    pub cfg: GeneratorConfig,
+    fc: nn::Linear,
+    blocks: Vec<UpBlock>,
+    to_rgb: nn::Conv2D,
+    c0: i64,
+}
+
+impl Generator {
+    /// `cond` is the width of the caption vector, `text_dim` of its tokens.
+    pub fn new(p: nn::Path, cfg: &GeneratorConfig, cond: i64, text_dim: i64) -> Self {
+        let c0 = cfg.channels[0];
+        let mut cin = c0;
+        let mut side = 4;
+        let blocks = cfg
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                side *= 2;
+                let b = UpBlock::new(
+                    &p / "blocks" / i,
+                    cin,
+                    c,
+                    cond,
+                    text_dim,
+                    side <= cfg.attention_max_side,
+                );
+                cin = c;
+                b
+            })
+            .collect();
+        Generator {
+            cfg: cfg.clone(),
+            fc: nn::linear(&p / "fc", cfg.z_dim + cond, c0 * 16, Default::default()),
+            blocks,
+            to_rgb: nn::conv2d(
+                &p / "to_rgb",
+                cin,
+                3,
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            ),
+            c0,
+        }
+    }
+
+    pub fn output_side(&self) -> i64 {
+        4 << self.cfg.channels.len()
+    }
+
+    /// Images in [-1, 1] `(B, 3, S, S)` from noise `(B, z)`, the caption vector `(B, C)`
+    /// and the caption tokens `(B, L, D)` with their mask.
+    pub fn forward(
+        &self,
+        z: &Tensor,
+        cond: &Tensor,
+        tokens: &Tensor,
+        token_mask: &Tensor,
+    ) -> Tensor {
+        let b = z.size()[0];
+        let mut x = self
+            .fc
+            .forward(&Tensor::cat(&[z, cond], 1))
+            .view([b, self.c0, 4, 4]);
+        for blk in &self.blocks {
+            x = blk.forward(&x, cond, tokens, token_mask);
+        }
+        x.apply(&self.to_rgb).tanh()
+    }
+
+    pub fn noise(&self, n: i64, device: tch::Device) -> Tensor {
+        Tensor::randn([n, self.cfg.z_dim], (Kind::Float, device))
+    }
+}

@@ -1,0 +1,60 @@
+//! The conditional VAE (seed 000 option A; Kingma & Welling 2014, Sohn et al. 2015):
+//! q(z | x, t) from a conv encoder and the caption vector, p(x | z, t) from the shared
+//! [`Generator`]; loss = pixel term + β·KL, with β warmed up. Sampling draws z ~ N(0, I).
+
+use super::generator::Generator;
+use crate::nn::conv::ConvEncoder;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+pub struct Posterior {
+    conv: ConvEncoder,
+    fc: nn::Linear,
+}
+
+impl Posterior {
+    pub fn new(p: nn::Path, channels: &[i64], image_size: i64, cond: i64, z_dim: i64) -> Self {
+        let g = image_size >> channels.len();
+        Posterior {
+            conv: ConvEncoder::new(&p / "cnn", channels),
+            fc: nn::linear(
+                &p / "fc",
+                channels.last().unwrap() * g * g + cond,
+                2 * z_dim,
+                Default::default(),
+            ),
+        }
+    }
+
+    /// (μ, log σ²) of q(z | x, t).
+    pub fn forward(&self, x: &Tensor, cond: &Tensor) -> (Tensor, Tensor) {
+        let h = self.conv.forward(x).flatten(1, -1);
+        let out = self.fc.forward(&Tensor::cat(&[&h, cond], 1));
+        let parts = out.chunk(2, 1);
+        (parts[0].shallow_clone(), parts[1].clamp(-10.0, 10.0))
+    }
+}
+
+/// KL(q ‖ N(0, I)) per sample, summed over latent dimensions.
+pub fn kl_to_standard_normal(mu: &Tensor, logvar: &Tensor) -> Tensor {
+    ((mu.square() + logvar.exp() - logvar - 1.0) * 0.5).sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// The VAE loss pieces for a batch: (pixel loss, KL), both per image.
+pub fn vae_terms(
+    posterior: &Posterior,
+    generator: &Generator,
+    x: &Tensor,
+    cond: &Tensor,
+    tokens: &Tensor,
+    mask: &Tensor,
+) -> (Tensor, Tensor) {
+    let (mu, logvar) = posterior.forward(x, cond);
+    let z = &mu + (&logvar * 0.5).exp() * mu.randn_like();
+    let recon = generator.forward(&z, cond, tokens, mask);
+    // Summed squared error per image (a Gaussian decoder with σ² = ½ on [-1, 1]),
+    // so the KL keeps its natural weight against it.
+    let pixel = (recon - x)
+        .square()
+        .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float);
+    (pixel, kl_to_standard_normal(&mu, &logvar))
+}

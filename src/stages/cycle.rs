@@ -1,0 +1,261 @@
+//! The cycle (seed 000 §5): image → caption → image with independently trained models,
+//! scored against a floor (a random other caption), a ceiling (the true caption) and a
+//! nearest-neighbour baseline (the training image whose caption is closest to the
+//! generated caption in the contrastive text space), then written up as a report.
+
+use super::captioner::{caption_images, load_run as load_captioner, synth_facts};
+use super::evaluators::{
+    embed_images, embed_tokens, load_clip, load_probe, probe_predict, scene_targets, tokenize_batch,
+};
+use super::t2i::{draw_tokens, load_run as load_t2i};
+use crate::data::layout::{Dataset, Split};
+use crate::data::loader::{load_split, to_float};
+use crate::eval::embedding::r_precision;
+use crate::eval::image::{histogram_intersection, psnr, ssim};
+use crate::eval::text::caption_metrics;
+use crate::models::probe::attribute_accuracy;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub struct CycleArgs {
+    pub captioner: PathBuf,
+    pub generator: PathBuf,
+    pub clip: PathBuf,
+    pub probe: Option<PathBuf>,
+    pub split: Split,
+    pub limit: Option<usize>,
+    pub out: PathBuf,
+    pub seed: u64,
+}
+
+/// One column of the table: the images a condition produced.
+struct Column {
+    name: &'static str,
+    images: Tensor,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+    let cap = load_captioner(&a.captioner, "best", device)
+        .with_context(|| format!("loading the captioner {}", a.captioner.display()))?;
+    let gen = load_t2i(&a.generator, device)
+        .with_context(|| format!("loading the generator {}", a.generator.display()))?;
+    let clip = load_clip(&a.clip, device)
+        .with_context(|| format!("loading the contrastive evaluator {}", a.clip.display()))?;
+    // The cycle joins models through text: they must share one tokenizer.
+    for (name, hash) in [
+        ("generator", &gen.tok.hash),
+        ("contrastive evaluator", &clip.tok.hash),
+    ] {
+        if *hash != cap.tok.hash {
+            bail!("the captioner and the {name} were trained with different tokenizers (tokenizer.json hashes differ); retrain one of them on the same dataset");
+        }
+    }
+    let probe = a
+        .probe
+        .as_ref()
+        .map(|p| load_probe(p, device))
+        .transpose()?;
+    let ds = Dataset::open(&cap.cfg.data)?;
+    let size = gen.cfg.model.image_size as u32;
+    let data = load_split(&ds, a.split, size, a.limit)?;
+    let n = data.ids.len();
+    if n < 2 {
+        bail!(
+            "the {} split has {n} image(s); the cycle needs at least 2",
+            a.split.name()
+        );
+    }
+    eprintln!("cycle: {n} {} images", a.split.name());
+    let cap_images = if cap.cfg.model.image_size == size as i64 {
+        data.images.shallow_clone()
+    } else {
+        load_split(&ds, a.split, cap.cfg.model.image_size as u32, a.limit)?.images
+    };
+
+    // image → caption → image
+    let generated = caption_images(
+        &cap.model,
+        &cap.tok,
+        &cap_images,
+        &cap.cfg.eval.decode,
+        device,
+        64,
+    );
+    let gmax = gen.cfg.model.text.max_len as usize;
+    let recon = draw_tokens(
+        &gen.model,
+        &tokenize_batch(&gen.tok, &generated, gmax)?,
+        gen.tok.pad,
+        1,
+        a.seed as i64,
+        device,
+    );
+    let ceiling = draw_tokens(
+        &gen.model,
+        &tokenize_batch(&gen.tok, &data.captions, gmax)?,
+        gen.tok.pad,
+        1,
+        a.seed as i64,
+        device,
+    );
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let shuffled: Vec<usize> = {
+        // A derangement-ish shuffle: every image gets someone else's caption.
+        let mut p: Vec<usize> = (0..n).collect();
+        p.shuffle(&mut rng);
+        (0..n)
+            .map(|i| if p[i] == i { p[(i + 1) % n] } else { p[i] })
+            .collect()
+    };
+    let random_captions: Vec<String> = shuffled.iter().map(|&j| data.captions[j].clone()).collect();
+    let floor = draw_tokens(
+        &gen.model,
+        &tokenize_batch(&gen.tok, &random_captions, gmax)?,
+        gen.tok.pad,
+        1,
+        a.seed as i64,
+        device,
+    );
+    // Nearest neighbour: the training image whose caption is closest to the generated one.
+    let train = load_split(&ds, Split::Train, size, None)?;
+    let cmax = clip.cfg.model.text.max_len as usize;
+    let train_txt = embed_tokens(
+        &clip.model,
+        &tokenize_batch(&clip.tok, &train.captions, cmax)?,
+        clip.tok.pad,
+        device,
+    );
+    let gen_txt = embed_tokens(
+        &clip.model,
+        &tokenize_batch(&clip.tok, &generated, cmax)?,
+        clip.tok.pad,
+        device,
+    );
+    let nn_idx = gen_txt
+        .matmul(&train_txt.tr())
+        .argmax(1, false)
+        .to_device(Device::Cpu);
+    let nearest = train.images.index_select(0, &nn_idx);
+
+    let columns = vec![
+        Column {
+            name: "cycle",
+            images: recon.shallow_clone(),
+        },
+        Column {
+            name: "ceiling (true caption)",
+            images: ceiling.shallow_clone(),
+        },
+        Column {
+            name: "floor (random caption)",
+            images: floor,
+        },
+        Column {
+            name: "nearest neighbour",
+            images: nearest,
+        },
+    ];
+    let orig_txt = embed_tokens(
+        &clip.model,
+        &tokenize_batch(&clip.tok, &data.captions, cmax)?,
+        clip.tok.pad,
+        device,
+    );
+    let (orig_emb, orig_feat) = embed_images(&clip.model, &data.images, device);
+    let truth = match &probe {
+        Some(_) => Some(scene_targets(&ds, &data.ids)?),
+        None => None,
+    };
+    let x_orig = to_float(&data.images, Device::Cpu);
+    let mut table: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for col in &columns {
+        let (emb, feat) = embed_images(&clip.model, &col.images, device);
+        let mut m = BTreeMap::new();
+        let cos_ii = (&emb * &orig_emb).sum_dim_intlist(1, false, Kind::Float);
+        m.insert(
+            "clip_image_image".into(),
+            (cos_ii.clamp_min(0.0) * 100.0)
+                .mean(Kind::Float)
+                .double_value(&[]),
+        );
+        m.insert(
+            "clip_image_text".into(),
+            crate::eval::embedding::clip_score(&emb, &orig_txt),
+        );
+        m.insert(
+            "r_precision".into(),
+            r_precision(&emb, &orig_txt, 99, a.seed),
+        );
+        m.insert(
+            "feature_distance".into(),
+            (&feat - &orig_feat)
+                .norm_scalaropt_dim(2, [1], false)
+                .mean(Kind::Float)
+                .double_value(&[]),
+        );
+        let x = to_float(&col.images, Device::Cpu);
+        m.insert("psnr".into(), mean(&psnr(&x_orig, &x)));
+        m.insert("ssim".into(), mean(&ssim(&x_orig, &x)));
+        m.insert(
+            "colour_histogram".into(),
+            mean(&histogram_intersection(&x_orig, &x)),
+        );
+        if let (Some(p), Some(t)) = (&probe, &truth) {
+            m.insert(
+                "probe_attr_agreement".into(),
+                attribute_accuracy(&probe_predict(&p.model, &col.images, device), t),
+            );
+        }
+        table.insert(col.name.to_string(), m);
+    }
+    // Captions: the original vs the generated one, and vs the caption of the
+    // reconstruction (the second pass of the cycle).
+    let second = caption_images(
+        &cap.model,
+        &cap.tok,
+        &resize_for(&recon, cap.cfg.model.image_size),
+        &cap.cfg.eval.decode,
+        device,
+        64,
+    );
+    let first_pass = caption_metrics(&generated, &data.captions);
+    let second_pass = caption_metrics(&second, &data.captions);
+    let cycle = table.get_mut("cycle").unwrap();
+    for k in ["bleu4", "rouge_l", "cider_d"] {
+        cycle.insert(format!("caption_{k}"), first_pass[k]);
+        cycle.insert(format!("second_pass_{k}"), second_pass[k]);
+    }
+    if let Some(truth) = synth_facts(&ds)? {
+        let att = super::captioner::attribute_scores(&generated, &data.ids, &truth);
+        cycle.insert("caption_attr_f1".into(), att["attr_f1"]);
+    }
+    crate::util::fsio::write_json(&a.out.join("metrics.json"), &table)?;
+    crate::report::cycle::write(
+        &a.out, &ds, &data, &generated, &recon, &ceiling, &table, &gen, a.seed,
+    )?;
+    Ok(table)
+}
+
+fn resize_for(images: &Tensor, side: i64) -> Tensor {
+    if images.size()[2] == side {
+        return images.shallow_clone();
+    }
+    crate::data::loader::to_u8(&to_float(images, Device::Cpu).upsample_bilinear2d(
+        [side, side],
+        false,
+        None,
+        None,
+    ))
+}
+
+pub fn default_out(name: &str) -> PathBuf {
+    Path::new("reports").join(name)
+}

@@ -1,0 +1,447 @@
+//! The text → image stage: `train t2i`, `draw` and `eval t2i`. Generated images are
+//! graded by the separately trained evaluators (contrastive model and probe), never by
+//! the generator's own text encoder (TISE, Dinh et al. 2021).
+
+use super::evaluators::{
+    embed_images, embed_tokens, load_clip, load_probe, probe_predict, scene_targets,
+    tokenize_batch, LoadedClip, LoadedProbe,
+};
+use crate::data::layout::{Dataset, Split};
+use crate::data::loader::{batch_indices, load_split, to_float, to_u8, SplitData};
+use crate::data::tokenizer::TextTokenizer;
+use crate::eval::embedding::{
+    clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
+};
+use crate::models::probe::attribute_accuracy;
+use crate::models::t2i::{T2IConfig, TextToImage};
+use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
+use crate::util::tensorboard::EventWriter;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct T2IEvalConfig {
+    /// The separately trained evaluators.
+    pub clip: PathBuf,
+    pub probe: Option<PathBuf>,
+    /// Validation captions drawn at each evaluation during training.
+    pub subset: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct T2IStageConfig {
+    pub data: PathBuf,
+    pub seed: u64,
+    pub model: T2IConfig,
+    pub train: TrainConfig,
+    pub eval: T2IEvalConfig,
+    pub best: BestMetric,
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+}
+
+pub fn build(
+    cfg: &T2IConfig,
+    tok: &TextTokenizer,
+    device: Device,
+) -> Result<(nn::VarStore, TextToImage)> {
+    let mut c = cfg.clone();
+    c.text.vocab_size = tok.vocab_size() as i64;
+    let vs = nn::VarStore::new(device);
+    let m = TextToImage::new(&vs.root(), &c)?;
+    Ok((vs, m))
+}
+
+/// Draws one image per caption row of `tokens` (uint8 out), with noise seeded by `seed`.
+pub fn draw_tokens(
+    model: &TextToImage,
+    tokens: &Tensor,
+    pad: i64,
+    per_caption: i64,
+    seed: i64,
+    device: Device,
+) -> Tensor {
+    tch::no_grad(|| {
+        let n = tokens.size()[0];
+        let mut out = vec![];
+        let mut s = 0;
+        tch::manual_seed(seed);
+        while s < n {
+            let len = 64.min(n - s);
+            let cond = model
+                .condition(&tokens.narrow(0, s, len).to_device(device), pad, false)
+                .repeat(per_caption);
+            let z = model.noise(len * per_caption, device);
+            out.push(to_u8(&model.sample(&cond, &z)));
+            s += len;
+        }
+        Tensor::cat(&out, 0)
+    })
+}
+
+/// Every generation score for images drawn from `captions` (one per caption), against
+/// the real `reference` images of the same split.
+pub fn generation_scores(
+    images: &Tensor,
+    captions: &[String],
+    caption_ids: &[String],
+    reference: &Tensor,
+    clip: &LoadedClip,
+    probe: Option<&LoadedProbe>,
+    ds: &Dataset,
+    device: Device,
+) -> Result<BTreeMap<String, f64>> {
+    let tokens = tokenize_batch(&clip.tok, captions, clip.cfg.model.text.max_len as usize)?;
+    let txt = embed_tokens(&clip.model, &tokens, clip.tok.pad, device);
+    let resize = |x: &Tensor| -> Tensor {
+        let s = clip.cfg.model.image_size;
+        if x.size()[2] == s {
+            x.shallow_clone()
+        } else {
+            to_u8(&to_float(x, Device::Cpu).upsample_bilinear2d([s, s], false, None, None))
+        }
+    };
+    let (img, feat) = embed_images(&clip.model, &resize(images), device);
+    let (_, real_feat) = embed_images(&clip.model, &resize(reference), device);
+    let mut m = BTreeMap::new();
+    m.insert("clip_score".into(), clip_score(&img, &txt));
+    m.insert("r_precision".into(), r_precision(&img, &txt, 99, 0));
+    m.insert("fd_own".into(), frechet_distance(&feat, &real_feat));
+    m.insert("kid_own".into(), kid(&feat, &real_feat));
+    if let Some(p) = probe {
+        let truth = scene_targets(ds, caption_ids)?;
+        let pred = probe_predict(&p.model, images, device);
+        m.insert(
+            "probe_attr_accuracy".into(),
+            attribute_accuracy(&pred, &truth),
+        );
+        let post = tch::no_grad(|| p.model.kind_posteriors(&to_float(images, device)));
+        m.insert("is_style".into(), inception_style_score(&post));
+    }
+    Ok(m)
+}
+
+struct T2IStage {
+    vs: nn::VarStore,
+    model: TextToImage,
+    tok: TextTokenizer,
+    cfg: T2IStageConfig,
+    train: SplitData,
+    val: SplitData,
+    ds: Dataset,
+    clip: LoadedClip,
+    probe: Option<LoadedProbe>,
+    device: Device,
+    /// Sample grids are also written here as PNG.
+    run_dir: PathBuf,
+}
+
+impl Trainable for T2IStage {
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let n = self.train.images.size()[0] as usize;
+        let idx = Tensor::from_slice(&batch_indices(
+            n,
+            self.cfg.train.batch_size,
+            self.cfg.seed,
+            micro,
+        ));
+        let x = to_float(&self.train.images.index_select(0, &idx), self.device);
+        let t = self
+            .train
+            .tokens
+            .as_ref()
+            .unwrap()
+            .index_select(0, &idx)
+            .to_device(self.device);
+        Ok(self
+            .model
+            .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate)
+            .0)
+    }
+    fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        let tokens = self.val.tokens.as_ref().unwrap();
+        let images = draw_tokens(&self.model, tokens, self.tok.pad, 1, 1234, self.device);
+        let m = generation_scores(
+            &images,
+            &self.val.captions,
+            &self.val.ids,
+            &self.val.images,
+            &self.clip,
+            self.probe.as_ref(),
+            &self.ds,
+            self.device,
+        )?;
+        // A fixed grid: 8 fixed validation captions × 4 fixed noises.
+        let k = 8.min(tokens.size()[0]);
+        let grid = draw_tokens(
+            &self.model,
+            &tokens.narrow(0, 0, k),
+            self.tok.pad,
+            4,
+            99,
+            self.device,
+        );
+        let (rgb, h, w) = crate::report::grid::grid_rgb(&grid, 4);
+        tb.image("samples/val_grid", step as i64, &rgb, h, w)?;
+        crate::util::fsio::atomic_write(
+            &self.run_dir.join(format!("samples/step_{step:06}.png")),
+            &crate::report::grid::png(&rgb, w, h)?,
+        )?;
+        Ok(m)
+    }
+}
+
+fn load_evaluators(
+    cfg: &T2IEvalConfig,
+    ds: &Dataset,
+    device: Device,
+) -> Result<(LoadedClip, Option<LoadedProbe>)> {
+    let clip = load_clip(&cfg.clip, device).with_context(|| {
+        format!(
+            "loading the contrastive evaluator {} (train it with `make train-clip`)",
+            cfg.clip.display()
+        )
+    })?;
+    let tok_hash = crate::util::fsio::sha256_file(&ds.tokenizer_path())?;
+    if clip.tok.hash != tok_hash {
+        bail!(
+            "the contrastive evaluator {} was trained with a different tokenizer",
+            cfg.clip.display()
+        );
+    }
+    let probe = match &cfg.probe {
+        Some(p) => Some(load_probe(p, device).with_context(|| {
+            format!(
+                "loading the probe {} (train it with `make train-probe`)",
+                p.display()
+            )
+        })?),
+        None => None,
+    };
+    Ok((clip, probe))
+}
+
+pub fn train(
+    cfg: T2IStageConfig,
+    yaml: String,
+    run_dir: &Path,
+    resume: bool,
+    device: Device,
+) -> Result<RunSummary> {
+    let ds = Dataset::open(&cfg.data)?;
+    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+    tch::manual_seed(cfg.seed as i64);
+    let (vs, model) = build(&cfg.model, &tok, device)?;
+    let size = cfg.model.image_size as u32;
+    let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+    let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset))?;
+    if train.tokens.is_none() {
+        bail!(
+            "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
+            cfg.data.display()
+        );
+    }
+    let (clip, probe) = load_evaluators(&cfg.eval, &ds, device)?;
+    let opts = RunOptions {
+        run_dir: run_dir.to_path_buf(),
+        resume,
+        seed: cfg.seed,
+        arch: serde_json::to_value(&model.cfg)?,
+        tokenizer_hash: tok.hash.clone(),
+        best: cfg.best.clone(),
+        config_yaml: yaml,
+    };
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    eprintln!(
+        "t2i ({:?}): {:.2}M parameters, {} training images, {} steps of {}",
+        cfg.model.kind,
+        params as f64 / 1e6,
+        train.ids.len(),
+        cfg.train.steps,
+        cfg.train.batch_size
+    );
+    let mut stage = T2IStage {
+        vs,
+        model,
+        tok,
+        cfg: cfg.clone(),
+        train,
+        val,
+        ds,
+        clip,
+        probe,
+        device,
+        run_dir: run_dir.to_path_buf(),
+    };
+    let s = runner::run(&mut stage, &cfg.train, &opts)?;
+    super::write_done(run_dir, &s)?;
+    Ok(s)
+}
+
+pub struct LoadedT2I {
+    pub cfg: T2IStageConfig,
+    pub vs: nn::VarStore,
+    pub model: TextToImage,
+    pub tok: TextTokenizer,
+}
+
+pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedT2I> {
+    let cfg_path = run_dir.join("config.yaml");
+    if !cfg_path.exists() {
+        bail!("{} is not a t2i run (no config.yaml)", run_dir.display());
+    }
+    let cfg: T2IStageConfig = crate::config::load(&cfg_path, &[])?;
+    let ds = Dataset::open(&cfg.data)?;
+    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+    let (vs, model) = build(&cfg.model, &tok, device)?;
+    let (state, tensors) = crate::train::checkpoint::load(run_dir, "best")?;
+    if state.tokenizer_hash != tok.hash {
+        bail!(
+            "{}: trained with a different tokenizer.json than {} holds now",
+            run_dir.display(),
+            ds.tokenizer_path().display()
+        );
+    }
+    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
+        "ema."
+    } else {
+        "model."
+    };
+    crate::train::checkpoint::load_into(&vs, &tensors, prefix)?;
+    Ok(LoadedT2I {
+        cfg,
+        vs,
+        model,
+        tok,
+    })
+}
+
+/// Tokenises texts for a generator, refusing empty ones and warning about truncation.
+pub fn tokens_for(tok: &TextTokenizer, texts: &[String], max_len: usize) -> Result<Tensor> {
+    for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            bail!("caption {} is empty: there is nothing to draw", i + 1);
+        }
+        let n = tok.token_count(t)?;
+        if n > max_len {
+            eprintln!(
+                "warning: caption {} has {n} tokens; only the first {max_len} are used",
+                i + 1
+            );
+        }
+    }
+    tokenize_batch(tok, texts, max_len)
+}
+
+/// `eval t2i`: test captions → images → every generation score, plus the "mean
+/// training image" baseline for FD-own and a diversity figure.
+pub fn evaluate(
+    run_dir: &Path,
+    split: Split,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<BTreeMap<String, f64>> {
+    let lt = load_run(run_dir, device)?;
+    let ds = Dataset::open(&lt.cfg.data)?;
+    let data = load_split(&ds, split, lt.cfg.model.image_size as u32, limit)?;
+    let (clip, probe) = load_evaluators(&lt.cfg.eval, &ds, device)?;
+    let tokens = data.tokens.as_ref().context("tokenized captions")?;
+    let start = std::time::Instant::now();
+    let images = draw_tokens(&lt.model, tokens, lt.tok.pad, 1, 0, device);
+    let secs = start.elapsed().as_secs_f64();
+    let mut m = generation_scores(
+        &images,
+        &data.captions,
+        &data.ids,
+        &data.images,
+        &clip,
+        probe.as_ref(),
+        &ds,
+        device,
+    )?;
+    m.insert("images_per_sec".into(), data.ids.len() as f64 / secs);
+    // Diversity: 5 noises for each of the first 20 captions, mean pairwise distance of
+    // their contrastive features (0 means the noise is ignored: mode collapse).
+    let k = 20.min(tokens.size()[0]);
+    let many = draw_tokens(&lt.model, &tokens.narrow(0, 0, k), lt.tok.pad, 5, 7, device);
+    let (_, feats) = embed_images(&clip.model, &many, device);
+    let div: f64 = (0..k)
+        .map(|i| mean_pairwise_distance(&feats.narrow(0, i * 5, 5)))
+        .sum::<f64>()
+        / k as f64;
+    m.insert("diversity".into(), div);
+    // Baseline: a generator that always draws the mean training image.
+    let train = load_split(
+        &ds,
+        Split::Train,
+        lt.cfg.model.image_size as u32,
+        Some(1000),
+    )?;
+    let mean_img = train
+        .images
+        .to_kind(Kind::Float)
+        .mean_dim(0, true, Kind::Float)
+        .round()
+        .to_kind(Kind::Uint8);
+    let constant = mean_img
+        .expand([data.ids.len() as i64, -1, -1, -1], false)
+        .contiguous();
+    let (_, const_feat) = embed_images(&clip.model, &constant, device);
+    let (_, real_feat) = embed_images(&clip.model, &data.images, device);
+    m.insert(
+        "fd_own_mean_image_baseline".into(),
+        frechet_distance(&const_feat, &real_feat),
+    );
+    m.insert("images".into(), data.ids.len() as f64);
+    let out = run_dir.join(format!("eval_{}", split.name()));
+    crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
+    let (rgb, h, w) = crate::report::grid::grid_rgb(&many.narrow(0, 0, 25), 5);
+    crate::util::fsio::atomic_write(
+        &out.join("grid_5x5.png"),
+        &crate::report::grid::png(&rgb, w, h)?,
+    )?;
+    Ok(m)
+}
+
+/// `draw`: N images for each text, written as PNG files (and a grid with --grid).
+pub fn draw(
+    run_dir: &Path,
+    texts: &[String],
+    n: i64,
+    seed: i64,
+    out: &Path,
+    grid: bool,
+    device: Device,
+) -> Result<Vec<PathBuf>> {
+    let lt = load_run(run_dir, device)?;
+    let tokens = tokens_for(&lt.tok, texts, lt.cfg.model.text.max_len as usize)?;
+    let images = draw_tokens(&lt.model, &tokens, lt.tok.pad, n, seed, device);
+    let mut paths = vec![];
+    let s = lt.cfg.model.image_size as u32;
+    for i in 0..images.size()[0] {
+        let rgb: Vec<u8> =
+            Vec::try_from(images.get(i).permute([1, 2, 0]).contiguous().view([-1])).unwrap();
+        let p = out.join(format!("caption{:03}_noise{}.png", i / n, i % n));
+        crate::util::fsio::atomic_write(&p, &crate::report::grid::png(&rgb, s, s)?)?;
+        paths.push(p);
+    }
+    if grid {
+        let (rgb, h, w) = crate::report::grid::grid_rgb(&images, n);
+        let p = out.join("grid.png");
+        crate::util::fsio::atomic_write(&p, &crate::report::grid::png(&rgb, w, h)?)?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
