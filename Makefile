@@ -30,7 +30,8 @@ endif
 resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
-        eval-captioner tensorboard fmt lint clean
+        eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
+        cycle tensorboard fmt lint clean
 
 all: build
 
@@ -70,17 +71,51 @@ tokenizer: $(DATA)/tokenizer.json
 $(DATA)/tokenizer.json: $(DATA)/captions.json | build
 	$(EK) tokenizer train --data $(DATA) -c experiments/demo/tokenizer.yaml
 
-## train-captioner: image -> paragraph on the embedded set (<= 5 min on 2 cores)
+## train-captioner: image -> paragraph on the embedded set (~5 min on 2 cores)
 train-captioner: runs/captioner/demo/done.json
 runs/captioner/demo/done.json: $(DATA)/tokenizer.json | build
 	$(EK) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
 
-eval-captioner: runs/captioner/demo/done.json
+eval-captioner: runs/captioner/demo/eval_test/metrics.json
+runs/captioner/demo/eval_test/metrics.json: runs/captioner/demo/done.json
 	$(EK) eval captioner --run runs/captioner/demo --split test
 
-## demo: every stage that exists, on the embedded set
-demo: build data-synth tokenizer train-captioner eval-captioner
-	@echo "==> demo finished: see runs/ (make tensorboard to browse)"
+## train-clip: contrastive image-text embedding, the evaluators' encoder (~3 min)
+train-clip: runs/clip/demo/done.json
+runs/clip/demo/done.json: $(DATA)/tokenizer.json | build
+	$(EK) train clip -c experiments/demo/clip.yaml --run runs/clip/demo $(call resume,runs/clip/demo)
+
+eval-clip: runs/clip/demo/eval_test/metrics.json
+runs/clip/demo/eval_test/metrics.json: runs/clip/demo/done.json
+	$(EK) eval clip --run runs/clip/demo --split test
+
+## train-probe: attribute classifier that grades generated images (~2 min)
+train-probe: runs/probe/demo/done.json
+runs/probe/demo/done.json: $(DATA)/captions.json | build
+	$(EK) train probe -c experiments/demo/probe.yaml --run runs/probe/demo $(call resume,runs/probe/demo)
+
+eval-probe: runs/probe/demo/eval_test/metrics.json
+runs/probe/demo/eval_test/metrics.json: runs/probe/demo/done.json
+	$(EK) eval probe --run runs/probe/demo --split test
+
+## train-t2i: text -> image generator, MODEL=vae (default; ~6 min)
+MODEL ?= vae
+train-t2i: runs/t2i/demo/done.json
+runs/t2i/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK) train t2i -c experiments/demo/t2i-$(MODEL).yaml --run runs/t2i/demo $(call resume,runs/t2i/demo)
+
+eval-t2i: runs/t2i/demo/eval_test/metrics.json
+runs/t2i/demo/eval_test/metrics.json: runs/t2i/demo/done.json
+	$(EK) eval t2i --run runs/t2i/demo --split test
+
+## cycle: image -> caption -> image on the test split, and the report
+cycle: reports/demo/index.html
+reports/demo/index.html: runs/captioner/demo/done.json runs/t2i/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json
+	$(EK) cycle --captioner runs/captioner/demo --generator runs/t2i/demo --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/demo
+
+## demo: the whole spine on the embedded set, then the report
+demo: build data-synth tokenizer train-captioner train-clip train-probe train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle
+	@echo "==> demo finished: open reports/demo/index.html (make tensorboard to browse runs/)"
 
 tensorboard: $(PY_STAMP)
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

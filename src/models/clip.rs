@@ -76,8 +76,8 @@ impl Clip {
     }
 
     /// Image features `(B, F)` before the projection (the FD/KID space).
-    pub fn image_features(&self, images: &Tensor, _train: bool) -> Tensor {
-        let h = self.conv.forward(images).flatten(1, -1);
+    pub fn image_features(&self, images: &Tensor, train: bool) -> Tensor {
+        let h = self.conv.forward(images, train).flatten(1, -1);
         self.img_fc.forward(&h).gelu("tanh")
     }
 

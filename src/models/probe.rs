@@ -35,57 +35,33 @@ fn detail_index(d: Detail) -> Option<i64> {
     })
 }
 
-/// The output layout: (offset, width) of each head in the logit vector.
-#[derive(Clone, Debug)]
-pub struct Heads {
-    pub sky: (i64, i64),
-    pub ground: (i64, i64),
-    pub style: (i64, i64),
-    /// Per kind: presence (2), colour, size, position, detail.
-    pub kinds: Vec<[(i64, i64); 5]>,
-    pub total: i64,
-}
+/// Rows of [`targets`] have this many columns: sky, ground, style, then five per kind.
+pub const TARGET_COLUMNS: usize = 3 + 5 * KINDS.len();
+/// Classes of the per-cell kind head: the ten kinds, then "empty".
+const CELL_KINDS: i64 = KINDS.len() as i64 + 1;
+/// The per-cell detail head is as wide as the widest detail (a colour).
+const DETAIL_WIDTH: i64 = COLOURS.len() as i64;
 
-impl Heads {
-    pub fn new() -> Self {
-        let mut off = 0;
-        let mut take = |w: i64| {
-            let r = (off, w);
-            off += w;
-            r
-        };
-        let sky = take(SKIES.len() as i64);
-        let ground = take(GROUNDS.len() as i64);
-        let style = take(STYLES.len() as i64);
-        let kinds = (0..KINDS.len())
-            .map(|k| {
-                [
-                    take(2),
-                    take(COLOURS.len() as i64),
-                    take(SIZES.len() as i64),
-                    take(9),
-                    take(detail_classes(k)),
-                ]
-            })
-            .collect();
-        Heads {
-            sky,
-            ground,
-            style,
-            kinds,
-            total: off,
+/// Training targets: sky, ground, style, then per cell of the 3×3 grid its kind (10 =
+/// empty), colour, size and detail (-1 where they do not apply).
+pub fn cell_targets(scene: &Scene) -> Vec<i64> {
+    let mut t = vec![scene.sky as i64, scene.ground as i64, scene.style as i64];
+    for cell in 0..9 {
+        match scene.objects.iter().find(|o| o.pos == cell) {
+            Some(o) => t.extend([
+                o.kind as i64,
+                o.colour as i64,
+                o.size as i64,
+                detail_index(o.detail).unwrap_or(-1),
+            ]),
+            None => t.extend([KINDS.len() as i64, -1, -1, -1]),
         }
     }
+    t
 }
 
-impl Default for Heads {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Class targets of a scene, -1 where a head does not apply: one row per head, in the
-/// order sky, ground, style, then per kind presence, colour, size, position, detail.
+/// Class targets of a scene in the evaluation layout, -1 where a head does not apply:
+/// sky, ground, style, then per kind presence, colour, size, position, detail.
 pub fn targets(scene: &Scene) -> Vec<i64> {
     let mut t = vec![scene.sky as i64, scene.ground as i64, scene.style as i64];
     for k in 0..KINDS.len() {
@@ -103,106 +79,197 @@ pub fn targets(scene: &Scene) -> Vec<i64> {
     t
 }
 
-fn head_list(h: &Heads) -> Vec<(i64, i64)> {
-    let mut v = vec![h.sky, h.ground, h.style];
-    for k in &h.kinds {
-        v.extend(k.iter().copied());
-    }
-    v
-}
-
+/// The probe reads the scene the way it is built: global heads (sky, ground, style) on
+/// the pooled features, and one head shared by the nine cells of the 3×3 grid (kind or
+/// empty, colour, size, detail) on features pooled per cell. Sharing the cell head across
+/// positions is what lets it generalise from a few thousand images.
 pub struct Probe {
     pub cfg: ProbeConfig,
-    pub heads: Heads,
     conv: ConvEncoder,
-    fc: nn::Linear,
-    out: nn::Linear,
+    mix: nn::Conv2D,
+    cell_pos: Tensor,
+    global_fc: nn::Linear,
+    global_out: nn::Linear,
+    cell_fc: nn::Linear,
+    cell_out: nn::Linear,
 }
+
+struct Logits {
+    /// `(B, 12)`: sky 4, ground 4, style 4.
+    global: Tensor,
+    /// `(B, 9, 11 + 10 + 3 + 10)`: kind, colour, size, detail.
+    cells: Tensor,
+}
+
+const GLOBAL_HEADS: [(i64, i64); 3] = [(0, 4), (4, 4), (8, 4)];
+const CELL_HEADS: [(i64, i64); 4] = [
+    (0, CELL_KINDS),
+    (CELL_KINDS, 10),
+    (CELL_KINDS + 10, 3),
+    (CELL_KINDS + 13, DETAIL_WIDTH),
+];
 
 impl Probe {
     pub fn new(p: &nn::Path, cfg: &ProbeConfig) -> Result<Self> {
         let down = 1i64 << cfg.channels.len();
-        if cfg.channels.is_empty() || cfg.image_size % down != 0 {
+        if cfg.channels.is_empty() || cfg.image_size % down != 0 || cfg.image_size / down < 3 {
             bail!(
-                "probe: image_size {} must be divisible by 2^{}",
+                "probe: image_size {} must be divisible by 2^{} and leave a grid of at least 3×3",
                 cfg.image_size,
                 cfg.channels.len()
             );
         }
-        let g = cfg.image_size / down;
-        let heads = Heads::new();
+        let c = *cfg.channels.last().unwrap();
+        let cell_width = CELL_HEADS.iter().map(|h| h.1).sum::<i64>();
+        let _ = (SKIES.len(), GROUNDS.len(), STYLES.len(), SIZES.len());
         Ok(Probe {
             cfg: cfg.clone(),
             conv: ConvEncoder::new(p / "cnn", &cfg.channels),
-            fc: nn::linear(
-                p / "fc",
-                cfg.channels.last().unwrap() * g * g,
-                cfg.hidden,
-                Default::default(),
+            // A wider view before pooling: objects overflow their cell.
+            mix: nn::conv2d(
+                p / "mix",
+                c,
+                c,
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
             ),
-            out: nn::linear(p / "out", cfg.hidden, heads.total, Default::default()),
-            heads,
+            cell_pos: p.var(
+                "cell_pos",
+                &[9, c],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            ),
+            global_fc: nn::linear(p / "global_fc", c, cfg.hidden, Default::default()),
+            global_out: nn::linear(p / "global_out", cfg.hidden, 12, Default::default()),
+            cell_fc: nn::linear(p / "cell_fc", c, cfg.hidden, Default::default()),
+            cell_out: nn::linear(p / "cell_out", cfg.hidden, cell_width, Default::default()),
         })
     }
 
-    /// All head logits `(B, total)`.
-    pub fn logits(&self, images: &Tensor, train: bool) -> Tensor {
-        let h = self.conv.forward(images).flatten(1, -1);
-        self.fc
-            .forward(&h)
+    fn logits(&self, images: &Tensor, train: bool) -> Logits {
+        let f = self.conv.forward(images, train);
+        let f = (&f + f.apply(&self.mix).gelu("tanh")).gelu("tanh"); // (B, C, g, g)
+        let global = f.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let global = self
+            .global_fc
+            .forward(&global)
             .gelu("tanh")
             .dropout(0.1, train)
-            .apply(&self.out)
+            .apply(&self.global_out);
+        let cells = f.adaptive_avg_pool2d([3, 3]).flatten(2, 3).transpose(1, 2) + &self.cell_pos; // (B, 9, C)
+        let cells = self
+            .cell_fc
+            .forward(&cells)
+            .gelu("tanh")
+            .dropout(0.1, train)
+            .apply(&self.cell_out);
+        Logits { global, cells }
     }
 
-    /// Sum over heads of the cross-entropy of the heads that apply; `targets` `(B, H)`.
+    /// Cross-entropy of every head that applies; `targets` `(B, 39)` from [`cell_targets`].
     pub fn loss(&self, images: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        let logits = self.logits(images, train);
-        let mut total = Tensor::zeros([], (Kind::Float, logits.device()));
-        for (i, (off, w)) in head_list(&self.heads).into_iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
-            let t = targets.select(1, i as i64);
-            let l = logits.narrow(1, off, w);
-            let ce = l.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -1, 0.0);
-            total += ce;
+        let l = self.logits(images, train);
+        let mut total = Tensor::zeros([], (Kind::Float, l.global.device()));
+        for (i, (off, w)) in GLOBAL_HEADS.iter().enumerate() {
+            total += l.global.narrow(1, *off, *w).cross_entropy_loss::<Tensor>(
+                &targets.select(1, i as i64),
+                None,
+                tch::Reduction::Mean,
+                -1,
+                0.0,
+            );
         }
-        total / targets.size()[0] as f64
+        let cell_t = targets.narrow(1, 3, 36).view([-1, 9, 4]);
+        for (j, (off, w)) in CELL_HEADS.iter().enumerate() {
+            let logits = l.cells.narrow(2, *off, *w).reshape([-1, *w]);
+            let t = cell_t.select(2, j as i64).reshape([-1]);
+            // Mean over the cells where the head applies (ignored targets are -1).
+            total += logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Mean, -1, 0.0);
+        }
+        total
     }
 
-    /// Predicted class per head `(B, H)` (-1 for heads with no classes).
-    pub fn predict(&self, images: &Tensor) -> Tensor {
-        let logits = tch::no_grad(|| self.logits(images, false));
-        let cols: Vec<Tensor> = head_list(&self.heads)
-            .into_iter()
-            .map(|(off, w)| {
-                if w == 0 {
-                    Tensor::full([logits.size()[0]], -1, (Kind::Int64, logits.device()))
-                } else {
-                    logits.narrow(1, off, w).argmax(1, false)
+    /// Predictions in the evaluation layout of [`targets`], one row per image.
+    pub fn predict_rows(&self, images: &Tensor) -> Vec<Vec<i64>> {
+        let l = tch::no_grad(|| self.logits(images, false));
+        let b = images.size()[0];
+        let global: Vec<Vec<i64>> = Vec::try_from(
+            Tensor::stack(
+                &GLOBAL_HEADS.map(|(o, w)| l.global.narrow(1, o, w).argmax(1, false)),
+                1,
+            )
+            .to_device(tch::Device::Cpu),
+        )
+        .unwrap();
+        let kind_p = l
+            .cells
+            .narrow(2, 0, CELL_KINDS)
+            .softmax(2, Kind::Float)
+            .to_device(tch::Device::Cpu); // (B, 9, 11)
+        let kind_p: Vec<Vec<Vec<f32>>> = Vec::try_from(kind_p).unwrap();
+        let arg = |j: usize| -> Vec<Vec<i64>> {
+            let (o, w) = CELL_HEADS[j];
+            Vec::try_from(
+                l.cells
+                    .narrow(2, o, w)
+                    .argmax(2, false)
+                    .to_device(tch::Device::Cpu),
+            )
+            .unwrap()
+        };
+        let (colour, size) = (arg(1), arg(2));
+        let binary: Vec<Vec<i64>> = Vec::try_from(
+            l.cells
+                .narrow(2, CELL_HEADS[3].0, 2)
+                .argmax(2, false)
+                .to_device(tch::Device::Cpu),
+        )
+        .unwrap();
+        let detail_colour = arg(3);
+        (0..b as usize)
+            .map(|i| {
+                let mut row = global[i].clone();
+                for k in 0..KINDS.len() {
+                    // The cell most confident that it holds kind k, if any cell's best guess is k.
+                    let best = (0..9)
+                        .filter(|&c| {
+                            let p = &kind_p[i][c];
+                            (0..CELL_KINDS as usize).max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                                == Some(k)
+                        })
+                        .max_by(|&a, &b| kind_p[i][a][k].total_cmp(&kind_p[i][b][k]));
+                    match best {
+                        Some(c) => {
+                            let detail = match detail_classes(k) {
+                                0 => -1,
+                                2 => binary[i][c],
+                                _ => detail_colour[i][c],
+                            };
+                            row.extend([1, colour[i][c], size[i][c], c as i64, detail]);
+                        }
+                        None => row.extend([0, -1, -1, -1, -1]),
+                    }
                 }
+                row
             })
-            .collect();
-        Tensor::stack(&cols, 1)
+            .collect()
     }
 
-    /// Kind posteriors `(B, 10)`: presence probabilities normalised to sum to one (the
-    /// class distribution of the IS-style score).
+    /// Kind posteriors `(B, 10)`: for each kind the largest probability any cell gives
+    /// it, normalised to sum to one (the class distribution of the IS-style score).
     pub fn kind_posteriors(&self, images: &Tensor) -> Tensor {
-        let logits = tch::no_grad(|| self.logits(images, false));
-        let present: Vec<Tensor> = self
-            .heads
-            .kinds
-            .iter()
-            .map(|k| {
-                logits
-                    .narrow(1, k[0].0, 2)
-                    .softmax(1, Kind::Float)
-                    .select(1, 1)
-            })
-            .collect();
-        let p = Tensor::stack(&present, 1);
+        let l = tch::no_grad(|| self.logits(images, false));
+        let p = l
+            .cells
+            .narrow(2, 0, CELL_KINDS)
+            .softmax(2, Kind::Float)
+            .narrow(2, 0, KINDS.len() as i64);
+        let p = p.amax([1i64].as_slice(), false); // (B, 10)
         &p / p.sum_dim_intlist(1, true, Kind::Float).clamp_min(1e-8)
     }
 }
@@ -242,19 +309,44 @@ mod tests {
 
     #[test]
     fn targets_fit_heads_and_perfect_predictions_score_one() {
-        let heads = Heads::new();
-        let list = head_list(&heads);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let scenes: Vec<Scene> = (0..50).map(|_| Scene::sample(&mut rng)).collect();
         let t: Vec<Vec<i64>> = scenes.iter().map(targets).collect();
-        for row in &t {
-            assert_eq!(row.len(), list.len());
-            for (v, (_, w)) in row.iter().zip(&list) {
-                assert!(*v < *w, "target {v} outside head of width {w}");
+        for (scene, row) in scenes.iter().zip(&t) {
+            assert_eq!(row.len(), TARGET_COLUMNS);
+            let c = cell_targets(scene);
+            assert_eq!(c.len(), 3 + 36);
+            for cell in 0..9 {
+                assert!(c[3 + 4 * cell] < CELL_KINDS && c[3 + 4 * cell + 3] < DETAIL_WIDTH);
             }
         }
         assert_eq!(attribute_accuracy(&t, &t), 1.0);
         let shuffled: Vec<Vec<i64>> = t.iter().rev().cloned().collect();
         assert!(attribute_accuracy(&shuffled, &t) < 0.8);
+    }
+
+    #[test]
+    fn predictions_have_the_evaluation_layout() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let p = Probe::new(
+            &vs.root(),
+            &ProbeConfig {
+                image_size: 32,
+                channels: vec![8, 16],
+                hidden: 16,
+            },
+        )
+        .unwrap();
+        let rows = p.predict_rows(&Tensor::zeros(
+            [2, 3, 32, 32],
+            (Kind::Float, tch::Device::Cpu),
+        ));
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.len() == TARGET_COLUMNS));
+        let post = p.kind_posteriors(&Tensor::zeros(
+            [2, 3, 32, 32],
+            (Kind::Float, tch::Device::Cpu),
+        ));
+        assert!((post.sum(Kind::Float).double_value(&[]) - 2.0).abs() < 1e-4);
     }
 }

@@ -1,21 +1,20 @@
 //! Convolutional blocks: conv–norm–activation stages with downsampling (the captioner's
 //! and the evaluators' image encoders).
+//!
+//! BatchNorm, not GroupNorm: on the embedded set a probe with BatchNorm reached 0.65
+//! attribute accuracy in 300 steps where GroupNorm reached 0.52 in 600.
 
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
-fn groups(ch: i64) -> i64 {
-    [8, 4, 2, 1].into_iter().find(|g| ch % g == 0).unwrap()
-}
-
-/// A stride-2 3×3 conv–GroupNorm–GELU that halves the resolution, then a residual 3×3
-/// conv–GroupNorm–GELU at the new resolution. Downsampling first keeps the costly
+/// A stride-2 3×3 conv–BatchNorm–GELU that halves the resolution, then a residual 3×3
+/// conv–BatchNorm–GELU at the new resolution. Downsampling first keeps the costly
 /// convolutions off the full-resolution grid (most of the FLOPs on a CPU).
 #[derive(Debug)]
 pub struct DownStage {
     down: nn::Conv2D,
-    n1: nn::GroupNorm,
+    n1: nn::BatchNorm,
     conv: nn::Conv2D,
-    n2: nn::GroupNorm,
+    n2: nn::BatchNorm,
 }
 
 impl DownStage {
@@ -31,15 +30,16 @@ impl DownStage {
         };
         DownStage {
             down: nn::conv2d(&p / "down", cin, cout, 3, down),
-            n1: nn::group_norm(&p / "norm1", groups(cout), cout, Default::default()),
+            n1: nn::batch_norm2d(&p / "norm1", cout, Default::default()),
             conv: nn::conv2d(&p / "conv", cout, cout, 3, c3),
-            n2: nn::group_norm(&p / "norm2", groups(cout), cout, Default::default()),
+            n2: nn::batch_norm2d(&p / "norm2", cout, Default::default()),
         }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let h = self.down.forward(x).apply(&self.n1).gelu("tanh");
-        &h + h.apply(&self.conv).apply(&self.n2).gelu("tanh")
+    /// `train` selects batch statistics (and updates the running ones) or running ones.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.n1.forward_t(&self.down.forward(x), train).gelu("tanh");
+        &h + self.n2.forward_t(&h.apply(&self.conv), train).gelu("tanh")
     }
 }
 
@@ -64,9 +64,9 @@ impl ConvEncoder {
         ConvEncoder { stages }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         self.stages
             .iter()
-            .fold(x.shallow_clone(), |h, s| s.forward(&h))
+            .fold(x.shallow_clone(), |h, s| s.forward(&h, train))
     }
 }

@@ -8,7 +8,7 @@ use crate::data::synth::scene_of;
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{r_precision, retrieval};
 use crate::models::clip::{Clip, ClipConfig};
-use crate::models::probe::{attribute_accuracy, targets, Probe, ProbeConfig};
+use crate::models::probe::{attribute_accuracy, cell_targets, targets, Probe, ProbeConfig};
 use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
@@ -301,8 +301,16 @@ struct ProbeStage {
     device: Device,
 }
 
-/// Probe targets `(N, H)` of the given ids, from the embedded set's metadata.
+/// Evaluation-layout targets of the given ids, from the embedded set's metadata.
 pub fn scene_targets(ds: &Dataset, ids: &[String]) -> Result<Vec<Vec<i64>>> {
+    scene_rows(ds, ids, targets)
+}
+
+fn scene_rows(
+    ds: &Dataset,
+    ids: &[String],
+    layout: fn(&crate::data::synth::scene::Scene) -> Vec<i64>,
+) -> Result<Vec<Vec<i64>>> {
     let rows: HashMap<String, crate::data::layout::MetadataRow> = ds
         .metadata()?
         .into_iter()
@@ -319,7 +327,7 @@ pub fn scene_targets(ds: &Dataset, ids: &[String]) -> Result<Vec<Vec<i64>>> {
                     r.source
                 );
             }
-            Ok(targets(&scene_of(r)?))
+            Ok(layout(&scene_of(r)?))
         })
         .collect()
 }
@@ -335,8 +343,7 @@ pub fn probe_predict(probe: &Probe, images: &Tensor, device: Device) -> Vec<Vec<
     let mut s = 0;
     while s < n {
         let len = 128.min(n - s);
-        let p = probe.predict(&to_float(&images.narrow(0, s, len), device));
-        out.extend(Vec::<Vec<i64>>::try_from(p.to_device(Device::Cpu)).unwrap());
+        out.extend(probe.predict_rows(&to_float(&images.narrow(0, s, len), device)));
         s += len;
     }
     out
@@ -384,7 +391,7 @@ pub fn train_probe(
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
-    let train_targets = rows_tensor(&scene_targets(&ds, &train.ids)?);
+    let train_targets = rows_tensor(&scene_rows(&ds, &train.ids, cell_targets)?);
     let val_targets = scene_targets(&ds, &val.ids)?;
     let hash = if ds.tokenizer_path().exists() {
         crate::util::fsio::sha256_file(&ds.tokenizer_path())?

@@ -407,7 +407,7 @@ pub fn evaluate(
     m.insert("images".into(), data.ids.len() as f64);
     let out = run_dir.join(format!("eval_{}", split.name()));
     crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
-    let (rgb, h, w) = crate::report::grid::grid_rgb(&many.narrow(0, 0, 25), 5);
+    let (rgb, h, w) = crate::report::grid::grid_rgb(&many.narrow(0, 0, many.size()[0].min(25)), 5);
     crate::util::fsio::atomic_write(
         &out.join("grid_5x5.png"),
         &crate::report::grid::png(&rgb, w, h)?,

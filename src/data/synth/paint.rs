@@ -190,7 +190,7 @@ fn rgb(c: usize) -> Rgb {
 }
 
 /// Object scale as a fraction of the image side, per size class.
-pub const SIZE_SCALE: [f32; 3] = [0.14, 0.22, 0.30];
+pub const SIZE_SCALE: [f32; 3] = [0.19, 0.25, 0.32];
 
 fn draw_object(cv: &mut Canvas, o: &super::scene::Object) {
     let (cx, cy) = ((o.col() as f32 + 0.5) / 3.0, (o.row() as f32 + 0.5) / 3.0);

@@ -180,7 +180,7 @@ impl Captioner {
     pub fn encode(&self, images: &Tensor, train: bool) -> Tensor {
         let h = match &self.encoder {
             ImageEncoder::Cnn { conv, proj } => {
-                let f = conv.forward(images); // (B, C, g, g)
+                let f = conv.forward(images, train); // (B, C, g, g)
                 f.flatten(2, 3).transpose(1, 2).apply(proj) // (B, G, D)
             }
             ImageEncoder::Vit { patch, layers } => {

@@ -27,7 +27,7 @@ impl Posterior {
 
     /// (μ, log σ²) of q(z | x, t).
     pub fn forward(&self, x: &Tensor, cond: &Tensor) -> (Tensor, Tensor) {
-        let h = self.conv.forward(x).flatten(1, -1);
+        let h = self.conv.forward(x, true).flatten(1, -1); // only used while training
         let out = self.fc.forward(&Tensor::cat(&[&h, cond], 1));
         let parts = out.chunk(2, 1);
         (parts[0].shallow_clone(), parts[1].clamp(-10.0, 10.0))

@@ -1,0 +1,415 @@
+//! The whole spine on tiny data: captioner, contrastive model, probe and generator each
+//! train a few steps; `eval t2i`, `draw` and `cycle` run; the report is well formed and
+//! loads in a real browser; bad inputs to the cycle are clean errors.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn write(dir: &Path, name: &str, text: String) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn clip_cfg(dir: &Path, data: &Path) -> String {
+    write(dir, "clip.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  feature_dim: 32\n  embed_dim: 16\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\n",
+        data.display()
+    ))
+}
+
+fn probe_cfg(dir: &Path, data: &Path) -> String {
+    write(dir, "probe.yaml", format!(
+        "data: {}\nseed: 0\nmodel: {{image_size: 32, channels: [8, 16], hidden: 16}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: attr_accuracy, higher_is_better: true}}\n",
+        data.display()
+    ))
+}
+
+fn t2i_cfg(dir: &Path, data: &Path) -> String {
+    let clip = dir.join("clip_run");
+    let probe = dir.join("probe_run");
+    write(dir, "t2i.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  kind: vae\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}}\n  encoder_channels: [8, 16]\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+        data.display(), clip.display(), probe.display()
+    ))
+}
+
+fn ok(args: &[&str]) -> String {
+    let (ok, out, err) = run(args);
+    assert!(ok, "{args:?} failed: {err}");
+    out
+}
+
+#[test]
+fn tiny_spine_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cap_cfg = tiny_captioner_config(d, &data, 4);
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    ok(&[
+        "train",
+        "captioner",
+        "-c",
+        cap_cfg.to_str().unwrap(),
+        "--run",
+        &p("cap_run"),
+        "--device",
+        "cpu",
+    ]);
+    ok(&[
+        "train",
+        "clip",
+        "-c",
+        &clip_cfg(d, &data),
+        "--run",
+        &p("clip_run"),
+        "--device",
+        "cpu",
+    ]);
+    ok(&[
+        "train",
+        "probe",
+        "-c",
+        &probe_cfg(d, &data),
+        "--run",
+        &p("probe_run"),
+        "--device",
+        "cpu",
+    ]);
+    ok(&[
+        "train",
+        "t2i",
+        "-c",
+        &t2i_cfg(d, &data),
+        "--run",
+        &p("t2i_run"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        d.join("t2i_run/samples/step_000004.png").exists(),
+        "sample grid written"
+    );
+
+    let out = ok(&[
+        "eval",
+        "t2i",
+        "--run",
+        &p("t2i_run"),
+        "--split",
+        "test",
+        "--device",
+        "cpu",
+    ]);
+    for key in [
+        "clip_score",
+        "r_precision",
+        "fd_own",
+        "kid_own",
+        "probe_attr_accuracy",
+        "is_style",
+        "diversity",
+        "fd_own_mean_image_baseline",
+    ] {
+        assert!(out.contains(key), "eval t2i prints {key}: {out}");
+    }
+    let out = ok(&[
+        "eval",
+        "clip",
+        "--run",
+        &p("clip_run"),
+        "--split",
+        "test",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.contains("i2t_r1") && out.contains("t2i_median_rank"),
+        "{out}"
+    );
+    for f in [
+        "pca.png",
+        "tsne.png",
+        "plots.html",
+        "projector/projector_config.pbtxt",
+        "projector/sprite.png",
+        "projector/tensors.tsv",
+    ] {
+        assert!(d.join("clip_run/eval_test").join(f).exists(), "{f}");
+    }
+    ok(&[
+        "eval",
+        "captioner",
+        "--run",
+        &p("cap_run"),
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+    ]);
+
+    // draw: one text, N noises, and a captions CSV as a grid.
+    ok(&[
+        "draw",
+        "--run",
+        &p("t2i_run"),
+        "A small red house stands in the bottom left.",
+        "--n",
+        "3",
+        "--out",
+        &p("drawn"),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(std::fs::read_dir(d.join("drawn")).unwrap().count(), 3);
+    let csv = write(
+        d,
+        "captions.csv",
+        "caption\nA red sun.\nA blue boat on the sea.\n".into(),
+    );
+    ok(&[
+        "draw",
+        "--run",
+        &p("t2i_run"),
+        "--captions",
+        &csv,
+        "--n",
+        "2",
+        "--grid",
+        "--out",
+        &p("drawn2"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(d.join("drawn2/grid.png").exists());
+    assert_clean_error(
+        &["draw", "--run", &p("t2i_run"), "   ", "--device", "cpu"],
+        "empty",
+    );
+
+    // The cycle and its report.
+    let report = d.join("report");
+    let cycle = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "cycle",
+            "--captioner",
+            &p("cap_run"),
+            "--generator",
+            &p("t2i_run"),
+            "--clip",
+            &p("clip_run"),
+            "--probe",
+            &p("probe_run"),
+            "--split",
+            "test",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let args = cycle(&["--out", report.to_str().unwrap()]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
+            .unwrap();
+    for col in [
+        "cycle",
+        "ceiling (true caption)",
+        "floor (random caption)",
+        "nearest neighbour",
+    ] {
+        let m = &metrics[col];
+        for k in [
+            "r_precision",
+            "psnr",
+            "ssim",
+            "colour_histogram",
+            "probe_attr_agreement",
+            "clip_image_image",
+        ] {
+            assert!(m[k].is_number(), "{col}.{k} in metrics.json");
+        }
+    }
+    assert!(metrics["cycle"]["second_pass_bleu4"].is_number());
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(
+        html.contains("<h2>Answer</h2>") && html.matches("<img").count() >= 4 * 3 + 4 * 5,
+        "gallery and grid present"
+    );
+    browser_check(&report.join("index.html"));
+
+    // Bad inputs: a missing model folder, and an empty split.
+    let missing = cycle(&["--out", report.to_str().unwrap()])
+        .into_iter()
+        .map(|s| if s.ends_with("t2i_run") { p("nope") } else { s })
+        .collect::<Vec<_>>();
+    assert_clean_error(
+        &missing.iter().map(String::as_str).collect::<Vec<_>>(),
+        "nope",
+    );
+    std::fs::write(data.join("splits/test_ids.txt"), "\n").unwrap();
+    assert_clean_error(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "lists no image ids",
+    );
+}
+
+#[test]
+fn cycle_refuses_models_with_different_tokenizers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = tiny_dataset(&d.join("a"));
+    let b = d.join("b/data");
+    std::fs::create_dir_all(d.join("b")).unwrap();
+    ok(&[
+        "data",
+        "synth",
+        "--out",
+        b.to_str().unwrap(),
+        "--n",
+        "40",
+        "--size",
+        "32",
+    ]);
+    std::fs::write(
+        d.join("b/tok.yaml"),
+        "vocab_size: 320\nmin_frequency: 1\nmax_len: 256\n",
+    )
+    .unwrap();
+    ok(&[
+        "tokenizer",
+        "train",
+        "--data",
+        b.to_str().unwrap(),
+        "-c",
+        d.join("b/tok.yaml").to_str().unwrap(),
+    ]);
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    ok(&[
+        "train",
+        "captioner",
+        "-c",
+        tiny_captioner_config(&d.join("b"), &b, 2).to_str().unwrap(),
+        "--run",
+        &p("cap_b"),
+        "--device",
+        "cpu",
+    ]);
+    let da = d.join("a");
+    ok(&[
+        "train",
+        "clip",
+        "-c",
+        &clip_cfg(&da, &a),
+        "--run",
+        &p("a/clip_run"),
+        "--device",
+        "cpu",
+    ]);
+    ok(&[
+        "train",
+        "probe",
+        "-c",
+        &probe_cfg(&da, &a),
+        "--run",
+        &p("a/probe_run"),
+        "--device",
+        "cpu",
+    ]);
+    ok(&[
+        "train",
+        "t2i",
+        "-c",
+        &t2i_cfg(&da, &a),
+        "--run",
+        &p("t2i_a"),
+        "--device",
+        "cpu",
+    ]);
+    assert_clean_error(
+        &[
+            "cycle",
+            "--captioner",
+            &p("cap_b"),
+            "--generator",
+            &p("t2i_a"),
+            "--clip",
+            &p("a/clip_run"),
+            "--probe",
+            &p("a/probe_run"),
+            "--out",
+            &p("r"),
+            "--device",
+            "cpu",
+        ],
+        "different tokenizers",
+    );
+}
+
+/// Loads the page in headless Chromium: no console errors, every image decoded.
+fn browser_check(page: &Path) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find(|b| which(b))
+    else {
+        eprintln!("\n*** SKIPPED: no chromium on this machine; the report was not checked in a browser ***\n");
+        return;
+    };
+    // The page reports its own state into the DOM, which --dump-dom prints.
+    let probe_page = page.with_file_name("browser_check.html");
+    let html = std::fs::read_to_string(page).unwrap().replace(
+        "</body>",
+        "<script>window.addEventListener('load',()=>{const imgs=[...document.images];const bad=imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).length;\
+         document.body.setAttribute('data-check',`images=${imgs.length} broken=${bad} errors=${window.__errors||0}`)});\
+         window.addEventListener('error',()=>{window.__errors=(window.__errors||0)+1});</script></body>",
+    );
+    std::fs::write(&probe_page, html).unwrap();
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            page.with_file_name("chrome-profile").display()
+        ))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("file://{}", probe_page.display()))
+        .output()
+        .expect("running chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let check = dom
+        .split("data-check=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("");
+    assert!(
+        check.starts_with("images=") && check.contains("broken=0") && check.ends_with("errors=0"),
+        "browser check: {check:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: usize = check
+        .trim_start_matches("images=")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 0);
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
+}
