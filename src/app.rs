@@ -89,6 +89,33 @@ pub fn run(cli: Cli) -> Result<()> {
                 s.words_max
             );
         }
+        Command::Data(DataCommand::Prepare {
+            format,
+            src,
+            images,
+            captions,
+            multi,
+            size,
+            out,
+            force,
+        }) => {
+            let opts = crate::data::prepare::PrepareOptions {
+                format: *format,
+                src: src.clone(),
+                images: images.clone(),
+                captions: captions.clone(),
+                multi: *multi,
+                size: *size,
+                seed: cli.seed.unwrap_or(0),
+                out: out.clone(),
+                force: *force,
+            };
+            let r = crate::data::prepare::prepare(&opts)?;
+            println!(
+                "prepared {} of {} items into {} (train/val/test {}/{}/{}); rejected: {:?}; non-UTF-8 texts decoded lossily: {}",
+                r.kept, r.candidates, out.display(), r.splits[0], r.splits[1], r.splits[2], r.rejected, r.non_utf8_texts
+            );
+        }
         Command::Tokenizer(TokenizerCommand::Train { data, from }) => {
             let cfg: TokenizerConfig = match &cli.config {
                 Some(p) => config::load(p, &cli.overrides)?,

@@ -111,6 +111,34 @@ pub enum DataCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Bring a real dataset into the common layout: resized images, captions.json,
+    /// metadata.csv, splits and rejected.csv (every rejected item with its reason).
+    Prepare {
+        /// Source format.
+        #[arg(long, value_enum)]
+        format: crate::data::prepare::Format,
+        /// Source folder (art, imagefolder, text-c10) or file (captions-csv, coco).
+        #[arg(long)]
+        src: PathBuf,
+        /// Image folder, for formats that keep images apart from the text.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// art: descriptions as captions.json ({id: text}) or .jsonl ({"id", "caption"}).
+        #[arg(long)]
+        captions: Option<PathBuf>,
+        /// Several captions for one image: keep the first, one pair each, or join them.
+        #[arg(long, value_enum, default_value = "first")]
+        multi: crate::data::prepare::Multi,
+        /// Image side in pixels after centre-crop and resize.
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+        /// Output dataset folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing dataset folder.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,6 +5,7 @@ pub mod images;
 pub mod ingest;
 pub mod layout;
 pub mod loader;
+pub mod prepare;
 pub mod splits;
 pub mod synth;
 pub mod tokenizer;

@@ -1,0 +1,352 @@
+//! `data prepare`: each source format on tiny fixtures written here, and every bad-input
+//! rule (corrupt, truncated, zero-byte, grayscale, 16-bit, alpha, huge images; paths
+//! leaving the folder; duplicate ids; missing and empty captions; non-UTF-8 text).
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn png(path: &Path, w: u32, h: u32, seed: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(seed), y as u8, seed])
+    })
+    .save(path)
+    .unwrap();
+}
+
+fn jpg(path: &Path, seed: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, seed]))
+        .save(path)
+        .unwrap();
+}
+
+fn prepare(args: &[&str]) -> (bool, String, String) {
+    let mut a = vec!["data", "prepare", "--size", "32"];
+    a.extend_from_slice(args);
+    run(&a)
+}
+
+fn rejected(out: &Path) -> String {
+    std::fs::read_to_string(out.join("rejected.csv")).unwrap()
+}
+
+#[test]
+fn captions_csv_with_every_bad_image_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..4 {
+        jpg(&src.join(format!("ok{i}.jpg")), i as u8);
+    }
+    image::GrayImage::from_pixel(20, 20, image::Luma([128]))
+        .save(src.join("gray.png"))
+        .unwrap();
+    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(
+        20,
+        20,
+        image::Rgb([60000, 100, 5]),
+    )
+    .save(src.join("deep.png"))
+    .unwrap();
+    image::RgbaImage::from_pixel(20, 20, image::Rgba([255, 0, 0, 0]))
+        .save(src.join("alpha.png"))
+        .unwrap();
+    std::fs::write(src.join("empty.jpg"), b"").unwrap();
+    std::fs::write(src.join("noise.jpg"), b"this is not an image at all").unwrap();
+    let good = std::fs::read(src.join("ok0.jpg")).unwrap();
+    std::fs::write(src.join("cut.jpg"), &good[..good.len() / 3]).unwrap();
+    // A PNG whose header claims 100000×100000 pixels.
+    let mut huge = std::fs::read(src.join("gray.png")).unwrap();
+    huge[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    std::fs::write(src.join("huge.png"), huge).unwrap();
+    std::fs::write(dir.path().join("secret.jpg"), &good).unwrap();
+    let csv = "image,caption\n\
+ok0.jpg,a first caption\nok0.jpg,a second caption of the same image\nok1.jpg,one\nok2.jpg,two\nok3.jpg,\"three, with a comma\"\n\
+gray.png,gray\ndeep.png,sixteen bit\nalpha.png,transparent\nempty.jpg,zero bytes\nnoise.jpg,garbage\ncut.jpg,truncated\nhuge.png,huge\n\
+../secret.jpg,escape attempt\n/etc/passwd,absolute\nmissing.jpg,no such file\nok1.jpg,\n";
+    std::fs::write(src.join("captions.csv"), csv).unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, err) = prepare(&[
+        "--format",
+        "captions-csv",
+        "--src",
+        src.join("captions.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--multi",
+        "join",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("panicked"));
+    let caps: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("captions.json")).unwrap()).unwrap();
+    // Four JPEGs + grayscale + 16-bit + alpha are usable; ok0's two captions are joined.
+    assert_eq!(caps.len(), 7, "{caps:?}\n{stdout}");
+    assert_eq!(
+        caps["ok0"],
+        "a first caption. a second caption of the same image."
+    );
+    let rej = rejected(&out);
+    for bad in [
+        "empty", "noise", "cut", "huge", "secret", "passwd", "missing",
+    ] {
+        assert!(rej.contains(bad), "{bad} is listed in rejected.csv:\n{rej}");
+    }
+    assert!(rej.contains("unsafe path"), "{rej}");
+    let img = image::open(out.join("images/alpha.png")).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (32, 32));
+    assert_eq!(
+        img.get_pixel(5, 5).0,
+        [255, 255, 255],
+        "fully transparent pixels become white"
+    );
+    let n: usize = ["train", "val", "test"]
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(out.join(format!("splits/{s}_ids.txt")))
+                .unwrap()
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .sum();
+    assert_eq!(n, 7);
+    // Existing output is not overwritten silently.
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "captions-csv",
+        "--src",
+        src.join("captions.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    // A header without the needed columns is a clear error.
+    std::fs::write(src.join("bad.csv"), "file,text\na.jpg,x\n").unwrap();
+    let e = assert_clean_error(
+        &[
+            "data",
+            "prepare",
+            "--format",
+            "captions-csv",
+            "--src",
+            src.join("bad.csv").to_str().unwrap(),
+            "--out",
+            dir.path().join("o2").to_str().unwrap(),
+        ],
+        "caption",
+    );
+    assert!(e.contains("bad.csv"));
+}
+
+#[test]
+fn pairs_keep_an_images_captions_in_one_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut csv = String::from("image,caption\n");
+    for i in 0..10 {
+        jpg(&src.join(format!("p{i}.jpg")), i as u8);
+        for k in 0..3 {
+            csv.push_str(&format!("p{i}.jpg,caption {k} of picture {i}\n"));
+        }
+    }
+    std::fs::write(src.join("c.csv"), csv).unwrap();
+    let out = dir.path().join("out");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "captions-csv",
+        "--src",
+        src.join("c.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--multi",
+        "pairs",
+    ]);
+    assert!(ok, "{err}");
+    let split = |s: &str| std::fs::read_to_string(out.join(format!("splits/{s}_ids.txt"))).unwrap();
+    let (tr, va, te) = (split("train"), split("val"), split("test"));
+    assert_eq!(
+        tr.lines()
+            .chain(va.lines())
+            .chain(te.lines())
+            .filter(|l| !l.is_empty())
+            .count(),
+        30
+    );
+    for i in 0..10 {
+        let holders = [&tr, &va, &te]
+            .iter()
+            .filter(|s| s.lines().any(|l| l.starts_with(&format!("p{i}_"))))
+            .count();
+        assert_eq!(holders, 1, "image p{i}'s pairs sit in one split");
+    }
+}
+
+#[test]
+fn coco_imagefolder_text_c10_and_art() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // COCO
+    let coco = d.join("coco");
+    for i in 0..4 {
+        png(&coco.join(format!("img/{i}.png")), 24, 24, i as u8 + 1);
+    }
+    png(&coco.join("other/3.png"), 24, 24, 9);
+    let json = serde_json::json!({
+        "images": [{"id": 1, "file_name": "img/0.png"}, {"id": 2, "file_name": "img/1.png"}, {"id": 3, "file_name": "img/2.png"}, {"id": 4, "file_name": "img/3.png"}, {"id": 5, "file_name": "other/3.png"}],
+        "annotations": [{"image_id": 1, "caption": "zero"}, {"image_id": 2, "caption": "one"}, {"image_id": 3, "caption": "two"}, {"image_id": 4, "caption": "three"}, {"image_id": 5, "caption": "dup"}]
+    });
+    std::fs::write(coco.join("captions.json"), json.to_string()).unwrap();
+    let out = d.join("out_coco");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "coco",
+        "--src",
+        coco.join("captions.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        rejected(&out).contains("duplicate id"),
+        "other/3.png has the same id as img/3.png"
+    );
+
+    // Image folder with metadata.jsonl, then with .txt files (one non-UTF-8).
+    let f = d.join("folder");
+    for i in 0..4 {
+        png(&f.join(format!("a{i}.png")), 24, 24, i as u8 + 3);
+    }
+    std::fs::write(
+        f.join("metadata.jsonl"),
+        (0..4)
+            .map(|i| format!("{{\"file_name\": \"a{i}.png\", \"text\": \"text {i}\"}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "imagefolder",
+        "--src",
+        f.to_str().unwrap(),
+        "--out",
+        d.join("out_f").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    std::fs::remove_file(f.join("metadata.jsonl")).unwrap();
+    for i in 0..3 {
+        std::fs::write(f.join(format!("a{i}.txt")), format!("caption {i}")).unwrap();
+    }
+    std::fs::write(f.join("a3.txt"), b"caf\xe9 latin-1").unwrap();
+    let (ok, stdout, err) = prepare(&[
+        "--format",
+        "imagefolder",
+        "--src",
+        f.to_str().unwrap(),
+        "--out",
+        d.join("out_t").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("lossily: 1"), "{stdout}");
+
+    // Oxford-102 / CUB layout: ten-ish captions per image, joined.
+    let c10 = d.join("flowers");
+    for i in 0..4 {
+        jpg(&c10.join(format!("jpg/image_{i:05}.jpg")), i as u8);
+        std::fs::create_dir_all(c10.join("text_c10/class_00001")).unwrap();
+        std::fs::write(
+            c10.join(format!("text_c10/class_00001/image_{i:05}.txt")),
+            "a flower with pink petals\nthe petals are wide\n",
+        )
+        .unwrap();
+    }
+    let out = d.join("out_c10");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "text-c10",
+        "--src",
+        c10.to_str().unwrap(),
+        "--images",
+        c10.join("jpg").to_str().unwrap(),
+        "--multi",
+        "join",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let caps = std::fs::read_to_string(out.join("captions.json")).unwrap();
+    assert!(
+        caps.contains("a flower with pink petals. the petals are wide."),
+        "{caps}"
+    );
+
+    // The art dataset: metadata-composed paragraphs, or supplied descriptions.
+    let art = d.join("art");
+    for i in 0..4 {
+        jpg(&art.join(format!("artwork/{i}.jpg")), i as u8);
+    }
+    std::fs::write(art.join("artwork_dataset.csv"), "ID,Title,Artist,Year\n0,Sunflowers,Vincent van Gogh,1888\n1,Water Lilies,Claude Monet,1906\n2,The Wave,Hokusai,1831\n3,Untitled,,\n").unwrap();
+    std::fs::write(
+        art.join("info_dataset.csv"),
+        "id,medium,style\n0,oil on canvas,Post-Impressionism\n",
+    )
+    .unwrap();
+    let out = d.join("out_art");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "art",
+        "--src",
+        art.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let caps = std::fs::read_to_string(out.join("captions.json")).unwrap();
+    assert!(
+        caps.contains("Sunflowers")
+            && caps.contains("Vincent van Gogh")
+            && caps.contains("oil on canvas"),
+        "{caps}"
+    );
+    assert!(std::fs::read_to_string(out.join("metadata.csv"))
+        .unwrap()
+        .contains("metadata-composed"));
+    std::fs::write(
+        art.join("captions.jsonl"),
+        (0..4)
+            .map(|i| {
+                format!("{{\"id\": \"{i}\", \"caption\": \"A long description of work {i}.\"}}\n")
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out = d.join("out_art2");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "art",
+        "--src",
+        art.to_str().unwrap(),
+        "--captions",
+        art.join("captions.jsonl").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(out.join("captions.json"))
+        .unwrap()
+        .contains("A long description of work 2."));
+    // A prepared real dataset trains a tokenizer like the embedded one.
+    let tok = d.join("tok.yaml");
+    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 64\n").unwrap();
+    let (ok, _, err) = run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        out.to_str().unwrap(),
+        "-c",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+}
