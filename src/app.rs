@@ -2,7 +2,8 @@
 //! device and the library.
 
 use crate::cli::{
-    CaptionArgs, Cli, Command, DataCommand, DecodeArgs, EvalCommand, TokenizerCommand, TrainCommand,
+    BenchCommand, CaptionArgs, Cli, Command, DataCommand, DecodeArgs, EvalCommand,
+    TokenizerCommand, TrainCommand,
 };
 use crate::config;
 use crate::data::layout::Dataset;
@@ -223,6 +224,28 @@ pub fn run(cli: Cli) -> Result<()> {
                 device,
             )?;
             println!("wrote {} images to {}", paths.len(), a.out.display());
+        }
+        Command::Bench(BenchCommand::Loader {
+            data,
+            size,
+            batch_size,
+        }) => {
+            let b = crate::data::bench::bench_loader(
+                &Dataset::open(data)?,
+                *size,
+                *batch_size,
+                device,
+            )?;
+            println!(
+                "decode + resize: {} images at {:.0} images/s ({} threads); cache: {} batches of {} at {:.0} batches/s ({:.0} images/s)",
+                b.images,
+                b.decode_per_sec,
+                rayon::current_num_threads(),
+                b.batches,
+                b.batch_size,
+                b.batches_per_sec,
+                b.batches_per_sec * b.batch_size as f64
+            );
         }
         Command::Cycle(a) => {
             let args = cycle::CycleArgs {

@@ -44,6 +44,9 @@ pub enum Command {
     Caption(CaptionArgs),
     /// Paint images from text with a trained text → image run.
     Draw(DrawArgs),
+    /// Measure things: `bench loader` (decode + resize images/s, batches/s from cache).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// image → caption → image on a split, with floor, ceiling and nearest-neighbour
     /// baselines; writes reports/<name>/index.html and metrics.json.
     Cycle(CycleArgs),
@@ -71,6 +74,19 @@ pub struct CycleArgs {
     /// Report folder.
     #[arg(long, default_value = "reports/demo")]
     pub out: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Decode + resize throughput (all cores) and batches/s from the uint8 cache.
+    Loader {
+        #[arg(long, default_value = "data/synth")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
 }
 
 #[derive(Args, Debug)]

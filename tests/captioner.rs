@@ -20,6 +20,7 @@ fn config(encoder: EncoderKind) -> CaptionerConfig {
         dropout: 0.0,
         image_size: 32,
         vocab_size: 50,
+        contrastive_weight: 0.0,
     }
 }
 

@@ -162,3 +162,83 @@ pub fn random_shift(x: &Tensor, max_shift: i64) -> Tensor {
         .collect();
     Tensor::stack(&crops, 0)
 }
+
+/// Batches prepared ahead of time on a background thread: the row indices of
+/// micro-batch k come from [`batch_indices`], so the order is the same as without
+/// prefetching, and training stays exactly resumable.
+pub struct Prefetcher {
+    rx: std::sync::mpsc::Receiver<(u64, Tensor, Option<Tensor>)>,
+    next: u64,
+    _worker: std::thread::JoinHandle<()>,
+}
+
+impl Prefetcher {
+    /// Starts producing micro-batches `first..` of `images` (and `tokens`), `depth` ahead.
+    pub fn new(
+        images: &Tensor,
+        tokens: Option<&Tensor>,
+        batch: usize,
+        seed: u64,
+        first: u64,
+        depth: usize,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth.max(1));
+        let images = images.shallow_clone();
+        let tokens = tokens.map(|t| t.shallow_clone());
+        let n = images.size()[0] as usize;
+        let worker = std::thread::spawn(move || {
+            let mut micro = first;
+            loop {
+                let idx = Tensor::from_slice(&batch_indices(n, batch, seed, micro));
+                let x = images.index_select(0, &idx);
+                let t = tokens.as_ref().map(|t| t.index_select(0, &idx));
+                if tx.send((micro, x, t)).is_err() {
+                    return; // the consumer is gone
+                }
+                micro += 1;
+            }
+        });
+        Prefetcher {
+            rx,
+            next: first,
+            _worker: worker,
+        }
+    }
+
+    /// The uint8 images and tokens of micro-batch `micro`. Asking out of order restarts
+    /// nothing: it is an error in the caller, reported as such.
+    pub fn get(&mut self, micro: u64) -> anyhow::Result<(Tensor, Option<Tensor>)> {
+        if micro != self.next {
+            anyhow::bail!(
+                "prefetcher asked for micro-batch {micro}, expected {}",
+                self.next
+            );
+        }
+        let (m, x, t) = self
+            .rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the prefetch thread stopped"))?;
+        debug_assert_eq!(m, micro);
+        self.next += 1;
+        Ok((x, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetched_batches_equal_direct_ones() {
+        let images = Tensor::arange(20 * 3, (tch::Kind::Uint8, Device::Cpu)).view([20, 3, 1, 1]);
+        let tokens = Tensor::arange(20 * 4, (tch::Kind::Int64, Device::Cpu)).view([20, 4]);
+        let mut p = Prefetcher::new(&images, Some(&tokens), 6, 9, 5, 2);
+        for micro in 5..15 {
+            let (x, t) = p.get(micro).unwrap();
+            let idx = Tensor::from_slice(&batch_indices(20, 6, 9, micro));
+            assert!(x.equal(&images.index_select(0, &idx)));
+            assert!(t.unwrap().equal(&tokens.index_select(0, &idx)));
+        }
+        assert!(p.get(3).is_err());
+    }
+}

@@ -1,6 +1,7 @@
 //! Datasets: the embedded synthetic set, the on-disk layout, splits, the tokenizer and
 //! the tensor loader.
 
+pub mod bench;
 pub mod images;
 pub mod ingest;
 pub mod layout;

@@ -1,7 +1,7 @@
 //! The captioner stage: `train captioner` and `eval captioner`.
 
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_indices, load_split, random_shift, to_float, SplitData};
+use crate::data::loader::{load_split, random_shift, to_float, Prefetcher, SplitData};
 use crate::data::synth::{parse, scene_of};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::text::caption_metrics;
@@ -108,6 +108,7 @@ pub struct CaptionerStage {
     val: SplitData,
     truth: Option<HashMap<String, Vec<String>>>,
     device: Device,
+    prefetch: Option<Prefetcher>,
 }
 
 /// Builds the model for `cfg` on `device` with the dataset's tokenizer.
@@ -155,6 +156,7 @@ impl CaptionerStage {
             val,
             truth,
             device,
+            prefetch: None,
         })
     }
 
@@ -218,22 +220,15 @@ impl Trainable for CaptionerStage {
     }
 
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
-        let n = self.train.images.size()[0] as usize;
-        let idx = Tensor::from_slice(&batch_indices(
-            n,
-            self.cfg.train.batch_size,
-            self.cfg.seed,
-            micro,
-        ));
-        let x = to_float(&self.train.images.index_select(0, &idx), self.device);
-        let x = random_shift(&x, self.cfg.augment_shift);
-        let tokens = self
-            .train
-            .tokens
-            .as_ref()
-            .unwrap()
-            .index_select(0, &idx)
-            .to_device(self.device);
+        // Started at the first micro-batch asked for, so a resumed run keeps the order.
+        let (images, tokens) = (&self.train.images, self.train.tokens.as_ref());
+        let (batch, seed) = (self.cfg.train.batch_size, self.cfg.seed);
+        let p = self
+            .prefetch
+            .get_or_insert_with(|| Prefetcher::new(images, tokens, batch, seed, micro, 4));
+        let (x, tokens) = p.get(micro)?;
+        let x = random_shift(&to_float(&x, self.device), self.cfg.augment_shift);
+        let tokens = tokens.context("tokenized captions")?.to_device(self.device);
         let frac = self.sampled_fraction(micro);
         Ok(self.model.loss(
             &x,

@@ -44,6 +44,10 @@ pub struct CaptionerConfig {
     /// Set from the tokenizer at build time.
     #[serde(default)]
     pub vocab_size: i64,
+    /// Weight of an auxiliary contrastive loss (CoCa, Yu et al. 2022) between the pooled
+    /// image grid and a bag-of-words embedding of the caption; 0 disables it.
+    #[serde(default)]
+    pub contrastive_weight: f64,
 }
 fn default_channels() -> Vec<i64> {
     vec![32, 64, 128]
@@ -75,6 +79,8 @@ pub struct Captioner {
     pos_emb: Tensor,
     layers: Vec<DecoderLayer>,
     ln_f: nn::LayerNorm,
+    /// The auxiliary contrastive heads (image side, caption side) when enabled.
+    contrastive: Option<(nn::Linear, nn::Embedding, nn::Linear)>,
 }
 
 impl Captioner {
@@ -160,7 +166,34 @@ impl Captioner {
                 })
                 .collect(),
             ln_f: nn::layer_norm(p / "ln_f", vec![cfg.dim], Default::default()),
+            contrastive: (cfg.contrastive_weight > 0.0).then(|| {
+                (
+                    nn::linear(p / "aux_image", cfg.dim, cfg.dim, Default::default()),
+                    nn::embedding(p / "aux_words", cfg.vocab_size, cfg.dim, Default::default()),
+                    nn::linear(p / "aux_text", cfg.dim, cfg.dim, Default::default()),
+                )
+            }),
         })
+    }
+
+    /// Symmetric InfoNCE between the mean of the image grid and the mean of the
+    /// caption's word embeddings: it rewards an encoder that can tell which words
+    /// describe its image, a signal the next-token loss only gives slowly.
+    fn contrastive_loss(&self, ctx: &Tensor, tokens: &Tensor, pad: i64) -> Option<Tensor> {
+        let (img_proj, words, txt_proj) = self.contrastive.as_ref()?;
+        let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-6);
+        let i = norm(img_proj.forward(&ctx.mean_dim(1, false, Kind::Float)));
+        let mask = tokens.ne(pad).unsqueeze(-1).to_kind(Kind::Float);
+        let bag = (tokens.apply(words) * &mask).sum_dim_intlist(1, false, Kind::Float)
+            / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
+        let t = norm(txt_proj.forward(&bag));
+        let logits = i.matmul(&t.tr()) * 20.0;
+        let target = Tensor::arange(logits.size()[0], (Kind::Int64, logits.device()));
+        Some(
+            (logits.cross_entropy_for_logits(&target)
+                + logits.tr().cross_entropy_for_logits(&target))
+                / 2.0,
+        )
     }
 
     /// Checks an image batch before it reaches the network.
@@ -259,12 +292,16 @@ impl Captioner {
         }
         let logits = self.logits(&ctx, &input, 0, None, train);
         let v = logits.size()[2];
-        logits.view([-1, v]).cross_entropy_loss::<Tensor>(
+        let ce = logits.view([-1, v]).cross_entropy_loss::<Tensor>(
             &target.reshape([-1]),
             None,
             tch::Reduction::Mean,
             pad,
             label_smoothing,
-        )
+        );
+        match (train, self.contrastive_loss(&ctx, &tokens, pad)) {
+            (true, Some(aux)) => ce + aux * self.cfg.contrastive_weight,
+            _ => ce,
+        }
     }
 }
