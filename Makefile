@@ -13,7 +13,7 @@ VENV := $(EKPHRASIS_CACHE)/venv
 PYTHON := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
-PY_STAMP := $(VENV)/.tools-1
+PY_STAMP := $(VENV)/.tools-2
 DEVICE ?= auto
 DATA ?= data/synth
 BIN := target/release/ekphrasis
@@ -49,7 +49,7 @@ $(TORCH_STAMP):
 pytools: $(PY_STAMP)
 $(PY_STAMP): | $(TORCH_STAMP)
 	@echo "==> installing tokenizers and tensorboard into $(VENV)"
-	@$(PYTHON) -m pip install -q --disable-pip-version-check tokenizers tensorboard numpy
+	@$(PYTHON) -m pip install -q --disable-pip-version-check tokenizers tensorboard numpy pillow
 	@touch $@
 
 build: $(LIBTORCH_DEP)

@@ -350,3 +350,51 @@ fn coco_imagefolder_text_c10_and_art() {
     ]);
     assert!(ok, "{err}");
 }
+
+/// A CMYK JPEG (made with Pillow, which can write one) is decoded to RGB.
+#[test]
+fn cmyk_jpeg_is_converted() {
+    let Some(py) = python() else {
+        eprintln!("SKIPPED: EKPHRASIS_PYTHON not set (run through `make test`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let script = "import sys\nfrom PIL import Image\nfor i in range(4):\n    Image.new('CMYK', (30, 20), (0, 255, 255, 0)).save(f'{sys.argv[1]}/c{i}.jpg')";
+    let out = std::process::Command::new(py)
+        .args(["-c", script, src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "SKIPPED: Pillow could not write a CMYK JPEG: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    std::fs::write(
+        src.join("captions.csv"),
+        "image,caption\nc0.jpg,red\nc1.jpg,red\nc2.jpg,red\nc3.jpg,red\n",
+    )
+    .unwrap();
+    let o = dir.path().join("out");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "captions-csv",
+        "--src",
+        src.join("captions.csv").to_str().unwrap(),
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let px = image::open(o.join("images/c0.png"))
+        .unwrap()
+        .to_rgb8()
+        .get_pixel(10, 10)
+        .0;
+    assert!(
+        px[0] > 200 && px[1] < 60 && px[2] < 60,
+        "CMYK (0, 100 %, 100 %, 0) is red, got {px:?}"
+    );
+}

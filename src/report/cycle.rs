@@ -53,6 +53,9 @@ pub fn answer(t: &Table) -> String {
         out.push(format!(
             "Through a paragraph written by the captioner, the reconstruction reaches {key} {c:.3}, against {f:.3} for a random caption (floor) and {h:.3} for the true caption (ceiling): language carries {closed:.0} % of what this generator can carry at all."
         ));
+        if closed >= 90.0 {
+            out.push("The cycle sits at its ceiling, so the limit is the generator's drawing, not the paragraph.".to_string());
+        }
     }
     if let (Some(c), Some(f), Some(h)) = (
         get(t, "cycle", "r_precision"),

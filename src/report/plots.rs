@@ -38,11 +38,11 @@ fn affinities(x: &Tensor, perplexity: f64) -> Tensor {
         for _ in 0..60 {
             let mut sum = 0.0;
             let mut dot = 0.0;
-            for j in 0..n {
+            for (j, &d) in d2[i].iter().enumerate() {
                 if j != i {
-                    let v = (-d2[i][j] * beta).exp();
+                    let v = (-d * beta).exp();
                     sum += v;
-                    dot += v * d2[i][j];
+                    dot += v * d;
                 }
             }
             let sum = sum.max(1e-300);

@@ -29,12 +29,8 @@ pub fn write(dir: &Path, embeddings: &Tensor, data: &SplitData, labels: &[String
         .collect();
     atomic_write(&dir.join("tensors.tsv"), tsv.as_bytes())?;
     let mut meta = String::from("id\tlabel\n");
-    for i in 0..n {
-        meta.push_str(&format!(
-            "{}\t{}\n",
-            data.ids[i],
-            labels[i].replace(['\t', '\n'], " ")
-        ));
+    for (id, label) in data.ids.iter().zip(labels).take(n) {
+        meta.push_str(&format!("{id}\t{}\n", label.replace(['\t', '\n'], " ")));
     }
     atomic_write(&dir.join("metadata.tsv"), meta.as_bytes())?;
     // Sprite: thumbnails in a square grid, row-major, as the projector expects.

@@ -84,6 +84,7 @@ pub fn draw_tokens(
     })
 }
 
+#[allow(clippy::too_many_arguments)] // each input is a distinct role; a struct would only rename them
 /// Every generation score for images drawn from `captions` (one per caption), against
 /// the real `reference` images of the same split.
 pub fn generation_scores(
