@@ -131,6 +131,25 @@ pub fn batch_indices(n: usize, batch: usize, seed: u64, micro: u64) -> Vec<i64> 
     perm[j * batch..(j + 1) * batch].to_vec()
 }
 
+/// Micro-batch `micro` of a split: float images in [-1, 1] and (when tokenized) the
+/// token rows, both on `device`.
+pub fn micro_batch(
+    data: &SplitData,
+    batch: usize,
+    seed: u64,
+    micro: u64,
+    device: Device,
+) -> (Tensor, Option<Tensor>) {
+    let n = data.images.size()[0] as usize;
+    let idx = Tensor::from_slice(&batch_indices(n, batch, seed, micro));
+    let x = to_float(&data.images.index_select(0, &idx), device);
+    let t = data
+        .tokens
+        .as_ref()
+        .map(|t| t.index_select(0, &idx).to_device(device));
+    (x, t)
+}
+
 /// uint8 images → float in [-1, 1] on `device`.
 pub fn to_float(images: &Tensor, device: Device) -> Tensor {
     images.to_device(device).to_kind(Kind::Float) / 127.5 - 1.0

@@ -329,20 +329,7 @@ pub fn load_run(run_dir: &Path, checkpoint: &str, device: Device) -> Result<Load
     let ds = Dataset::open(&cfg.data)?;
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     let (vs, model) = build_model(&cfg.model, &tok, device)?;
-    let (state, tensors) = crate::train::checkpoint::load(run_dir, checkpoint)?;
-    if state.tokenizer_hash != tok.hash {
-        bail!(
-            "{}: trained with a different tokenizer.json than {} holds now",
-            run_dir.display(),
-            ds.tokenizer_path().display()
-        );
-    }
-    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
-        "ema."
-    } else {
-        "model."
-    };
-    crate::train::checkpoint::load_into(&vs, &tensors, prefix)?;
+    let state = crate::train::checkpoint::load_weights(&vs, run_dir, checkpoint, Some(&tok.hash))?;
     Ok(LoadedCaptioner {
         cfg,
         vs,

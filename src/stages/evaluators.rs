@@ -3,7 +3,7 @@
 //! are loaded read-only by every stage they grade.
 
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_indices, load_split, to_float, SplitData};
+use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, SplitData};
 use crate::data::synth::scene_of;
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{r_precision, retrieval};
@@ -103,21 +103,14 @@ impl Trainable for ClipStage {
         &self.vs
     }
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
-        let n = self.train.images.size()[0] as usize;
-        let idx = Tensor::from_slice(&batch_indices(
-            n,
+        let (x, t) = micro_batch(
+            &self.train,
             self.cfg.train.batch_size,
             self.cfg.seed,
             micro,
-        ));
-        let x = to_float(&self.train.images.index_select(0, &idx), self.device);
-        let t = self
-            .train
-            .tokens
-            .as_ref()
-            .unwrap()
-            .index_select(0, &idx)
-            .to_device(self.device);
+            self.device,
+        );
+        let t = t.context("tokenized captions")?;
         Ok(self.model.loss(&x, &t, self.tok.pad, true))
     }
     fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
@@ -216,19 +209,7 @@ pub fn load_clip(run_dir: &Path, device: Device) -> Result<LoadedClip> {
     let (ds, tok) = open_with_tokenizer(&cfg.data)?;
     let _ = ds;
     let (vs, model) = build_clip(&cfg.model, &tok, device)?;
-    let (state, tensors) = crate::train::checkpoint::load(run_dir, "best")?;
-    if state.tokenizer_hash != tok.hash {
-        bail!(
-            "{}: trained with a different tokenizer.json",
-            run_dir.display()
-        );
-    }
-    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
-        "ema."
-    } else {
-        "model."
-    };
-    crate::train::checkpoint::load_into(&vs, &tensors, prefix)?;
+    crate::train::checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))?;
     Ok(LoadedClip {
         cfg,
         vs,
@@ -436,13 +417,7 @@ pub fn load_probe(run_dir: &Path, device: Device) -> Result<LoadedProbe> {
     let cfg: ProbeStageConfig = crate::config::load(&cfg_path, &[])?;
     let vs = nn::VarStore::new(device);
     let model = Probe::new(&vs.root(), &cfg.model)?;
-    let (_, tensors) = crate::train::checkpoint::load(run_dir, "best")?;
-    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
-        "ema."
-    } else {
-        "model."
-    };
-    crate::train::checkpoint::load_into(&vs, &tensors, prefix)?;
+    crate::train::checkpoint::load_weights(&vs, run_dir, "best", None)?;
     Ok(LoadedProbe { cfg, vs, model })
 }
 

@@ -7,7 +7,7 @@ use super::evaluators::{
     tokenize_batch, LoadedClip, LoadedProbe,
 };
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_indices, load_split, to_float, to_u8, SplitData};
+use crate::data::loader::{load_split, micro_batch, to_float, to_u8, SplitData};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
@@ -147,21 +147,14 @@ impl Trainable for T2IStage {
         &self.vs
     }
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
-        let n = self.train.images.size()[0] as usize;
-        let idx = Tensor::from_slice(&batch_indices(
-            n,
+        let (x, t) = micro_batch(
+            &self.train,
             self.cfg.train.batch_size,
             self.cfg.seed,
             micro,
-        ));
-        let x = to_float(&self.train.images.index_select(0, &idx), self.device);
-        let t = self
-            .train
-            .tokens
-            .as_ref()
-            .unwrap()
-            .index_select(0, &idx)
-            .to_device(self.device);
+            self.device,
+        );
+        let t = t.context("tokenized captions")?;
         Ok(self
             .model
             .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate)
@@ -307,20 +300,7 @@ pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedT2I> {
     let ds = Dataset::open(&cfg.data)?;
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     let (vs, model) = build(&cfg.model, &tok, device)?;
-    let (state, tensors) = crate::train::checkpoint::load(run_dir, "best")?;
-    if state.tokenizer_hash != tok.hash {
-        bail!(
-            "{}: trained with a different tokenizer.json than {} holds now",
-            run_dir.display(),
-            ds.tokenizer_path().display()
-        );
-    }
-    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
-        "ema."
-    } else {
-        "model."
-    };
-    crate::train::checkpoint::load_into(&vs, &tensors, prefix)?;
+    crate::train::checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))?;
     Ok(LoadedT2I {
         cfg,
         vs,

@@ -120,3 +120,30 @@ pub fn load_into(vs: &VarStore, saved: &HashMap<String, Tensor>, prefix: &str) -
     });
     Ok(())
 }
+
+/// Loads a finished run's weights into `vs` for inference: checkpoint `tag`, its EMA
+/// shadow when the run kept one. With `tokenizer_hash`, a run trained with another
+/// tokenizer.json is refused before anything is loaded.
+pub fn load_weights(
+    vs: &VarStore,
+    run_dir: &Path,
+    tag: &str,
+    tokenizer_hash: Option<&str>,
+) -> Result<TrainState> {
+    let (state, tensors) = load(run_dir, tag)?;
+    if let Some(h) = tokenizer_hash {
+        if state.tokenizer_hash != h {
+            bail!(
+                "{}: trained with a different tokenizer.json than its dataset holds now",
+                run_dir.display()
+            );
+        }
+    }
+    let prefix = if tensors.keys().any(|k| k.starts_with("ema.")) {
+        "ema."
+    } else {
+        "model."
+    };
+    load_into(vs, &tensors, prefix)?;
+    Ok(state)
+}
