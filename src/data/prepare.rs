@@ -212,7 +212,11 @@ fn collect_art(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf, Vec
     files.sort();
     let mut out = vec![];
     for f in files {
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let name = f
+            .file_name()
+            .expect("directory entries have names")
+            .to_string_lossy()
+            .into_owned();
         let id = stem(&name);
         let m = meta.get(&id).cloned().unwrap_or_default();
         let field = |names: &[&str]| pick(&m, names);
@@ -478,7 +482,13 @@ fn collect_imagefolder(
             } else {
                 String::new()
             };
-            pairs.push((f.file_name().unwrap().to_string_lossy().into_owned(), cap));
+            pairs.push((
+                f.file_name()
+                    .expect("directory entries have names")
+                    .to_string_lossy()
+                    .into_owned(),
+                cap,
+            ));
         }
     }
     Ok(grouped(o.src.clone(), pairs, "imagefolder"))
@@ -566,7 +576,7 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
     let mut reject = |report: &mut PrepareReport, id: &str, image: &str, why: &str| {
         *report
             .rejected
-            .entry(why.split(':').next().unwrap().to_string())
+            .entry(why.split(':').next().unwrap_or(why).to_string())
             .or_insert(0) += 1;
         rejected.push((id.to_string(), image.to_string(), why.to_string()));
     };

@@ -15,7 +15,7 @@ fn ranks(sim: &Tensor) -> Vec<i64> {
     let diag = sim.diagonal(0, 0, 1).unsqueeze(1);
     let better = sim.gt_tensor(&diag).sum_dim_intlist(1, false, Kind::Int64);
     let _ = n;
-    Vec::try_from(better.to_device(tch::Device::Cpu)).unwrap()
+    Vec::try_from(better.to_device(tch::Device::Cpu)).expect("a tensor of the kind we made")
 }
 
 /// Recall@1/5/10 and median rank (1-based), image→text and text→image, for unit
@@ -46,8 +46,8 @@ pub fn r_precision(images: &Tensor, texts: &Tensor, distractors: usize, seed: u6
     if n < 2 {
         return 0.0;
     }
-    let sim: Vec<Vec<f32>> =
-        Vec::try_from(images.matmul(&texts.tr()).to_device(tch::Device::Cpu)).unwrap();
+    let sim: Vec<Vec<f32>> = Vec::try_from(images.matmul(&texts.tr()).to_device(tch::Device::Cpu))
+        .expect("a tensor of the kind we made");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut hits = 0;
     for (i, row) in sim.iter().enumerate() {

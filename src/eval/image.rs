@@ -9,7 +9,8 @@ pub fn psnr(a: &Tensor, b: &Tensor) -> Vec<f64> {
     let mse = ((a - b) / 2.0)
         .square()
         .mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double);
-    let v: Vec<f64> = Vec::try_from(mse.to_device(tch::Device::Cpu)).unwrap();
+    let v: Vec<f64> =
+        Vec::try_from(mse.to_device(tch::Device::Cpu)).expect("a tensor of the kind we made");
     v.into_iter()
         .map(|m| if m <= 1e-12 { 100.0 } else { -10.0 * m.log10() })
         .collect()
@@ -43,7 +44,7 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Vec<f64> {
         map.mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double)
             .to_device(tch::Device::Cpu),
     )
-    .unwrap()
+    .expect("a tensor of the kind we made")
 }
 
 fn histogram(x: &Tensor) -> Tensor {
@@ -62,7 +63,7 @@ pub fn histogram_intersection(a: &Tensor, b: &Tensor) -> Vec<f64> {
     let m = histogram(a)
         .minimum(&histogram(b))
         .sum_dim_intlist(1, false, Kind::Double);
-    Vec::try_from(m.to_device(tch::Device::Cpu)).unwrap()
+    Vec::try_from(m.to_device(tch::Device::Cpu)).expect("a tensor of the kind we made")
 }
 
 #[cfg(test)]

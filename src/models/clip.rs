@@ -48,7 +48,7 @@ impl Clip {
             );
         }
         let g = cfg.image_size / down;
-        let flat = cfg.channels.last().unwrap() * g * g;
+        let flat = cfg.channels.last().expect("channels checked non-empty") * g * g;
         Ok(Clip {
             cfg: cfg.clone(),
             conv: ConvEncoder::new(p / "image" / "cnn", &cfg.channels),

@@ -119,7 +119,7 @@ impl Probe {
                 cfg.channels.len()
             );
         }
-        let c = *cfg.channels.last().unwrap();
+        let c = *cfg.channels.last().expect("channels checked non-empty");
         let cell_width = CELL_HEADS.iter().map(|h| h.1).sum::<i64>();
         let _ = (SKIES.len(), GROUNDS.len(), STYLES.len(), SIZES.len());
         Ok(Probe {
@@ -205,13 +205,14 @@ impl Probe {
             )
             .to_device(tch::Device::Cpu),
         )
-        .unwrap();
+        .expect("argmax gives int64");
         let kind_p = l
             .cells
             .narrow(2, 0, CELL_KINDS)
             .softmax(2, Kind::Float)
             .to_device(tch::Device::Cpu); // (B, 9, 11)
-        let kind_p: Vec<Vec<Vec<f32>>> = Vec::try_from(kind_p).unwrap();
+        let kind_p: Vec<Vec<Vec<f32>>> =
+            Vec::try_from(kind_p).expect("a tensor of the kind we made");
         let arg = |j: usize| -> Vec<Vec<i64>> {
             let (o, w) = CELL_HEADS[j];
             Vec::try_from(
@@ -220,7 +221,7 @@ impl Probe {
                     .argmax(2, false)
                     .to_device(tch::Device::Cpu),
             )
-            .unwrap()
+            .expect("a tensor of the kind we made")
         };
         let (colour, size) = (arg(1), arg(2));
         let binary: Vec<Vec<i64>> = Vec::try_from(
@@ -229,7 +230,7 @@ impl Probe {
                 .argmax(2, false)
                 .to_device(tch::Device::Cpu),
         )
-        .unwrap();
+        .expect("a tensor of the kind we made");
         let detail_colour = arg(3);
         (0..b as usize)
             .map(|i| {

@@ -46,7 +46,7 @@ impl Attention {
     }
 
     fn split(&self, x: &Tensor) -> Tensor {
-        let (b, t, c) = x.size3().unwrap();
+        let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
         x.view([b, t, self.heads, c / self.heads]).transpose(1, 2) // (B, H, T, Dh)
     }
 
@@ -74,7 +74,7 @@ impl Attention {
         key_mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let (b, t, c) = x.size3().unwrap();
+        let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
         let q = self.split(&x.apply(&self.q));
         let (k, v, had_past) = match (context, cache) {
             (None, None) => (
@@ -106,8 +106,8 @@ impl Attention {
                     cache.v = Some(self.split(&ctx.apply(&self.v)));
                 }
                 (
-                    cache.k.as_ref().unwrap().shallow_clone(),
-                    cache.v.as_ref().unwrap().shallow_clone(),
+                    cache.k.as_ref().expect("filled just above").shallow_clone(),
+                    cache.v.as_ref().expect("filled just above").shallow_clone(),
                     false,
                 )
             }

@@ -5,7 +5,7 @@ use tch::Tensor;
 
 /// Returns (RGB bytes, height, width) of a grid with `cols` columns.
 pub fn grid_rgb(images: &Tensor, cols: i64) -> (Vec<u8>, u32, u32) {
-    let (n, _, s, _) = images.size4().unwrap();
+    let (n, _, s, _) = images.size4().expect("images are (N, C, H, W)");
     let cols = cols.max(1).min(n.max(1));
     let rows = (n + cols - 1) / cols;
     let gap = 2;

@@ -29,7 +29,8 @@ pub fn pca2(x: &Tensor) -> Tensor {
 
 /// Row-wise Gaussian affinities with the given perplexity (binary search on β).
 fn affinities(x: &Tensor, perplexity: f64) -> Tensor {
-    let d2: Vec<Vec<f64>> = Vec::try_from(Tensor::cdist(x, x, 2.0, None::<i64>).square()).unwrap();
+    let d2: Vec<Vec<f64>> = Vec::try_from(Tensor::cdist(x, x, 2.0, None::<i64>).square())
+        .expect("a tensor of the kind we made");
     let n = d2.len();
     let target = perplexity.ln();
     let mut p = vec![0f64; n * n];
@@ -104,7 +105,8 @@ pub fn tsne2(x: &Tensor, seed: i64) -> Tensor {
 
 /// Draws points `(N, 2)` coloured by label index into a `side`² PNG.
 pub fn scatter_png(points: &Tensor, labels: &[usize], side: u32) -> Result<Vec<u8>> {
-    let pts: Vec<Vec<f64>> = Vec::try_from(points.to_kind(Kind::Double)).unwrap();
+    let pts: Vec<Vec<f64>> =
+        Vec::try_from(points.to_kind(Kind::Double)).expect("a tensor of the kind we made");
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in &pts {
         x0 = x0.min(p[0]);
@@ -147,7 +149,7 @@ pub fn embedding_plots(
     names.dedup();
     let idx: Vec<usize> = labels
         .iter()
-        .map(|l| names.binary_search(l).unwrap())
+        .map(|l| names.binary_search(l).expect("names holds every label"))
         .collect();
     let n = images.size()[0].min(1000);
     let (img, txt) = (images.narrow(0, 0, n), texts.narrow(0, 0, n));

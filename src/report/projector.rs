@@ -16,7 +16,7 @@ pub fn write(dir: &Path, embeddings: &Tensor, data: &SplitData, labels: &[String
             .to_kind(Kind::Float)
             .to_device(tch::Device::Cpu),
     )
-    .unwrap();
+    .expect("a tensor of the kind we made");
     let tsv: String = rows
         .iter()
         .map(|r| {
@@ -42,7 +42,7 @@ pub fn write(dir: &Path, embeddings: &Tensor, data: &SplitData, labels: &[String
         .narrow(0, 0, n as i64)
         .permute([0, 2, 3, 1])
         .contiguous();
-    let bytes: Vec<u8> = Vec::try_from(imgs.view([-1])).unwrap();
+    let bytes: Vec<u8> = Vec::try_from(imgs.view([-1])).expect("a tensor of the kind we made");
     let per = (t * t * 3) as usize;
     for i in 0..n {
         let tile = image::RgbImage::from_raw(t, t, bytes[i * per..(i + 1) * per].to_vec())

@@ -228,7 +228,9 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
     );
     let first_pass = caption_metrics(&generated, &data.captions);
     let second_pass = caption_metrics(&second, &data.captions);
-    let cycle = table.get_mut("cycle").unwrap();
+    let cycle = table
+        .get_mut("cycle")
+        .expect("the cycle column was filled above");
     for k in ["bleu4", "rouge_l", "cider_d"] {
         cycle.insert(format!("caption_{k}"), first_pass[k]);
         cycle.insert(format!("second_pass_{k}"), second_pass[k]);

@@ -117,7 +117,10 @@ impl Trainable for ClipStage {
         let (img, _) = embed_images(&self.model, &self.val.images, self.device);
         let txt = embed_tokens(
             &self.model,
-            self.val.tokens.as_ref().unwrap(),
+            self.val
+                .tokens
+                .as_ref()
+                .expect("tokenized: checked when the stage was built"),
             self.tok.pad,
             self.device,
         );

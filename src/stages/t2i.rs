@@ -161,7 +161,11 @@ impl Trainable for T2IStage {
             .0)
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
-        let tokens = self.val.tokens.as_ref().unwrap();
+        let tokens = self
+            .val
+            .tokens
+            .as_ref()
+            .expect("tokenized: checked when the stage was built");
         let images = draw_tokens(&self.model, tokens, self.tok.pad, 1, 1234, self.device);
         let m = generation_scores(
             &images,
@@ -412,8 +416,8 @@ pub fn draw(
     let mut paths = vec![];
     let s = lt.cfg.model.image_size as u32;
     for i in 0..images.size()[0] {
-        let rgb: Vec<u8> =
-            Vec::try_from(images.get(i).permute([1, 2, 0]).contiguous().view([-1])).unwrap();
+        let rgb: Vec<u8> = Vec::try_from(images.get(i).permute([1, 2, 0]).contiguous().view([-1]))
+            .expect("a tensor of the kind we made");
         let p = out.join(format!("caption{:03}_noise{}.png", i / n, i % n));
         crate::util::fsio::atomic_write(&p, &crate::report::grid::png(&rgb, s, s)?)?;
         paths.push(p);

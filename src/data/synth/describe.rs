@@ -13,7 +13,7 @@ use rand::Rng;
 const NUMBERS: [&str; 5] = ["no", "one", "two", "three", "four"];
 
 fn pick<'a, R: Rng>(rng: &mut R, options: &[&'a str]) -> &'a str {
-    options.choose(rng).unwrap()
+    options.choose(rng).expect("every option list is non-empty")
 }
 
 fn capitalise(s: &str) -> String {

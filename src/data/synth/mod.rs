@@ -128,9 +128,9 @@ pub fn render_dataset(
         n,
         splits,
         seconds,
-        words_min: *words.iter().min().unwrap(),
+        words_min: *words.iter().min().expect("n >= 3 checked"),
         words_mean: words.iter().sum::<usize>() as f64 / n as f64,
-        words_max: *words.iter().max().unwrap(),
+        words_max: *words.iter().max().expect("n >= 3 checked"),
     })
 }
 

@@ -191,7 +191,10 @@ impl Captioner {
             if done.iter().all(|&d| d) {
                 break;
             }
-            let fed: Vec<i64> = hist.iter().map(|h| *h.last().unwrap()).collect();
+            let fed: Vec<i64> = hist
+                .iter()
+                .map(|h| *h.last().expect("histories start with the start token"))
+                .collect();
             input = Tensor::from_slice(&fed).view([b, 1]).to_device(dev);
         }
         hist.into_iter()
@@ -223,7 +226,10 @@ impl Captioner {
         for t in 0..self.max_steps(opts) {
             let n = beams.len() as i64;
             let logits = if opts.kv_cache {
-                let last: Vec<i64> = beams.iter().map(|b| *b.0.last().unwrap()).collect();
+                let last: Vec<i64> = beams
+                    .iter()
+                    .map(|b| *b.0.last().expect("beams start with the start token"))
+                    .collect();
                 let input = Tensor::from_slice(&last).view([n, 1]).to_device(dev);
                 self.logits(
                     &ctx.narrow(0, 0, n),
@@ -250,8 +256,8 @@ impl Captioner {
             let total = (logp + scores).view([-1]);
             let v = last.size()[1];
             let (top, idx) = total.topk(2 * k, 0, true, true);
-            let top: Vec<f32> = Vec::try_from(top).unwrap();
-            let idx: Vec<i64> = Vec::try_from(idx).unwrap();
+            let top: Vec<f32> = Vec::try_from(top).expect("a tensor of the kind we made");
+            let idx: Vec<i64> = Vec::try_from(idx).expect("a tensor of the kind we made");
             let mut next: Vec<(Vec<i64>, f64)> = vec![];
             let mut source: Vec<i64> = vec![];
             for (&score, &flat) in top.iter().zip(&idx) {

@@ -104,7 +104,7 @@ impl Captioner {
                 let conv = ConvEncoder::new(p / "cnn", &cfg.channels);
                 let proj = nn::linear(
                     p / "cnn_proj",
-                    *cfg.channels.last().unwrap(),
+                    *cfg.channels.last().expect("channels checked non-empty"),
                     cfg.dim,
                     Default::default(),
                 );

@@ -24,7 +24,10 @@ fn d_attn() -> i64 {
 }
 
 fn groups(ch: i64) -> i64 {
-    [8, 4, 2, 1].into_iter().find(|g| ch % g == 0).unwrap()
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|g| ch % g == 0)
+        .expect("1 divides everything")
 }
 
 /// Channel-wise scale and shift predicted from the caption vector.
@@ -85,7 +88,7 @@ impl UpBlock {
     }
 
     fn forward(&self, x: &Tensor, cond: &Tensor, tokens: &Tensor, token_mask: &Tensor) -> Tensor {
-        let (_, _, h, w) = x.size4().unwrap();
+        let (_, _, h, w) = x.size4().expect("images are (N, C, H, W)");
         let x = x.upsample_nearest2d([h * 2, w * 2], None, None);
         let h1 = self
             .film1
@@ -97,7 +100,7 @@ impl UpBlock {
                 .forward(&h1.apply(&self.conv2).apply(&self.norm2), cond)
                 .leaky_relu();
         if let Some((ln, attn)) = &self.attn {
-            let (b, c, hh, ww) = out.size4().unwrap();
+            let (b, c, hh, ww) = out.size4().expect("images are (N, C, H, W)");
             let seq = out.flatten(2, 3).transpose(1, 2); // (B, H·W, C)
             let a = attn.forward_masked(
                 &ln.forward(&seq),

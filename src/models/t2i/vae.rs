@@ -18,7 +18,7 @@ impl Posterior {
             conv: ConvEncoder::new(&p / "cnn", channels),
             fc: nn::linear(
                 &p / "fc",
-                channels.last().unwrap() * g * g + cond,
+                channels.last().expect("channels checked non-empty") * g * g + cond,
                 2 * z_dim,
                 Default::default(),
             ),
