@@ -11,10 +11,8 @@ use tch::{Kind, Tensor};
 /// Rank (0 = best) of the true partner for each query, given similarity `(N, N)` with
 /// the truth on the diagonal.
 fn ranks(sim: &Tensor) -> Vec<i64> {
-    let n = sim.size()[0];
     let diag = sim.diagonal(0, 0, 1).unsqueeze(1);
     let better = sim.gt_tensor(&diag).sum_dim_intlist(1, false, Kind::Int64);
-    let _ = n;
     Vec::try_from(better.to_device(tch::Device::Cpu)).expect("a tensor of the kind we made")
 }
 

@@ -4,7 +4,7 @@
 //! generated images ("probe attribute accuracy") and its kind posteriors give an
 //! Inception-Score-style score.
 
-use crate::data::synth::scene::{Detail, Scene, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES};
+use crate::data::synth::scene::{Detail, Scene, COLOURS, KINDS};
 use crate::nn::conv::ConvEncoder;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -121,7 +121,6 @@ impl Probe {
         }
         let c = *cfg.channels.last().expect("channels checked non-empty");
         let cell_width = CELL_HEADS.iter().map(|h| h.1).sum::<i64>();
-        let _ = (SKIES.len(), GROUNDS.len(), STYLES.len(), SIZES.len());
         Ok(Probe {
             cfg: cfg.clone(),
             conv: ConvEncoder::new(p / "cnn", &cfg.channels),

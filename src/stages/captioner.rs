@@ -318,14 +318,7 @@ pub struct LoadedCaptioner {
 }
 
 pub fn load_run(run_dir: &Path, checkpoint: &str, device: Device) -> Result<LoadedCaptioner> {
-    let cfg_path = run_dir.join("config.yaml");
-    if !cfg_path.exists() {
-        bail!(
-            "{} is not a captioner run (no config.yaml)",
-            run_dir.display()
-        );
-    }
-    let cfg: CaptionerStageConfig = crate::config::load(&cfg_path, &[])?;
+    let cfg: CaptionerStageConfig = super::run_config(run_dir, "captioner")?;
     let ds = Dataset::open(&cfg.data)?;
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     let (vs, model) = build_model(&cfg.model, &tok, device)?;

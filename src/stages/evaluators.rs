@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,13 +204,8 @@ pub struct LoadedClip {
 }
 
 pub fn load_clip(run_dir: &Path, device: Device) -> Result<LoadedClip> {
-    let cfg_path = run_dir.join("config.yaml");
-    if !cfg_path.exists() {
-        bail!("{} is not a clip run (no config.yaml)", run_dir.display());
-    }
-    let cfg: ClipStageConfig = crate::config::load(&cfg_path, &[])?;
-    let (ds, tok) = open_with_tokenizer(&cfg.data)?;
-    let _ = ds;
+    let cfg: ClipStageConfig = super::run_config(run_dir, "clip")?;
+    let (_, tok) = open_with_tokenizer(&cfg.data)?;
     let (vs, model) = build_clip(&cfg.model, &tok, device)?;
     crate::train::checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))?;
     Ok(LoadedClip {
@@ -413,11 +408,7 @@ pub struct LoadedProbe {
 }
 
 pub fn load_probe(run_dir: &Path, device: Device) -> Result<LoadedProbe> {
-    let cfg_path = run_dir.join("config.yaml");
-    if !cfg_path.exists() {
-        bail!("{} is not a probe run (no config.yaml)", run_dir.display());
-    }
-    let cfg: ProbeStageConfig = crate::config::load(&cfg_path, &[])?;
+    let cfg: ProbeStageConfig = super::run_config(run_dir, "probe")?;
     let vs = nn::VarStore::new(device);
     let model = Probe::new(&vs.root(), &cfg.model)?;
     crate::train::checkpoint::load_weights(&vs, run_dir, "best", None)?;
@@ -444,6 +435,5 @@ pub fn eval_probe(run_dir: &Path, split: Split, device: Device) -> Result<BTreeM
             .join("metrics.json"),
         &m,
     )?;
-    let _ = Kind::Float;
     Ok(m)
 }

@@ -21,3 +21,16 @@ pub fn write_done(run_dir: &Path, summary: &crate::train::runner::RunSummary) ->
     });
     crate::util::fsio::write_json(&run_dir.join("done.json"), &v)
 }
+
+/// Reads the resolved config a run folder was trained with; `stage` names the stage in
+/// the error when the folder is not such a run.
+pub fn run_config<T: serde::de::DeserializeOwned>(run_dir: &Path, stage: &str) -> Result<T> {
+    let cfg_path = run_dir.join("config.yaml");
+    if !cfg_path.exists() {
+        anyhow::bail!(
+            "{} is not a {stage} run (no config.yaml)",
+            run_dir.display()
+        );
+    }
+    crate::config::load(&cfg_path, &[])
+}

@@ -157,8 +157,7 @@ impl Trainable for T2IStage {
         let t = t.context("tokenized captions")?;
         Ok(self
             .model
-            .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate)
-            .0)
+            .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate))
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
         let tokens = self
@@ -296,11 +295,7 @@ pub struct LoadedT2I {
 }
 
 pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedT2I> {
-    let cfg_path = run_dir.join("config.yaml");
-    if !cfg_path.exists() {
-        bail!("{} is not a t2i run (no config.yaml)", run_dir.display());
-    }
-    let cfg: T2IStageConfig = crate::config::load(&cfg_path, &[])?;
+    let cfg: T2IStageConfig = super::run_config(run_dir, "t2i")?;
     let ds = Dataset::open(&cfg.data)?;
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     let (vs, model) = build(&cfg.model, &tok, device)?;

@@ -107,14 +107,8 @@ impl TextToImage {
     }
 
     /// The training loss of a batch (images in [-1, 1], caption tokens); `step` drives
-    /// the KL warm-up. Returns (loss, named parts for logging).
-    pub fn loss(
-        &self,
-        images: &Tensor,
-        tokens: &Tensor,
-        pad: i64,
-        step: u64,
-    ) -> (Tensor, Vec<(&'static str, f64)>) {
+    /// the KL warm-up.
+    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, step: u64) -> Tensor {
         let c = self.condition(tokens, pad, true);
         match self.cfg.kind {
             T2IKind::Vae => {
@@ -127,9 +121,7 @@ impl TextToImage {
                     (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
                 };
                 let beta = self.cfg.beta * ramp;
-                let (p, k) = (pixel.mean(Kind::Float), kl.mean(Kind::Float));
-                let parts = vec![("pixel", p.double_value(&[])), ("kl", k.double_value(&[]))];
-                (&p + &k * beta, parts)
+                pixel.mean(Kind::Float) + kl.mean(Kind::Float) * beta
             }
         }
     }
