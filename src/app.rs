@@ -117,6 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 r.kept, r.candidates, out.display(), r.splits[0], r.splits[1], r.splits[2], r.rejected, r.non_utf8_texts
             );
         }
+        Command::Data(DataCommand::Describe(a)) => describe(a)?,
         Command::Tokenizer(TokenizerCommand::Train { data, from }) => {
             let cfg: TokenizerConfig = match &cli.config {
                 Some(p) => config::load(p, &cli.overrides)?,
@@ -315,6 +316,55 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     if cli.config.is_none() && !cli.overrides.is_empty() {
         bail!("--set was given without -c/--config");
+    }
+    Ok(())
+}
+
+fn describe(a: &crate::cli::DescribeArgs) -> Result<()> {
+    use crate::data::vlm::{client::ClientOptions, describe, DescribeOptions};
+    let seconds = |s: f64, what: &str| {
+        std::time::Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("--{what} {s}: not a number of seconds"))
+    };
+    let opts = DescribeOptions {
+        data: a.data.clone(),
+        model: a.model.clone(),
+        client: ClientOptions {
+            endpoint: a.endpoint.clone(),
+            api_key: std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty()),
+            timeout: seconds(a.timeout, "timeout")?,
+            max_retries: a.retries,
+            backoff: seconds(a.backoff, "backoff")?,
+        },
+        concurrency: a.concurrency,
+        min_words: a.min_words,
+        max_words: a.max_words,
+        max_asks: a.max_asks.max(1),
+        max_tokens: a.max_tokens,
+        limit: a.limit,
+        dry_run: a.dry_run,
+        retry_refused: a.retry_refused,
+        price_in: a.price_in,
+        price_out: a.price_out,
+    };
+    let s = describe(&opts)?;
+    if !a.dry_run {
+        println!(
+            "described {} images this run ({:?}); {} were done before; captions.json now has {} of {} captions from the model; tokens {} in / {} out, ${:.4}{}",
+            s.attempted,
+            s.counts,
+            s.already_done,
+            s.described_captions,
+            s.images,
+            s.prompt_tokens,
+            s.completion_tokens,
+            s.cost_usd,
+            if s.interrupted { " (interrupted: run again to continue)" } else { "" }
+        );
+        println!(
+            "retrain the tokenizer on the new captions: ekphrasis tokenizer train --data {}",
+            a.data.display()
+        );
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Build datasets: render the embedded synthetic set.
+    /// Datasets: render the embedded set, prepare real ones, describe artworks.
     #[command(subcommand)]
     Data(DataCommand),
     /// Train the shared BPE tokenizer and write tokenized_captions.json.
@@ -155,6 +155,66 @@ pub enum DataCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write 100–200-word descriptions of a prepared dataset's images with a
+    /// vision-language model behind an OpenAI-compatible API; resumable (captions.jsonl).
+    Describe(DescribeArgs),
+}
+
+/// Options of `data describe`.
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// Prepared dataset folder (from `data prepare`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long)]
+    pub endpoint: String,
+    /// Model name the server knows, e.g. Qwen/Qwen2.5-VL-7B-Instruct.
+    #[arg(long)]
+    pub model: String,
+    /// Environment variable holding the API key (sent as a Bearer token; never printed
+    /// or stored). Unset: no key is sent.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Seconds before a request counts as failed (and is retried).
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+    /// Retries of a request after 429, 5xx, timeouts or malformed answers.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// First retry delay in seconds, doubled each time (a Retry-After header wins).
+    #[arg(long, default_value_t = 1.0)]
+    pub backoff: f64,
+    /// Shortest acceptable description, in words.
+    #[arg(long, default_value_t = 100)]
+    pub min_words: usize,
+    /// Longest acceptable description, in words.
+    #[arg(long, default_value_t = 200)]
+    pub max_words: usize,
+    /// Requests per image when the length is off (then kept, flagged `length`).
+    #[arg(long, default_value_t = 3)]
+    pub max_asks: u32,
+    /// max_tokens of each request.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Describe at most N images not yet described (a trial run).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print the request for one image and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Ask again for images whose answer was a refusal or empty.
+    #[arg(long)]
+    pub retry_refused: bool,
+    /// US dollars per million prompt tokens (for the running cost).
+    #[arg(long, default_value_t = 0.0)]
+    pub price_in: f64,
+    /// US dollars per million completion tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub price_out: f64,
 }
 
 #[derive(Subcommand, Debug)]

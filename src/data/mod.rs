@@ -1,5 +1,5 @@
-//! Datasets: the embedded synthetic set, the on-disk layout, splits, the tokenizer and
-//! the tensor loader.
+//! Datasets: the embedded synthetic set, the on-disk layout, splits, the tokenizer, the
+//! tensor loader and model-written descriptions for real artworks.
 
 pub mod bench;
 pub mod images;
@@ -10,3 +10,4 @@ pub mod prepare;
 pub mod splits;
 pub mod synth;
 pub mod tokenizer;
+pub mod vlm;

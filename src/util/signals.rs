@@ -1,5 +1,5 @@
-//! Ctrl-C / SIGTERM: the first asks the training loop to checkpoint and stop after the
-//! current step; a second one exits at once.
+//! Ctrl-C / SIGTERM: the first asks long work to stop cleanly (training checkpoints after
+//! the current step; `data describe` journals the requests in flight); a second exits at once.
 
 use std::sync::atomic::Ordering;
 
@@ -10,7 +10,7 @@ pub fn install() {
             std::process::exit(130);
         }
         eprintln!(
-            "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
+            "\ninterrupt: finishing the work in hand (a training step and its checkpoint, or the requests in flight), then stopping; Ctrl-C again to quit now"
         );
     });
 }
