@@ -98,15 +98,17 @@ eval-probe: runs/probe/demo/eval_test/metrics.json
 runs/probe/demo/eval_test/metrics.json: runs/probe/demo/done.json
 	$(EK) eval probe --run runs/probe/demo --split test
 
-## train-t2i: text -> image generator, MODEL=vae (default; ~6 min)
+## train-t2i: text -> image generator, MODEL=vae (default, runs/t2i/demo; ~6 min),
+## gan or diffusion (runs/t2i/gan, runs/t2i/diffusion; longer, see docs/results.md)
 MODEL ?= vae
-train-t2i: runs/t2i/demo/done.json
-runs/t2i/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK) train t2i -c experiments/demo/t2i-$(MODEL).yaml --run runs/t2i/demo $(call resume,runs/t2i/demo)
+T2I_RUN := runs/t2i/$(if $(filter vae,$(MODEL)),demo,$(MODEL))
+train-t2i: $(T2I_RUN)/done.json
+$(T2I_RUN)/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK) train t2i -c experiments/demo/t2i-$(MODEL).yaml --run $(T2I_RUN) $(call resume,$(T2I_RUN))
 
-eval-t2i: runs/t2i/demo/eval_test/metrics.json
-runs/t2i/demo/eval_test/metrics.json: runs/t2i/demo/done.json
-	$(EK) eval t2i --run runs/t2i/demo --split test
+eval-t2i: $(T2I_RUN)/eval_test/metrics.json
+$(T2I_RUN)/eval_test/metrics.json: $(T2I_RUN)/done.json
+	$(EK) eval t2i --run $(T2I_RUN) --split test
 
 ## cycle: image -> caption -> image on the test split, and the report
 cycle: reports/demo/index.html

@@ -215,6 +215,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 (None, Some(csv)) => crate::data::ingest::read_caption_column(csv)?,
                 _ => bail!("give either a TEXT argument or --captions FILE.csv"),
             };
+            let sampling = t2i::SamplingOverrides {
+                sampler: a.sampler,
+                sample_steps: a.sample_steps,
+                guidance: a.guidance,
+                eta: a.eta,
+            };
             let paths = t2i::draw(
                 &a.run,
                 &texts,
@@ -222,6 +228,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 cli.seed.unwrap_or(0) as i64,
                 &a.out,
                 a.grid,
+                &sampling,
                 device,
             )?;
             println!("wrote {} images to {}", paths.len(), a.out.display());

@@ -108,6 +108,18 @@ pub struct DrawArgs {
     /// Also write grid.png (texts × noises).
     #[arg(long)]
     pub grid: bool,
+    /// Diffusion: sampler (default: the run's model.diffusion.sampler).
+    #[arg(long, value_enum)]
+    pub sampler: Option<crate::models::t2i::diffusion::Sampler>,
+    /// Diffusion: denoising steps.
+    #[arg(long)]
+    pub sample_steps: Option<i64>,
+    /// Diffusion: classifier-free guidance scale (1 = the conditional model alone).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Diffusion: DDIM's η (0 = deterministic).
+    #[arg(long)]
+    pub eta: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,7 +260,8 @@ pub enum TrainCommand {
     Clip(RunArgs),
     /// Attribute probe: a classifier of the embedded set's attributes (grades images).
     Probe(RunArgs),
-    /// Text → image generator (model.kind: vae) with its own text encoder.
+    /// Text → image generator (model.kind: vae, gan or diffusion) with its own text
+    /// encoder.
     T2i(RunArgs),
 }
 

@@ -35,6 +35,85 @@ fn t2i_cfg(dir: &Path, data: &Path) -> String {
     ))
 }
 
+/// The GAN (two optimizers, interrupted and resumed) and diffusion (drawn with sampler
+/// options) train, evaluate and draw through the same commands as the VAE.
+fn other_generators(d: &Path, data: &Path) {
+    let vae = std::fs::read_to_string(t2i_cfg(d, data)).unwrap();
+    let head = "kind: vae\n  image_size: 32\n";
+    assert!(vae.contains(head));
+    let gan = vae.replace(
+        head,
+        "kind: gan\n  image_size: 32\n  gan: {disc_channels: [8, 16], interpolate: true, truncation: 1.5}\n",
+    );
+    let diffusion = vae.replace(
+        head,
+        "kind: diffusion\n  image_size: 16\n  unet: {channels: [8, 16], attention_max_side: 8}\n  diffusion: {sample_steps: 3}\n",
+    ).replace("  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}\n", "");
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    for (name, cfg) in [("gan", gan), ("diffusion", diffusion)] {
+        let cfg_path = write(d, &format!("{name}.yaml"), cfg);
+        let run = p(&format!("{name}_run"));
+        let args = [
+            "train", "t2i", "-c", &cfg_path, "--run", &run, "--device", "cpu",
+        ];
+        if name == "gan" {
+            // Stop after step 2, then resume: both optimizers' moments come back.
+            let out = bin()
+                .args(args)
+                .env("EKPHRASIS_STOP_AFTER_STEP", "2")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("interrupted at step 2"),
+                "{err}"
+            );
+            let mut resumed = args.to_vec();
+            resumed.push("--resume");
+            ok(&resumed);
+        } else {
+            ok(&args);
+        }
+        let out = ok(&[
+            "eval", "t2i", "--run", &run, "--split", "test", "--device", "cpu",
+        ]);
+        assert!(out.contains("r_precision"), "{name}: {out}");
+    }
+    let out_dir = p("drawn_diffusion");
+    ok(&[
+        "draw",
+        "--run",
+        &p("diffusion_run"),
+        "A red house.",
+        "--n",
+        "2",
+        "--sampler",
+        "ddpm",
+        "--sample-steps",
+        "4",
+        "--guidance",
+        "3",
+        "--out",
+        &out_dir,
+        "--device",
+        "cpu",
+    ]);
+    assert!(Path::new(&out_dir).join("caption000_noise1.png").exists());
+    let (okay, _, err) = run(&[
+        "draw",
+        "--run",
+        &p("gan_run"),
+        "A red house.",
+        "--guidance",
+        "3",
+        "--out",
+        &out_dir,
+        "--device",
+        "cpu",
+    ]);
+    assert!(!okay && err.contains("diffusion runs only"), "{err}");
+}
+
 fn ok(args: &[&str]) -> String {
     let (ok, out, err) = run(args);
     assert!(ok, "{args:?} failed: {err}");
@@ -92,6 +171,7 @@ fn tiny_spine_end_to_end() {
         d.join("t2i_run/samples/step_000004.png").exists(),
         "sample grid written"
     );
+    other_generators(d, &data);
 
     let out = ok(&[
         "eval",

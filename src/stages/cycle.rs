@@ -7,7 +7,7 @@ use super::captioner::{caption_images, load_run as load_captioner, synth_facts};
 use super::evaluators::{
     embed_images, embed_tokens, load_clip, load_probe, probe_predict, scene_targets, tokenize_batch,
 };
-use super::t2i::{draw_tokens, load_run as load_t2i};
+use super::t2i::{draw_tokens, load_run as load_t2i, resized};
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{load_split, to_float};
 use crate::eval::embedding::r_precision;
@@ -64,7 +64,9 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         .map(|p| load_probe(p, device))
         .transpose()?;
     let ds = Dataset::open(&cap.cfg.data)?;
-    let size = gen.cfg.model.image_size as u32;
+    // Everything is compared at the contrastive evaluator's resolution; a generator that
+    // draws smaller is upsampled to it.
+    let size = clip.cfg.model.image_size as u32;
     let data = load_split(&ds, a.split, size, a.limit)?;
     let n = data.ids.len();
     if n < 2 {
@@ -90,7 +92,8 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         64,
     );
     let gmax = gen.cfg.model.text.max_len as usize;
-    let recon = draw_tokens(
+    let recon = draw_at(
+        size,
         &gen.model,
         &tokenize_batch(&gen.tok, &generated, gmax)?,
         gen.tok.pad,
@@ -98,7 +101,8 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         a.seed as i64,
         device,
     );
-    let ceiling = draw_tokens(
+    let ceiling = draw_at(
+        size,
         &gen.model,
         &tokenize_batch(&gen.tok, &data.captions, gmax)?,
         gen.tok.pad,
@@ -116,7 +120,8 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
             .collect()
     };
     let random_captions: Vec<String> = shuffled.iter().map(|&j| data.captions[j].clone()).collect();
-    let floor = draw_tokens(
+    let floor = draw_at(
+        size,
         &gen.model,
         &tokenize_batch(&gen.tok, &random_captions, gmax)?,
         gen.tok.pad,
@@ -211,7 +216,14 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         if let (Some(p), Some(t)) = (&probe, &truth) {
             m.insert(
                 "probe_attr_agreement".into(),
-                attribute_accuracy(&probe_predict(&p.model, &col.images, device), t),
+                attribute_accuracy(
+                    &probe_predict(
+                        &p.model,
+                        &resized(&col.images, p.cfg.model.image_size),
+                        device,
+                    ),
+                    t,
+                ),
             );
         }
         table.insert(col.name.to_string(), m);
@@ -221,7 +233,7 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
     let second = caption_images(
         &cap.model,
         &cap.tok,
-        &resize_for(&recon, cap.cfg.model.image_size),
+        &resized(&recon, cap.cfg.model.image_size),
         &cap.cfg.eval.decode,
         device,
         64,
@@ -246,16 +258,20 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
     Ok(table)
 }
 
-fn resize_for(images: &Tensor, side: i64) -> Tensor {
-    if images.size()[2] == side {
-        return images.shallow_clone();
-    }
-    crate::data::loader::to_u8(&to_float(images, Device::Cpu).upsample_bilinear2d(
-        [side, side],
-        false,
-        None,
-        None,
-    ))
+/// [`draw_tokens`], resized to the side the cycle compares at.
+fn draw_at(
+    side: u32,
+    model: &crate::models::t2i::TextToImage,
+    tokens: &Tensor,
+    pad: i64,
+    per_caption: i64,
+    seed: i64,
+    device: Device,
+) -> Tensor {
+    resized(
+        &draw_tokens(model, tokens, pad, per_caption, seed, device),
+        side as i64,
+    )
 }
 
 pub fn default_out(name: &str) -> PathBuf {

@@ -13,8 +13,11 @@ use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
 };
 use crate::models::probe::attribute_accuracy;
-use crate::models::t2i::{T2IConfig, TextToImage};
-use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
+use crate::models::t2i::diffusion::Sampler;
+use crate::models::t2i::{T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
+use crate::train::runner::{
+    self, BestMetric, Group, RunOptions, RunSummary, TrainConfig, Trainable,
+};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -84,6 +87,16 @@ pub fn draw_tokens(
     })
 }
 
+/// uint8 images `(N, 3, S, S)` resized (bilinear) to side `side`, for an evaluator
+/// trained at another resolution than the generator draws.
+pub fn resized(x: &Tensor, side: i64) -> Tensor {
+    if x.size()[2] == side {
+        x.shallow_clone()
+    } else {
+        to_u8(&to_float(x, Device::Cpu).upsample_bilinear2d([side, side], false, None, None))
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // each input is a distinct role; a struct would only rename them
 /// Every generation score for images drawn from `captions` (one per caption), against
 /// the real `reference` images of the same split.
@@ -99,16 +112,9 @@ pub fn generation_scores(
 ) -> Result<BTreeMap<String, f64>> {
     let tokens = tokenize_batch(&clip.tok, captions, clip.cfg.model.text.max_len as usize)?;
     let txt = embed_tokens(&clip.model, &tokens, clip.tok.pad, device);
-    let resize = |x: &Tensor| -> Tensor {
-        let s = clip.cfg.model.image_size;
-        if x.size()[2] == s {
-            x.shallow_clone()
-        } else {
-            to_u8(&to_float(x, Device::Cpu).upsample_bilinear2d([s, s], false, None, None))
-        }
-    };
-    let (img, feat) = embed_images(&clip.model, &resize(images), device);
-    let (_, real_feat) = embed_images(&clip.model, &resize(reference), device);
+    let clip_size = clip.cfg.model.image_size;
+    let (img, feat) = embed_images(&clip.model, &resized(images, clip_size), device);
+    let (_, real_feat) = embed_images(&clip.model, &resized(reference, clip_size), device);
     let mut m = BTreeMap::new();
     m.insert("clip_score".into(), clip_score(&img, &txt));
     m.insert("r_precision".into(), r_precision(&img, &txt, 99, 0));
@@ -116,6 +122,8 @@ pub fn generation_scores(
     m.insert("kid_own".into(), kid(&feat, &real_feat));
     if let Some(p) = probe {
         let truth = scene_targets(ds, caption_ids)?;
+        // The probe grades at its own resolution (a generator may draw smaller).
+        let images = &resized(images, p.cfg.model.image_size);
         let pred = probe_predict(&p.model, images, device);
         m.insert(
             "probe_attr_accuracy".into(),
@@ -155,9 +163,40 @@ impl Trainable for T2IStage {
             self.device,
         );
         let t = t.context("tokenized captions")?;
-        Ok(self
-            .model
-            .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate))
+        self.model
+            .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate)
+    }
+    fn groups(&self) -> Vec<Group> {
+        if !self.model.is_gan() {
+            return vec![];
+        }
+        let lr_d = self.cfg.model.gan.as_ref().map_or(1.0, |g| g.lr_d_scale);
+        vec![
+            Group {
+                name: "d".into(),
+                prefixes: vec![DISCRIMINATOR_PREFIX.into()],
+                lr_scale: lr_d,
+            },
+            Group {
+                name: "g".into(),
+                prefixes: vec!["generator.".into(), "text.".into()],
+                lr_scale: 1.0,
+            },
+        ]
+    }
+    fn group_loss(&mut self, g: usize, micro: u64) -> Result<Tensor> {
+        // Both groups see the same micro-batch: D steps on it, then G against the new D.
+        let (x, t) = micro_batch(
+            &self.train,
+            self.cfg.train.batch_size,
+            self.cfg.seed,
+            micro,
+            self.device,
+        );
+        let t = t.context("tokenized captions")?;
+        self.model
+            .gan_losses(g, &x, &t, self.tok.pad)
+            .context("optimizer groups are only used by a GAN")
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
         let tokens = self
@@ -356,7 +395,8 @@ pub fn evaluate(
     // their contrastive features (0 means the noise is ignored: mode collapse).
     let k = 20.min(tokens.size()[0]);
     let many = draw_tokens(&lt.model, &tokens.narrow(0, 0, k), lt.tok.pad, 5, 7, device);
-    let (_, feats) = embed_images(&clip.model, &many, device);
+    let clip_size = clip.cfg.model.image_size;
+    let (_, feats) = embed_images(&clip.model, &resized(&many, clip_size), device);
     let div: f64 = (0..k)
         .map(|i| mean_pairwise_distance(&feats.narrow(0, i * 5, 5)))
         .sum::<f64>()
@@ -378,8 +418,8 @@ pub fn evaluate(
     let constant = mean_img
         .expand([data.ids.len() as i64, -1, -1, -1], false)
         .contiguous();
-    let (_, const_feat) = embed_images(&clip.model, &constant, device);
-    let (_, real_feat) = embed_images(&clip.model, &data.images, device);
+    let (_, const_feat) = embed_images(&clip.model, &resized(&constant, clip_size), device);
+    let (_, real_feat) = embed_images(&clip.model, &resized(&data.images, clip_size), device);
     m.insert(
         "fd_own_mean_image_baseline".into(),
         frechet_distance(&const_feat, &real_feat),
@@ -395,7 +435,48 @@ pub fn evaluate(
     Ok(m)
 }
 
+/// `draw`'s diffusion sampling options; each replaces the run's setting when given.
+#[derive(Debug, Default)]
+pub struct SamplingOverrides {
+    pub sampler: Option<Sampler>,
+    pub sample_steps: Option<i64>,
+    pub guidance: Option<f64>,
+    pub eta: Option<f64>,
+}
+
+impl SamplingOverrides {
+    fn apply(&self, model: &mut TextToImage) -> Result<()> {
+        let given = self.sampler.is_some()
+            || self.sample_steps.is_some()
+            || self.guidance.is_some()
+            || self.eta.is_some();
+        let Some(d) = model.diffusion_mut() else {
+            if given {
+                bail!("--sampler/--sample-steps/--guidance/--eta apply to diffusion runs only");
+            }
+            return Ok(());
+        };
+        if let Some(s) = self.sampler {
+            d.sampler = s;
+        }
+        if let Some(n) = self.sample_steps {
+            if n < 1 {
+                bail!("--sample-steps must be at least 1");
+            }
+            d.sample_steps = n;
+        }
+        if let Some(g) = self.guidance {
+            d.guidance = g;
+        }
+        if let Some(e) = self.eta {
+            d.eta = e;
+        }
+        Ok(())
+    }
+}
+
 /// `draw`: N images for each text, written as PNG files (and a grid with --grid).
+#[allow(clippy::too_many_arguments)] // the command's options, each distinct
 pub fn draw(
     run_dir: &Path,
     texts: &[String],
@@ -403,9 +484,11 @@ pub fn draw(
     seed: i64,
     out: &Path,
     grid: bool,
+    sampling: &SamplingOverrides,
     device: Device,
 ) -> Result<Vec<PathBuf>> {
-    let lt = load_run(run_dir, device)?;
+    let mut lt = load_run(run_dir, device)?;
+    sampling.apply(&mut lt.model)?;
     let tokens = tokens_for(&lt.tok, texts, lt.cfg.model.text.max_len as usize)?;
     let images = draw_tokens(&lt.model, &tokens, lt.tok.pad, n, seed, device);
     let mut paths = vec![];

@@ -39,15 +39,27 @@ pub struct AdamW {
     /// Number of updates applied so far (the bias-correction step count).
     pub steps: i64,
     params: Vec<Param>,
+    /// Prefix of this optimizer's tensors in a checkpoint.
+    key: String,
 }
 
 impl AdamW {
     /// Tracks every trainable variable of `vs`, in name order.
     pub fn new(vs: &VarStore, cfg: AdamWConfig) -> Self {
+        Self::for_group(vs, cfg, "adam", &[])
+    }
+
+    /// Tracks the trainable variables whose names start with one of `prefixes` (all of
+    /// them when empty); its checkpoint tensors are named `<key>.…`. Models with several
+    /// optimizers (a GAN's generator and discriminator) use one per group.
+    pub fn for_group(vs: &VarStore, cfg: AdamWConfig, key: &str, prefixes: &[String]) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
-            .filter(|(_, t)| t.requires_grad())
+            .filter(|(n, t)| {
+                t.requires_grad()
+                    && (prefixes.is_empty() || prefixes.iter().any(|p| n.starts_with(p.as_str())))
+            })
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let params = vars
@@ -64,7 +76,17 @@ impl AdamW {
             cfg,
             steps: 0,
             params,
+            key: key.to_string(),
         }
+    }
+
+    /// How many variables this optimizer updates.
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
     }
 
     pub fn zero_grad(&mut self) {
@@ -128,10 +150,11 @@ impl AdamW {
 
     /// The moments as named tensors (`adam.m.<var>`, `adam.v.<var>`) for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("adam.steps".to_string(), Tensor::from_slice(&[self.steps]))];
+        let k = &self.key;
+        let mut out = vec![(format!("{k}.steps"), Tensor::from_slice(&[self.steps]))];
         for p in &self.params {
-            out.push((format!("adam.m.{}", p.name), p.m.shallow_clone()));
-            out.push((format!("adam.v.{}", p.name), p.v.shallow_clone()));
+            out.push((format!("{k}.m.{}", p.name), p.m.shallow_clone()));
+            out.push((format!("{k}.v.{}", p.name), p.v.shallow_clone()));
         }
         out
     }
@@ -143,14 +166,14 @@ impl AdamW {
         saved: &std::collections::HashMap<String, Tensor>,
     ) -> anyhow::Result<()> {
         let steps = saved
-            .get("adam.steps")
+            .get(&format!("{}.steps", self.key))
             .ok_or_else(|| anyhow::anyhow!("checkpoint has no optimizer state"))?;
         self.steps = steps.int64_value(&[0]);
         tch::no_grad(|| -> anyhow::Result<()> {
             for p in self.params.iter_mut() {
                 for (key, dst) in [
-                    (format!("adam.m.{}", p.name), &mut p.m),
-                    (format!("adam.v.{}", p.name), &mut p.v),
+                    (format!("{}.m.{}", self.key, p.name), &mut p.m),
+                    (format!("{}.v.{}", self.key, p.name), &mut p.v),
                 ] {
                     let src = saved
                         .get(&key)

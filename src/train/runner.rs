@@ -79,6 +79,16 @@ fn d_log_every() -> u64 {
     10
 }
 
+/// An optimizer group: the variables whose names start with one of `prefixes`, trained
+/// on their own loss by their own AdamW at `lr × lr_scale` (a GAN's discriminator and
+/// generator).
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    pub lr_scale: f64,
+}
+
 /// What a stage gives the runner.
 pub trait Trainable {
     fn var_store(&self) -> &VarStore;
@@ -86,6 +96,17 @@ pub trait Trainable {
     fn loss(&mut self, micro: u64) -> Result<Tensor>;
     /// Validation metrics, computed with the weights currently loaded.
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>>;
+    /// Optimizer groups, stepped one after another in each training step. None (the
+    /// default): one optimizer over every variable, trained on [`Trainable::loss`].
+    fn groups(&self) -> Vec<Group> {
+        vec![]
+    }
+    /// The loss of group `g` on micro-batch `micro`; the groups before it have already
+    /// stepped (alternating GAN updates).
+    fn group_loss(&mut self, g: usize, micro: u64) -> Result<Tensor> {
+        let _ = g;
+        self.loss(micro)
+    }
 }
 
 /// Which metric picks the best checkpoint.
@@ -153,7 +174,31 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    let mut opt = AdamW::new(vs, adam_cfg);
+    let groups = model.groups();
+    let single = groups.is_empty();
+    let mut optimizers: Vec<(Group, AdamW)> = if single {
+        let all = Group {
+            name: "loss".into(),
+            prefixes: vec![],
+            lr_scale: 1.0,
+        };
+        vec![(all, AdamW::new(vs, adam_cfg))]
+    } else {
+        groups
+            .into_iter()
+            .map(|g| {
+                let opt = AdamW::for_group(vs, adam_cfg, &format!("adam_{}", g.name), &g.prefixes);
+                (g, opt)
+            })
+            .collect()
+    };
+    if let Some((g, _)) = optimizers.iter().find(|(_, o)| o.is_empty()) {
+        bail!(
+            "optimizer group {:?} matches no variables (prefixes {:?})",
+            g.name,
+            g.prefixes
+        );
+    }
     let mut ema = (cfg.ema > 0.0).then(|| Ema::new(vs, cfg.ema));
     let mut state = TrainState {
         format_version: FORMAT_VERSION,
@@ -176,7 +221,9 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             );
         }
         checkpoint::load_into(vs, &tensors, "model.")?;
-        opt.load_state(&tensors)?;
+        for (_, opt) in optimizers.iter_mut() {
+            opt.load_state(&tensors)?;
+        }
         if let Some(e) = ema.as_mut() {
             e.load_state(&tensors)?;
         }
@@ -192,12 +239,18 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     crate::util::fsio::atomic_write(&run_dir.join("config.yaml"), opts.config_yaml.as_bytes())?;
     let mut tb = EventWriter::create(run_dir)?;
 
-    let save = |tag: &str, state: &TrainState, opt: &AdamW, ema: &Option<Ema>| -> Result<()> {
+    let save = |tag: &str,
+                state: &TrainState,
+                optimizers: &[(Group, AdamW)],
+                ema: &Option<Ema>|
+     -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = model_vars
             .iter()
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
-        tensors.extend(opt.state());
+        for (_, opt) in optimizers {
+            tensors.extend(opt.state());
+        }
         if let Some(e) = ema {
             tensors.extend(e.state());
         }
@@ -217,39 +270,62 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     while state.step < cfg.steps {
         let step = state.step;
         let lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio);
-        opt.zero_grad();
-        let mut loss_sum = 0.0;
-        for k in 0..cfg.accumulate {
-            let micro = step * cfg.accumulate + k;
-            // Dropout and any sampling inside the model draw from this seed.
-            tch::manual_seed((opts.seed.wrapping_mul(1_000_003).wrapping_add(micro)) as i64);
-            let loss = model.loss(micro)?;
-            let v = loss.double_value(&[]);
-            if !v.is_finite() {
-                let last = if checkpoint::exists(run_dir, "latest") {
-                    checkpoint::paths(run_dir, "latest").1.display().to_string()
+        let mut losses: Vec<(String, f64, f64)> = vec![];
+        for (gi, (group, opt)) in optimizers.iter_mut().enumerate() {
+            opt.zero_grad();
+            let mut loss_sum = 0.0;
+            for k in 0..cfg.accumulate {
+                let micro = step * cfg.accumulate + k;
+                // Dropout and any sampling inside the model draw from this seed.
+                let seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(micro);
+                tch::manual_seed(seed.wrapping_add((gi as u64) << 40) as i64);
+                let loss = if single {
+                    model.loss(micro)?
                 } else {
-                    "none yet".to_string()
+                    model.group_loss(gi, micro)?
                 };
-                bail!("loss is {v} at step {step} (micro-batch {micro}); stopping. Last good checkpoint: {last}");
+                let v = loss.double_value(&[]);
+                if !v.is_finite() {
+                    let last = if checkpoint::exists(run_dir, "latest") {
+                        checkpoint::paths(run_dir, "latest").1.display().to_string()
+                    } else {
+                        "none yet".to_string()
+                    };
+                    bail!("{} is {v} at step {step} (micro-batch {micro}); stopping. Last good checkpoint: {last}", group.name);
+                }
+                loss_sum += v;
+                (loss / cfg.accumulate as f64).backward();
             }
-            loss_sum += v;
-            (loss / cfg.accumulate as f64).backward();
+            let gnorm = opt.clip_grad_norm(cfg.grad_clip);
+            opt.step(lr * group.lr_scale);
+            losses.push((group.name.clone(), loss_sum / cfg.accumulate as f64, gnorm));
         }
-        let loss = loss_sum / cfg.accumulate as f64;
-        let gnorm = opt.clip_grad_norm(cfg.grad_clip);
-        opt.step(lr);
         if let Some(e) = ema.as_mut() {
             e.update(step as i64);
         }
         state.step += 1;
         pb.set_position(state.step);
-        pb.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        let loss_text: Vec<String> = losses
+            .iter()
+            .map(|(n, v, _)| format!("{n} {v:.4}"))
+            .collect();
+        pb.set_message(format!("{} lr {lr:.2e}", loss_text.join(" ")));
         if state.step.is_multiple_of(cfg.log_every) || state.step == cfg.steps {
             let sps = (state.step - first_step) as f64 / start.elapsed().as_secs_f64();
-            tb.scalar("train/loss", state.step as i64, loss)?;
+            for (name, v, gnorm) in &losses {
+                let suffix = if single {
+                    String::new()
+                } else {
+                    format!("_{name}")
+                };
+                tb.scalar(&format!("train/loss{suffix}"), state.step as i64, *v)?;
+                tb.scalar(
+                    &format!("train/grad_norm{suffix}"),
+                    state.step as i64,
+                    *gnorm,
+                )?;
+            }
             tb.scalar("train/lr", state.step as i64, lr)?;
-            tb.scalar("train/grad_norm", state.step as i64, gnorm)?;
             tb.scalar("train/steps_per_sec", state.step as i64, sps)?;
         }
         let interrupted = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(state.step);
@@ -265,8 +341,9 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             crate::util::progress::say(
                 &pb,
                 format!(
-                    "step {:>6} | train loss {loss:.4} | {}",
+                    "step {:>6} | train {} | {}",
                     state.step,
+                    loss_text.join(" "),
                     line.join(" | ")
                 ),
             );
@@ -282,16 +359,16 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                 state.best_metric = Some(value);
                 state.best_step = Some(state.step);
                 state.stale_evals = 0;
-                save("best", &state, &opt, &ema)?;
+                save("best", &state, &optimizers, &ema)?;
             } else {
                 state.stale_evals += 1;
                 if cfg.patience > 0 && state.stale_evals >= cfg.patience {
                     stopped_early = true;
                 }
             }
-            save("latest", &state, &opt, &ema)?;
+            save("latest", &state, &optimizers, &ema)?;
         } else if interrupted {
-            save("latest", &state, &opt, &ema)?;
+            save("latest", &state, &optimizers, &ema)?;
         }
         tb.flush()?;
         if interrupted {

@@ -1,20 +1,32 @@
-//! Text → image (seed 000 §3, seed 004): a text encoder trained jointly with a
-//! conditional generator. `vae` is the demo default (stable and fast on a CPU).
+//! Text → image (seed 000 §3, seed 004): a text encoder trained jointly with one of three
+//! conditional generators: `vae` (the demo default: stable and fast on a CPU), `gan`
+//! (DF-GAN-style, seed 004) and `diffusion` (a U-Net denoiser with classifier-free
+//! guidance).
 
+pub mod diffusion;
+pub mod gan;
 pub mod generator;
+#[cfg(test)]
+mod tests;
+pub mod unet;
 pub mod vae;
 
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
 use anyhow::{bail, Result};
+use diffusion::{DiffusionConfig, Schedule};
+use gan::{Discriminator, GanConfig};
 use generator::{Generator, GeneratorConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
+use unet::{UNet, UNetConfig};
 use vae::{vae_terms, Posterior};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum T2IKind {
     Vae,
+    Gan,
+    Diffusion,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -23,7 +35,9 @@ pub struct T2IConfig {
     pub kind: T2IKind,
     pub image_size: i64,
     pub text: TextEncoderConfig,
-    pub generator: GeneratorConfig,
+    /// vae, gan: the generator network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorConfig>,
     /// VAE: channels of the posterior's conv encoder.
     #[serde(default = "d_enc")]
     pub encoder_channels: Vec<i64>,
@@ -32,19 +46,21 @@ pub struct T2IConfig {
     pub beta: f64,
     #[serde(default)]
     pub beta_warmup: u64,
+    /// gan: the discriminator and the adversarial training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gan: Option<GanConfig>,
+    /// diffusion: the denoising U-Net.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet: Option<UNetConfig>,
+    /// diffusion: schedule, prediction target, guidance and sampler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<DiffusionConfig>,
 }
 fn d_enc() -> Vec<i64> {
     vec![32, 64, 128, 128]
 }
 fn d_one() -> f64 {
     1.0
-}
-
-pub struct TextToImage {
-    pub cfg: T2IConfig,
-    pub text: TextEncoder,
-    pub generator: Generator,
-    posterior: Option<Posterior>,
 }
 
 /// The caption as the generator sees it: global vector, tokens, token mask.
@@ -63,6 +79,64 @@ impl Condition {
             mask: self.mask.repeat_interleave_self_int(n, 0, None),
         }
     }
+
+    /// The sentence vector alone, detached: what the GAN's discriminator conditions on.
+    fn sentence(&self) -> Tensor {
+        self.global.detach()
+    }
+}
+
+/// The network that turns a condition into pixels, per kind. One per model, so the
+/// size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Body {
+    Vae {
+        generator: Generator,
+        posterior: Posterior,
+    },
+    Gan {
+        generator: Generator,
+        discriminator: Discriminator,
+        cfg: GanConfig,
+    },
+    Diffusion {
+        unet: UNet,
+        schedule: Schedule,
+        /// The learned null condition of classifier-free guidance: a global vector and
+        /// one token.
+        null_global: Tensor,
+        null_token: Tensor,
+    },
+}
+
+pub struct TextToImage {
+    pub cfg: T2IConfig,
+    pub text: TextEncoder,
+    body: Body,
+}
+
+/// Variable-name prefixes of the GAN's two optimizer groups.
+pub const DISCRIMINATOR_PREFIX: &str = "discriminator.";
+
+fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a T> {
+    match v {
+        Some(x) => Ok(x),
+        None => bail!("model.kind {kind} needs a model.{key} section"),
+    }
+}
+
+fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
+    let gcfg = need(&cfg.generator, kind, "generator")?;
+    let g = Generator::new(p / "generator", gcfg, cfg.text.dim, cfg.text.dim);
+    if g.output_side() != cfg.image_size {
+        bail!(
+            "model.generator.channels has {} upsampling blocks: images of {} px, but model.image_size is {}",
+            gcfg.channels.len(),
+            g.output_side(),
+            cfg.image_size
+        );
+    }
+    Ok(g)
 }
 
 impl TextToImage {
@@ -71,29 +145,68 @@ impl TextToImage {
             bail!("t2i: vocab_size is not set (it comes from the tokenizer)");
         }
         let text = TextEncoder::new(p / "text", &cfg.text);
-        let generator = Generator::new(p / "generator", &cfg.generator, cfg.text.dim, cfg.text.dim);
-        if generator.output_side() != cfg.image_size {
-            bail!(
-                "model.generator.channels has {} upsampling blocks: images of {} px, but model.image_size is {}",
-                cfg.generator.channels.len(),
-                generator.output_side(),
-                cfg.image_size
-            );
-        }
-        let posterior = match cfg.kind {
-            T2IKind::Vae => Some(Posterior::new(
-                p / "posterior",
-                &cfg.encoder_channels,
-                cfg.image_size,
-                cfg.text.dim,
-                cfg.generator.z_dim,
-            )),
+        let body = match cfg.kind {
+            T2IKind::Vae => Body::Vae {
+                generator: checked_generator(p, cfg, "vae")?,
+                posterior: Posterior::new(
+                    p / "posterior",
+                    &cfg.encoder_channels,
+                    cfg.image_size,
+                    cfg.text.dim,
+                    need(&cfg.generator, "vae", "generator")?.z_dim,
+                ),
+            },
+            T2IKind::Gan => {
+                let g = need(&cfg.gan, "gan", "gan")?;
+                let n = g.disc_channels.len() as u32;
+                if g.disc_channels.is_empty() || cfg.image_size % (1 << n) != 0 {
+                    bail!(
+                        "model.gan.disc_channels: {} stride-2 stages do not divide {} px",
+                        n,
+                        cfg.image_size
+                    );
+                }
+                Body::Gan {
+                    generator: checked_generator(p, cfg, "gan")?,
+                    discriminator: Discriminator::new(
+                        p / "discriminator",
+                        g,
+                        cfg.image_size,
+                        cfg.text.dim,
+                    ),
+                    cfg: g.clone(),
+                }
+            }
+            T2IKind::Diffusion => {
+                let u = need(&cfg.unet, "diffusion", "unet")?;
+                let levels = u.channels.len() as u32;
+                if u.channels.is_empty() || cfg.image_size % (1 << (levels - 1)) != 0 {
+                    bail!(
+                        "model.unet.channels: {levels} levels halve {} px {} times; it must divide evenly",
+                        cfg.image_size,
+                        levels.saturating_sub(1)
+                    );
+                }
+                let d = cfg.diffusion.clone().unwrap_or_default();
+                if d.timesteps < 2 || d.sample_steps < 1 {
+                    bail!("model.diffusion: timesteps must be ≥ 2 and sample_steps ≥ 1");
+                }
+                let init = nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                };
+                Body::Diffusion {
+                    unet: UNet::new(p / "unet", u, cfg.image_size, cfg.text.dim, cfg.text.dim),
+                    schedule: Schedule::new(&d),
+                    null_global: p.var("null_global", &[cfg.text.dim], init),
+                    null_token: p.var("null_token", &[cfg.text.dim], init),
+                }
+            }
         };
         Ok(TextToImage {
             cfg: cfg.clone(),
             text,
-            generator,
-            posterior,
+            body,
         })
     }
 
@@ -106,15 +219,57 @@ impl TextToImage {
         }
     }
 
-    /// The training loss of a batch (images in [-1, 1], caption tokens); `step` drives
-    /// the KL warm-up.
-    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, step: u64) -> Tensor {
+    /// The diffusion model's null condition for `b` rows (one token).
+    fn null_condition(&self, b: i64) -> Option<Condition> {
+        let Body::Diffusion {
+            null_global,
+            null_token,
+            ..
+        } = &self.body
+        else {
+            return None;
+        };
+        let d = self.cfg.text.dim;
+        Some(Condition {
+            global: null_global.view([1, d]).expand([b, d], false),
+            tokens: null_token.view([1, 1, d]).expand([b, 1, d], false),
+            mask: Tensor::ones([b, 1], (Kind::Bool, null_global.device())),
+        })
+    }
+
+    /// Replaces the condition of the rows where `drop` is true by the null condition
+    /// (caption dropout, which teaches the unconditional model guidance needs).
+    fn drop_captions(&self, c: Condition, drop: &Tensor) -> Condition {
+        let (b, l, d) = c.tokens.size3().expect("tokens are (B, L, D)");
+        let null = self
+            .null_condition(b)
+            .expect("diffusion has a null condition");
+        let first = Tensor::arange(l, (Kind::Int64, c.mask.device()))
+            .eq(0)
+            .view([1, l])
+            .expand([b, l], false);
+        Condition {
+            // `a.where_self(cond, b)` is torch.where(cond, a, b).
+            global: null.global.where_self(&drop.view([b, 1]), &c.global),
+            tokens: null
+                .tokens
+                .expand([b, l, d], false)
+                .where_self(&drop.view([b, 1, 1]), &c.tokens),
+            mask: first.where_self(&drop.view([b, 1]), &c.mask),
+        }
+    }
+
+    /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens);
+    /// `step` drives the KL warm-up. A GAN trains through [`TextToImage::gan_losses`].
+    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, step: u64) -> Result<Tensor> {
         let c = self.condition(tokens, pad, true);
-        match self.cfg.kind {
-            T2IKind::Vae => {
-                let post = self.posterior.as_ref().expect("vae has a posterior");
+        Ok(match &self.body {
+            Body::Vae {
+                generator,
+                posterior,
+            } => {
                 let (pixel, kl) =
-                    vae_terms(post, &self.generator, images, &c.global, &c.tokens, &c.mask);
+                    vae_terms(posterior, generator, images, &c.global, &c.tokens, &c.mask);
                 let ramp = if self.cfg.beta_warmup == 0 {
                     1.0
                 } else {
@@ -123,18 +278,119 @@ impl TextToImage {
                 let beta = self.cfg.beta * ramp;
                 pixel.mean(Kind::Float) + kl.mean(Kind::Float) * beta
             }
-        }
-    }
-
-    /// Samples one image per row of `cond` with the given noise `(B, z)`.
-    pub fn sample(&self, cond: &Condition, z: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            self.generator
-                .forward(z, &cond.global, &cond.tokens, &cond.mask)
+            Body::Diffusion { unet, schedule, .. } => {
+                let b = images.size()[0];
+                let p = schedule.cfg.caption_dropout;
+                let drop = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
+                let c = self.drop_captions(c, &drop);
+                let (t, xt, target) = schedule.training_example(images);
+                let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
+                (out - target).square().mean(Kind::Float)
+            }
+            Body::Gan { .. } => {
+                bail!(
+                    "a GAN has two losses (discriminator, generator): train it through gan_losses"
+                )
+            }
         })
     }
 
+    /// The optimizer groups of a GAN (discriminator first, then the rest); none for the
+    /// single-loss kinds.
+    pub fn is_gan(&self) -> bool {
+        matches!(self.body, Body::Gan { .. })
+    }
+
+    /// The GAN's loss for optimizer group `group`: 0 = discriminator, 1 = generator and
+    /// text encoder. `None` for other kinds.
+    pub fn gan_losses(
+        &self,
+        group: usize,
+        images: &Tensor,
+        tokens: &Tensor,
+        pad: i64,
+    ) -> Option<Tensor> {
+        let Body::Gan {
+            generator,
+            discriminator,
+            cfg,
+        } = &self.body
+        else {
+            return None;
+        };
+        let b = images.size()[0];
+        let c = self.condition(tokens, pad, true);
+        let z = gan::truncated_noise(b, generator.cfg.z_dim, 0.0, images.device());
+        Some(if group == 0 {
+            let fake = tch::no_grad(|| generator.forward(&z, &c.global, &c.tokens, &c.mask));
+            gan::discriminator_loss(discriminator, cfg, images, &fake, &c.sentence())
+        } else {
+            let fake = generator.forward(&z, &c.global, &c.tokens, &c.mask);
+            let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence());
+            if cfg.interpolate {
+                // GAN-INT: a caption halfway between two real ones should also give a
+                // convincing image (the discriminator scores it with the blend).
+                let mix = |x: &Tensor| (x + x.roll([1], [0])) * 0.5;
+                let g = mix(&c.global);
+                let fake = generator.forward(&z, &g, &c.tokens, &c.mask);
+                loss += gan::generator_loss(discriminator, &fake, &g.detach());
+            }
+            loss
+        })
+    }
+
+    /// The model's output for noisy images at step `t` with classifier-free guidance
+    /// `scale` (diffusion only). Scale 1 runs the conditional model alone.
+    pub fn denoise(&self, x: &Tensor, t: i64, cond: &Condition, scale: f64) -> Tensor {
+        let Body::Diffusion { unet, .. } = &self.body else {
+            panic!("denoise is for diffusion models")
+        };
+        let b = x.size()[0];
+        let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
+        let out = unet.forward(x, &tt, &cond.global, &cond.tokens, &cond.mask, false);
+        if scale == 1.0 {
+            return out;
+        }
+        let null = self
+            .null_condition(b)
+            .expect("diffusion has a null condition");
+        let un = unet.forward(x, &tt, &null.global, &null.tokens, &null.mask, false);
+        diffusion::guide(&out, &un, scale)
+    }
+
+    /// Sampling settings of a diffusion model (sampler, steps, guidance, η), for `draw`.
+    pub fn diffusion_mut(&mut self) -> Option<&mut DiffusionConfig> {
+        match &mut self.body {
+            Body::Diffusion { schedule, .. } => Some(&mut schedule.cfg),
+            _ => None,
+        }
+    }
+
+    /// Samples one image per row of `cond` from the noise `z` of [`TextToImage::noise`].
+    pub fn sample(&self, cond: &Condition, z: &Tensor) -> Tensor {
+        tch::no_grad(|| match &self.body {
+            Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
+                generator.forward(z, &cond.global, &cond.tokens, &cond.mask)
+            }
+            Body::Diffusion { schedule, .. } => {
+                let scale = schedule.cfg.guidance;
+                schedule.sample(z.shallow_clone(), |x, t| self.denoise(x, t, cond, scale))
+            }
+        })
+    }
+
+    /// The starting noise of `n` samples: a latent vector (vae, gan; truncated when the
+    /// GAN config asks) or a noise image (diffusion).
     pub fn noise(&self, n: i64, device: Device) -> Tensor {
-        self.generator.noise(n, device)
+        match &self.body {
+            Body::Vae { generator, .. } => generator.noise(n, device),
+            Body::Gan { generator, cfg, .. } => {
+                gan::truncated_noise(n, generator.cfg.z_dim, cfg.truncation, device)
+            }
+            Body::Diffusion { .. } => {
+                let s = self.cfg.image_size;
+                Tensor::randn([n, 3, s, s], (Kind::Float, device))
+            }
+        }
     }
 }
