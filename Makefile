@@ -31,7 +31,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle tensorboard fmt lint clean
+        cycle fuzz tensorboard fmt lint clean
 
 all: build
 
@@ -60,6 +60,11 @@ build: $(LIBTORCH_DEP)
 test: $(LIBTORCH_DEP) $(PY_STAMP)
 	@echo "==> running the test suite"
 	EKPHRASIS_PYTHON=$(PYTHON) cargo test --release
+
+## fuzz: the parser fuzz suite for longer (FUZZ_SECONDS per parser; 2 s in make test)
+FUZZ_SECONDS ?= 60
+fuzz: $(LIBTORCH_DEP)
+	EKPHRASIS_FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test fuzz -- --nocapture --test-threads 1
 
 ## data-synth: render the embedded dataset (5,000 paintings, 64 px; seconds)
 data-synth: $(DATA)/captions.json

@@ -167,12 +167,12 @@ fn resume_continues_exactly() {
         "--resume",
     ]);
     assert!(ok, "{err}");
-    let a = tch::Tensor::read_safetensors(straight.join("checkpoints/latest.safetensors")).unwrap();
-    let b: std::collections::HashMap<_, _> =
-        tch::Tensor::read_safetensors(split.join("checkpoints/latest.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
+    let a = ekphrasis::train::checkpoint::load(&straight, "latest")
+        .unwrap()
+        .1;
+    let b = ekphrasis::train::checkpoint::load(&split, "latest")
+        .unwrap()
+        .1;
     assert!(!a.is_empty());
     for (name, t) in a {
         let diff = (&t - &b[&name]).abs().max().double_value(&[]);
@@ -300,12 +300,12 @@ fn sigint_checkpoints_and_resume_matches_uninterrupted_run() {
     args.extend(set);
     let (ok, _, err) = run(&args);
     assert!(ok, "{err}");
-    let a = tch::Tensor::read_safetensors(straight.join("checkpoints/latest.safetensors")).unwrap();
-    let b: std::collections::HashMap<_, _> =
-        tch::Tensor::read_safetensors(broken.join("checkpoints/latest.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
+    let a = ekphrasis::train::checkpoint::load(&straight, "latest")
+        .unwrap()
+        .1;
+    let b = ekphrasis::train::checkpoint::load(&broken, "latest")
+        .unwrap()
+        .1;
     for (name, t) in a {
         assert_eq!(
             (&t - &b[&name]).abs().max().double_value(&[]),

@@ -150,11 +150,13 @@ fn csv_rows(path: &Path, non_utf8: &mut usize) -> Result<Vec<HashMap<String, Str
     let mut rows = vec![];
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+        // A short row (the reader is flexible) gets empty fields, so every row has every
+        // header key: a missing caption is then rejected as empty, never a panic.
         rows.push(
             headers
                 .iter()
-                .cloned()
-                .zip(rec.iter().map(|v| v.trim().to_string()))
+                .enumerate()
+                .map(|(j, h)| (h.clone(), rec.get(j).unwrap_or("").trim().to_string()))
                 .collect(),
         );
     }

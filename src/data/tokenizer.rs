@@ -57,8 +57,24 @@ fn find_token(t: &tokenizers::Tokenizer, names: &[&str]) -> Option<i64> {
 
 impl TextTokenizer {
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{}: not a tokenizers JSON file: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the tokenizer {}", path.display()))?;
+        // Malformed JSON is reported with its line and column here: the tokenizers crate
+        // panics on some malformed files instead of returning an error (found by
+        // tests/fuzz.rs), so it only sees well-formed JSON, and a panic is still caught.
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
+        let parsed = std::panic::catch_unwind(|| {
+            <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text)
+        })
+        .map_err(|_| {
+            anyhow!(
+                "{}: not a tokenizers JSON file (the parser gave up)",
+                path.display()
+            )
+        })?;
+        let inner =
+            parsed.map_err(|e| anyhow!("{}: not a tokenizers JSON file: {e}", path.display()))?;
         // Our own names first, then the conventions of common pretrained tokenizers.
         let pad = find_token(&inner, &[PAD, "[PAD]", "<|endoftext|>"]);
         let bos = find_token(&inner, &[BOS, "[CLS]", "<|startoftext|>", "<|endoftext|>"]);

@@ -1,7 +1,9 @@
 //! Run checkpoints: one safetensors file with the weights, the EMA shadow and the AdamW
-//! moments, and a JSON file with the step, best metric, seed, tokenizer hash and the
-//! architecture they belong to. Both are written atomically; the JSON goes last, so a
-//! checkpoint is complete exactly when its JSON exists.
+//! moments, and a JSON file with the step, best metric, seed, tokenizer hash, the
+//! architecture they belong to and the name of that weights file. Both are written
+//! atomically, the weights under a new name first, the JSON last; only then are older
+//! weights files removed. A crash or a full disk at any point therefore leaves the
+//! previous checkpoint whole: the JSON always names a weights file that exists.
 
 use crate::util::fsio::{atomic_write_with, read_json, write_json};
 use anyhow::{bail, Context, Result};
@@ -25,37 +27,66 @@ pub struct TrainState {
     /// The model config the weights were trained with.
     pub arch: serde_json::Value,
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The weights file beside the JSON (older checkpoints: `<tag>.safetensors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
-pub fn paths(run_dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
-    let dir = run_dir.join("checkpoints");
-    (
-        dir.join(format!("{tag}.safetensors")),
-        dir.join(format!("{tag}.json")),
-    )
+fn dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// The JSON file of checkpoint `tag` (its presence means the checkpoint is complete).
+pub fn meta_path(run_dir: &Path, tag: &str) -> PathBuf {
+    dir(run_dir).join(format!("{tag}.json"))
+}
+
+/// The weights file a checkpoint's state names.
+pub fn weights_path(run_dir: &Path, tag: &str, state: &TrainState) -> PathBuf {
+    let name = state
+        .weights
+        .clone()
+        .unwrap_or_else(|| format!("{tag}.safetensors"));
+    dir(run_dir).join(name)
 }
 
 pub fn exists(run_dir: &Path, tag: &str) -> bool {
-    paths(run_dir, tag).1.exists()
+    meta_path(run_dir, tag).exists()
 }
 
-/// Writes tensors, then the state file.
+/// Writes the tensors under a new name, then the state that names them, then removes the
+/// weights files the state no longer names.
 pub fn save(
     run_dir: &Path,
     tag: &str,
     tensors: &[(String, Tensor)],
     state: &TrainState,
 ) -> Result<()> {
-    let (weights, meta) = paths(run_dir, tag);
-    atomic_write_with(&weights, |tmp| {
+    let name = format!("{tag}.{:08}.safetensors", state.step);
+    let state = TrainState {
+        weights: Some(name.clone()),
+        ..state.clone()
+    };
+    atomic_write_with(&dir(run_dir).join(&name), |tmp| {
         Tensor::write_safetensors(tensors, tmp).map_err(|e| anyhow::anyhow!("{e}"))
     })?;
-    write_json(&meta, state)
+    write_json(&meta_path(run_dir, tag), &state)?;
+    if let Ok(entries) = std::fs::read_dir(dir(run_dir)) {
+        for e in entries.flatten() {
+            let f = e.file_name().to_string_lossy().to_string();
+            let stale =
+                f != name && f.starts_with(&format!("{tag}.")) && f.ends_with(".safetensors");
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint's state and tensors.
 pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Tensor>)> {
-    let (weights, meta) = paths(run_dir, tag);
+    let meta = meta_path(run_dir, tag);
     if !meta.exists() {
         bail!(
             "no checkpoint {tag:?} in {} (expected {})",
@@ -71,6 +102,18 @@ pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Te
             state.format_version
         );
     }
+    if state
+        .weights
+        .as_deref()
+        .is_some_and(|w| w.contains('/') || w.contains('\\') || w.starts_with('.'))
+    {
+        bail!(
+            "{}: weights file name {:?} leaves the checkpoint folder",
+            meta.display(),
+            state.weights
+        );
+    }
+    let weights = weights_path(run_dir, tag, &state);
     let tensors = Tensor::read_safetensors(&weights)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("reading {}", weights.display()))?;

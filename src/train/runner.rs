@@ -210,6 +210,7 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         tokenizer_hash: opts.tokenizer_hash.clone(),
         arch: opts.arch.clone(),
         metrics: BTreeMap::new(),
+        weights: None,
     };
     if opts.resume {
         let (saved, tensors) = checkpoint::load(run_dir, "latest").context("--resume")?;
@@ -287,7 +288,9 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                 let v = loss.double_value(&[]);
                 if !v.is_finite() {
                     let last = if checkpoint::exists(run_dir, "latest") {
-                        checkpoint::paths(run_dir, "latest").1.display().to_string()
+                        checkpoint::meta_path(run_dir, "latest")
+                            .display()
+                            .to_string()
                     } else {
                         "none yet".to_string()
                     };
@@ -376,7 +379,7 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             bail!(
                 "interrupted at step {}; checkpoint written to {}; continue with --resume",
                 state.step,
-                checkpoint::paths(run_dir, "latest").1.display()
+                checkpoint::meta_path(run_dir, "latest").display()
             );
         }
         if stopped_early {

@@ -6,6 +6,23 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Fault injection for the reliability tests: with `EKPHRASIS_FAIL_WRITES_AFTER=N`, every
+/// atomic write after the first N fails as a full disk would (ENOSPC).
+fn injected_fault() -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    let Some(limit) = std::env::var("EKPHRASIS_FAIL_WRITES_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return Ok(());
+    };
+    if WRITES.fetch_add(1, Ordering::SeqCst) >= limit {
+        return Err(std::io::Error::from_raw_os_error(28));
+    }
+    Ok(())
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.tmp", std::process::id()));
@@ -21,6 +38,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
+        injected_fault()?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -37,7 +55,7 @@ pub fn atomic_write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = temp_path(path);
-    if let Err(e) = write(&tmp) {
+    if let Err(e) = write(&tmp).and_then(|()| Ok(injected_fault()?)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", path.display()));
     }
