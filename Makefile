@@ -31,7 +31,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle fuzz tensorboard fmt lint clean
+        cycle fuzz train-invertible eval-invertible tensorboard fmt lint clean
 
 all: build
 
@@ -114,6 +114,15 @@ $(T2I_RUN)/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
 eval-t2i: $(T2I_RUN)/eval_test/metrics.json
 $(T2I_RUN)/eval_test/metrics.json: $(T2I_RUN)/done.json
 	$(EK) eval t2i --run $(T2I_RUN) --split test
+
+## train-invertible: seed 002's invertible bridge (autoencoder + invertible MLP; minutes)
+train-invertible: runs/invertible/demo/done.json
+runs/invertible/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK) train invertible -c experiments/demo/invertible.yaml --run runs/invertible/demo $(if $(wildcard runs/invertible/demo/config.yaml),--resume,)
+
+eval-invertible: runs/invertible/demo/eval_test/metrics.json
+runs/invertible/demo/eval_test/metrics.json: runs/invertible/demo/done.json
+	$(EK) eval invertible --run runs/invertible/demo --split test
 
 ## cycle: image -> caption -> image on the test split, and the report
 cycle: reports/demo/index.html

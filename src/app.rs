@@ -200,6 +200,69 @@ pub fn run(cli: Cli) -> Result<()> {
                 args.run.display()
             );
         }
+        Command::Train(TrainCommand::Invertible(args)) => {
+            let (cfg, yaml) = stage_config::<crate::stages::invertible::InvertibleStageConfig>(
+                &cli,
+                "experiments/demo/invertible.yaml",
+            )?;
+            crate::stages::invertible::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!("invertible bridge trained; run in {}", args.run.display());
+        }
+        Command::Eval(EvalCommand::Invertible { run, split, limit }) => {
+            print_metrics(&crate::stages::invertible::evaluate(
+                run, *split, *limit, device,
+            )?);
+            println!(
+                "wrote {}",
+                run.join(format!("eval_{}", split.name()))
+                    .join("metrics.json")
+                    .display()
+            );
+        }
+        Command::Bench(BenchCommand::InvertibleFunctions {
+            width,
+            layers,
+            steps,
+            lr,
+            points,
+            out,
+        }) => {
+            use crate::stages::invertible_functions::{run, FunctionBenchOptions};
+            if *width < 1 || *layers < 1 || *points < 2 {
+                bail!("--width, --layers must be ≥ 1 and --points ≥ 2");
+            }
+            let rows = run(&FunctionBenchOptions {
+                width: *width,
+                layers: *layers,
+                steps: *steps,
+                lr: *lr,
+                points: *points,
+            });
+            println!(
+                "{:<22} {:>13} {:>13} {:>11} {:>11} {:>14} {:>8}",
+                "function",
+                "learning MSE",
+                "inversion MSE",
+                "seed learn",
+                "seed invert",
+                "f⁻¹(f(x)) err",
+                "seconds"
+            );
+            for r in &rows {
+                println!(
+                    "{:<22} {:>13.2e} {:>13.2e} {:>11.0e} {:>11.0e} {:>14.1e} {:>8.1}",
+                    r.function,
+                    r.learning_mse,
+                    r.inversion_mse,
+                    r.seed_learning,
+                    r.seed_inversion,
+                    r.roundtrip_max_error,
+                    r.seconds
+                );
+            }
+            crate::util::fsio::write_json(out, &rows)?;
+            println!("wrote {}", out.display());
+        }
         Command::Eval(EvalCommand::T2i { run, split, limit }) => {
             print_metrics(&t2i::evaluate(run, *split, *limit, device)?);
             println!(
@@ -261,6 +324,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 generator: a.generator.clone(),
                 clip: a.clip.clone(),
                 probe: (a.probe != "none").then(|| PathBuf::from(&a.probe)),
+                invertible: a.invertible.clone(),
                 split: a.split,
                 limit: a.limit,
                 out: a.out.clone(),

@@ -63,6 +63,10 @@ pub struct CycleArgs {
     /// Contrastive evaluator run folder.
     #[arg(long, default_value = "runs/clip/demo")]
     pub clip: PathBuf,
+    /// An invertible-bridge run (seed 002) painting the generated captions too, in a
+    /// column of its own.
+    #[arg(long)]
+    pub invertible: Option<PathBuf>,
     /// Attribute probe run folder (embedded set only); "none" to skip.
     #[arg(long, default_value = "runs/probe/demo")]
     pub probe: String,
@@ -78,6 +82,25 @@ pub struct CycleArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Seed 002's Table 1: learning and inversion errors of the invertible MLP on sine,
+    /// polynomial and exponential functions.
+    InvertibleFunctions {
+        /// Width of the square layers (the scalar rides in the first coordinate).
+        #[arg(long, default_value_t = 8)]
+        width: i64,
+        #[arg(long, default_value_t = 6)]
+        layers: i64,
+        #[arg(long, default_value_t = 4000)]
+        steps: u64,
+        #[arg(long, default_value_t = 1e-2)]
+        lr: f64,
+        /// Training (and test) points per function.
+        #[arg(long, default_value_t = 2048)]
+        points: i64,
+        /// Where the table goes as JSON.
+        #[arg(long, default_value = "bench/invertible_functions.json")]
+        out: PathBuf,
+    },
     /// Decode + resize throughput (all cores) and batches/s from the uint8 cache.
     Loader {
         #[arg(long, default_value = "data/synth")]
@@ -263,6 +286,9 @@ pub enum TrainCommand {
     /// Text → image generator (model.kind: vae, gan or diffusion) with its own text
     /// encoder.
     T2i(RunArgs),
+    /// The invertible bridge (seed 002): an image autoencoder, then an invertible MLP
+    /// trained on captioning only (image latent → sentence embedding), inverted to paint.
+    Invertible(RunArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -321,6 +347,16 @@ pub enum EvalCommand {
     /// Text → image: CLIP-style score, R-precision, FD-own, KID-own, probe attribute
     /// accuracy, IS-style score and diversity on a split's captions.
     T2i {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// The invertible bridge: forward and inversion errors, and the generation scores of
+    /// images made by inversion (and from f(E_I(x)) + noise).
+    Invertible {
         #[arg(long)]
         run: PathBuf,
         #[arg(long, value_enum, default_value = "test")]

@@ -114,6 +114,62 @@ fn other_generators(d: &Path, data: &Path) {
     assert!(!okay && err.contains("diffusion runs only"), "{err}");
 }
 
+/// Seed 002's bridge: trains (autoencoder, then the invertible MLP), evaluates, and a
+/// latent that is not as wide as the sentence embedding is a config error.
+fn invertible_bridge(d: &Path, data: &Path) {
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let cfg = |latent_channels: u32| {
+        format!(
+            "data: {}\nseed: 0\ntext_embedder: {}\nautoencoder:\n  model: {{image_size: 32, channels: [8, 16, 16], latent_channels: {latent_channels}}}\n  train: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\nbridge:\n  layers: 2\n  bidirectional: 0.5\n  train: {{steps: 6, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 3}}\neval: {{clip: {}, probe: {}, subset: 4}}\n",
+            data.display(), p("clip_run"), p("clip_run"), p("probe_run")
+        )
+    };
+    // The tiny contrastive model embeds in 16 dimensions: 1 × 4 × 4 fits, 2 × 4 × 4 not.
+    let bad = write(d, "inv_bad.yaml", cfg(2));
+    assert_clean_error(
+        &[
+            "train",
+            "invertible",
+            "-c",
+            &bad,
+            "--run",
+            &p("inv_bad"),
+            "--device",
+            "cpu",
+        ],
+        "must be equal",
+    );
+    let good = write(d, "inv.yaml", cfg(1));
+    ok(&[
+        "train",
+        "invertible",
+        "-c",
+        &good,
+        "--run",
+        &p("inv_run"),
+        "--device",
+        "cpu",
+    ]);
+    let out = ok(&[
+        "eval",
+        "invertible",
+        "--run",
+        &p("inv_run"),
+        "--device",
+        "cpu",
+    ]);
+    for key in [
+        "forward_mse",
+        "roundtrip_max_error",
+        "inverted_r_precision",
+        "inverted_probe_attr_accuracy",
+        "noisy_prediction_psnr",
+    ] {
+        assert!(out.contains(key), "eval invertible prints {key}: {out}");
+    }
+    assert!(d.join("inv_run/eval_test/grid.png").exists());
+}
+
 fn ok(args: &[&str]) -> String {
     let (ok, out, err) = run(args);
     assert!(ok, "{args:?} failed: {err}");
@@ -269,6 +325,8 @@ fn tiny_spine_end_to_end() {
         "empty",
     );
 
+    invertible_bridge(d, &data);
+
     // The cycle and its report.
     let report = d.join("report");
     let cycle = |extra: &[&str]| {
@@ -293,7 +351,12 @@ fn tiny_spine_end_to_end() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    let args = cycle(&["--out", report.to_str().unwrap()]);
+    let args = cycle(&[
+        "--out",
+        report.to_str().unwrap(),
+        "--invertible",
+        &p("inv_run"),
+    ]);
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
@@ -303,6 +366,7 @@ fn tiny_spine_end_to_end() {
         "ceiling (true caption)",
         "floor (random caption)",
         "nearest neighbour",
+        "cycle (invertible bridge)",
     ] {
         let m = &metrics[col];
         for k in [

@@ -2,6 +2,7 @@
 
 pub mod captioner;
 pub mod clip;
+pub mod invertible;
 pub mod probe;
 pub mod t2i;
 pub mod text_encoder;

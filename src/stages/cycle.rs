@@ -26,6 +26,8 @@ pub struct CycleArgs {
     pub generator: PathBuf,
     pub clip: PathBuf,
     pub probe: Option<PathBuf>,
+    /// An invertible-bridge run painting the generated captions in a column of its own.
+    pub invertible: Option<PathBuf>,
     pub split: Split,
     pub limit: Option<usize>,
     pub out: PathBuf,
@@ -150,7 +152,18 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         .to_device(Device::Cpu);
     let nearest = train.images.index_select(0, &nn_idx);
 
-    let columns = vec![
+    let bridge = match &a.invertible {
+        Some(dir) => {
+            let lb = super::invertible::load_run(dir, device)
+                .with_context(|| format!("loading the invertible bridge {}", dir.display()))?;
+            if lb.clip.tok.hash != cap.tok.hash {
+                bail!("the captioner and the invertible bridge were trained with different tokenizers (tokenizer.json hashes differ)");
+            }
+            Some(resized(&lb.draw(&generated)?, size as i64))
+        }
+        None => None,
+    };
+    let mut columns = vec![
         Column {
             name: "cycle",
             images: recon.shallow_clone(),
@@ -168,6 +181,12 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
             images: nearest,
         },
     ];
+    if let Some(images) = bridge {
+        columns.push(Column {
+            name: "cycle (invertible bridge)",
+            images,
+        });
+    }
     let orig_txt = embed_tokens(
         &clip.model,
         &tokenize_batch(&clip.tok, &data.captions, cmax)?,

@@ -4,6 +4,8 @@
 pub mod captioner;
 pub mod cycle;
 pub mod evaluators;
+pub mod invertible;
+pub mod invertible_functions;
 pub mod t2i;
 
 use anyhow::Result;

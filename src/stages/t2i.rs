@@ -235,7 +235,7 @@ impl Trainable for T2IStage {
     }
 }
 
-fn load_evaluators(
+pub fn load_evaluators(
     cfg: &T2IEvalConfig,
     ds: &Dataset,
     device: Device,

@@ -1,0 +1,548 @@
+//! The invertible bridge stage (seed 002): train an image autoencoder, then an invertible
+//! MLP f with f(E_I(image)) ≈ E_T(caption) on captioning alone (the autoencoder and the
+//! contrastive model's text tower frozen), then generate by inversion:
+//! image = D_I(f⁻¹(E_T(text))). `train invertible`, `eval invertible`, and the painter the
+//! cycle uses for its bridge column.
+
+use super::evaluators::{embed_tokens, load_clip, tokenize_batch, LoadedClip};
+use super::t2i::{generation_scores, resized, T2IEvalConfig};
+use crate::data::layout::{Dataset, Split};
+use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, to_u8, SplitData};
+use crate::eval::image::psnr;
+use crate::models::invertible::{Autoencoder, AutoencoderConfig, InvertibleConfig, InvertibleMlp};
+use crate::train::runner::{self, BestMetric, RunOptions, TrainConfig, Trainable};
+use crate::util::tensorboard::EventWriter;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencoderStage {
+    pub model: AutoencoderConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeStage {
+    pub layers: i64,
+    #[serde(default = "d_slope")]
+    pub slope: f64,
+    #[serde(default = "d_diag")]
+    pub diagonal: crate::models::invertible::Diagonal,
+    /// Weight of ‖f⁻¹(y) − z‖² beside the captioning loss ‖f(z) − y‖² (0 = the seed's
+    /// captioning-only training).
+    #[serde(default)]
+    pub bidirectional: f64,
+    pub train: TrainConfig,
+}
+fn d_slope() -> f64 {
+    0.5
+}
+fn d_diag() -> crate::models::invertible::Diagonal {
+    crate::models::invertible::Diagonal::Learned
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvertibleStageConfig {
+    pub data: PathBuf,
+    pub seed: u64,
+    /// The contrastive run whose text tower is the frozen sentence embedder E_T.
+    pub text_embedder: PathBuf,
+    pub autoencoder: AutoencoderStage,
+    pub bridge: BridgeStage,
+    pub eval: T2IEvalConfig,
+    /// σ of the noise added to f(E_I(x)) before inverting (the seed's finding).
+    #[serde(default = "d_noise")]
+    pub inversion_noise: f64,
+}
+fn d_noise() -> f64 {
+    0.01
+}
+
+fn bridge_config(cfg: &InvertibleStageConfig, dim: i64) -> InvertibleConfig {
+    InvertibleConfig {
+        dim,
+        layers: cfg.bridge.layers,
+        slope: cfg.bridge.slope,
+        diagonal: cfg.bridge.diagonal,
+    }
+}
+
+/// Checks what serde cannot: the seed's squareness requirement and an invertible slope.
+fn validate(cfg: &InvertibleStageConfig, embed_dim: i64) -> Result<()> {
+    let ae = &cfg.autoencoder.model;
+    if ae.channels.is_empty() || ae.image_size % (1 << ae.channels.len()) != 0 {
+        bail!(
+            "autoencoder.model.channels: {} stride-2 stages do not divide {} px",
+            ae.channels.len(),
+            ae.image_size
+        );
+    }
+    if ae.latent_dim() != embed_dim {
+        bail!(
+            "the autoencoder's flat latent has {} dimensions (latent_channels {} × {}×{}) but the sentence embedding of {} has {embed_dim}: the invertible bridge needs square layers, so they must be equal (seed 002 §3.2)",
+            ae.latent_dim(),
+            ae.latent_channels,
+            ae.latent_side(),
+            ae.latent_side(),
+            cfg.text_embedder.display()
+        );
+    }
+    if cfg.bridge.slope <= 0.0 {
+        bail!(
+            "bridge.slope {} must be positive for the leaky ReLU to be invertible",
+            cfg.bridge.slope
+        );
+    }
+    if cfg.bridge.layers < 1 {
+        bail!("bridge.layers must be at least 1");
+    }
+    Ok(())
+}
+
+/// The sentence embedding y = √E · E_T(text): unit-norm embeddings scaled so each
+/// coordinate has about unit variance, like the standardised latents.
+fn sentence_embeddings(clip: &LoadedClip, texts: &[String], device: Device) -> Result<Tensor> {
+    let max = clip.cfg.model.text.max_len as usize;
+    let tokens = tokenize_batch(&clip.tok, texts, max)?;
+    let e = embed_tokens(&clip.model, &tokens, clip.tok.pad, device);
+    Ok(e * (clip.cfg.model.embed_dim as f64).sqrt())
+}
+
+struct AeStage<'a> {
+    vs: &'a nn::VarStore,
+    ae: &'a Autoencoder,
+    train: &'a SplitData,
+    val: &'a SplitData,
+    cfg: &'a AutoencoderStage,
+    seed: u64,
+    device: Device,
+}
+
+impl Trainable for AeStage<'_> {
+    fn var_store(&self) -> &nn::VarStore {
+        self.vs
+    }
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let (x, _) = micro_batch(
+            self.train,
+            self.cfg.train.batch_size,
+            self.seed,
+            micro,
+            self.device,
+        );
+        Ok(self.ae.reconstruction_loss(&x))
+    }
+    fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        let x = to_float(&self.val.images, self.device);
+        let recon = tch::no_grad(|| self.ae.decode(&self.ae.encode(&x, false)));
+        let mse = (&recon - &x).square().mean(Kind::Float).double_value(&[]);
+        let p = psnr(&x.to_device(Device::Cpu), &recon.to_device(Device::Cpu));
+        let k = 8.min(x.size()[0]);
+        let both = Tensor::cat(
+            &[to_u8(&x.narrow(0, 0, k)), to_u8(&recon.narrow(0, 0, k))],
+            0,
+        );
+        let (rgb, h, w) = crate::report::grid::grid_rgb(&both, k);
+        tb.image("autoencoder/val_reconstructions", step as i64, &rgb, h, w)?;
+        Ok(BTreeMap::from([
+            ("recon_mse".to_string(), mse),
+            (
+                "psnr".to_string(),
+                p.iter().sum::<f64>() / p.len().max(1) as f64,
+            ),
+        ]))
+    }
+}
+
+/// The bridge's variables: f, and the latent statistics used to standardise E_I(x).
+pub struct Bridge {
+    pub f: InvertibleMlp,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Bridge {
+    fn new(p: &nn::Path, cfg: &InvertibleConfig) -> Self {
+        Bridge {
+            f: InvertibleMlp::new(p / "f", cfg),
+            mean: p.zeros_no_train("latent_mean", &[cfg.dim]),
+            std: p.ones_no_train("latent_std", &[cfg.dim]),
+        }
+    }
+    pub fn standardise(&self, z: &Tensor) -> Tensor {
+        (z - &self.mean) / &self.std
+    }
+    pub fn unstandardise(&self, z: &Tensor) -> Tensor {
+        z * &self.std + &self.mean
+    }
+}
+
+struct BridgeTraining {
+    vs: nn::VarStore,
+    bridge: Bridge,
+    z_train: Tensor,
+    y_train: Tensor,
+    z_val: Tensor,
+    y_val: Tensor,
+    bidirectional: f64,
+    batch: usize,
+    seed: u64,
+}
+
+impl Trainable for BridgeTraining {
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let n = self.z_train.size()[0] as usize;
+        let idx = Tensor::from_slice(&batch_indices(n, self.batch, self.seed, micro))
+            .to_device(self.z_train.device());
+        let (z, y) = (
+            self.z_train.index_select(0, &idx),
+            self.y_train.index_select(0, &idx),
+        );
+        let mut loss = (self.bridge.f.forward(&z) - &y).square().mean(Kind::Float);
+        if self.bidirectional > 0.0 {
+            let back = (self.bridge.f.inverse(&y) - &z).square().mean(Kind::Float);
+            loss += back * self.bidirectional;
+        }
+        Ok(loss)
+    }
+    fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        Ok(tch::no_grad(|| {
+            bridge_errors(&self.bridge.f, &self.z_val, &self.y_val)
+        }))
+    }
+}
+
+/// Forward error (the captioning objective), inversion error of the true embedding, and
+/// the numerical round-trip error ‖f⁻¹(f(z)) − z‖∞.
+fn bridge_errors(f: &InvertibleMlp, z: &Tensor, y: &Tensor) -> BTreeMap<String, f64> {
+    let pred = f.forward(z);
+    let mse = |a: &Tensor, b: &Tensor| (a - b).square().mean(Kind::Float).double_value(&[]);
+    BTreeMap::from([
+        ("forward_mse".to_string(), mse(&pred, y)),
+        ("inverse_mse".to_string(), mse(&f.inverse(y), z)),
+        (
+            "roundtrip_max_error".to_string(),
+            (f.inverse(&pred) - z).abs().max().double_value(&[]),
+        ),
+    ])
+}
+
+fn encode_all(ae: &Autoencoder, images: &Tensor, device: Device) -> Tensor {
+    tch::no_grad(|| {
+        let n = images.size()[0];
+        let mut out = vec![];
+        let mut s = 0;
+        while s < n {
+            let len = 128.min(n - s);
+            out.push(ae.encode(&to_float(&images.narrow(0, s, len), device), false));
+            s += len;
+        }
+        Tensor::cat(&out, 0)
+    })
+}
+
+fn build_ae(cfg: &AutoencoderConfig, device: Device) -> (nn::VarStore, Autoencoder) {
+    let vs = nn::VarStore::new(device);
+    let ae = Autoencoder::new(vs.root(), cfg);
+    (vs, ae)
+}
+
+pub fn train(
+    cfg: InvertibleStageConfig,
+    yaml: String,
+    run_dir: &Path,
+    resume: bool,
+    device: Device,
+) -> Result<()> {
+    let ds = Dataset::open(&cfg.data)?;
+    let clip = load_clip(&cfg.text_embedder, device).with_context(|| {
+        format!(
+            "loading the sentence embedder {} (train it with `make train-clip`)",
+            cfg.text_embedder.display()
+        )
+    })?;
+    if clip.tok.hash != crate::util::fsio::sha256_file(&ds.tokenizer_path())? {
+        bail!(
+            "the sentence embedder {} was trained with a different tokenizer",
+            cfg.text_embedder.display()
+        );
+    }
+    validate(&cfg, clip.cfg.model.embed_dim)?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    crate::util::fsio::atomic_write(&run_dir.join("config.yaml"), yaml.as_bytes())?;
+    let size = cfg.autoencoder.model.image_size as u32;
+    let train_split = load_split(&ds, Split::Train, size, None)?;
+    let val_split = load_split(&ds, Split::Val, size, Some(cfg.eval.subset))?;
+
+    // 1. The autoencoder (its own run folder, so it resumes on its own).
+    let ae_dir = run_dir.join("autoencoder");
+    tch::manual_seed(cfg.seed as i64);
+    let (ae_vs, ae) = build_ae(&cfg.autoencoder.model, device);
+    if ae_dir.join("done.json").exists() {
+        crate::train::checkpoint::load_weights(&ae_vs, &ae_dir, "best", None)?;
+    } else {
+        eprintln!(
+            "invertible 1/2: image autoencoder, latent {} dims",
+            cfg.autoencoder.model.latent_dim()
+        );
+        let opts = RunOptions {
+            run_dir: ae_dir.clone(),
+            resume: resume && crate::train::checkpoint::exists(&ae_dir, "latest"),
+            seed: cfg.seed,
+            arch: serde_json::to_value(&cfg.autoencoder.model)?,
+            tokenizer_hash: String::new(),
+            best: BestMetric {
+                name: "recon_mse".into(),
+                higher_is_better: false,
+            },
+            config_yaml: crate::config::to_yaml(&cfg.autoencoder)?,
+        };
+        let mut stage = AeStage {
+            vs: &ae_vs,
+            ae: &ae,
+            train: &train_split,
+            val: &val_split,
+            cfg: &cfg.autoencoder,
+            seed: cfg.seed,
+            device,
+        };
+        let s = runner::run(&mut stage, &cfg.autoencoder.train, &opts)?;
+        super::write_done(&ae_dir, &s)?;
+        crate::train::checkpoint::load_weights(&ae_vs, &ae_dir, "best", None)?;
+    }
+    train_bridge(
+        &cfg,
+        run_dir,
+        resume,
+        device,
+        &clip,
+        &ae,
+        &train_split,
+        &val_split,
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // the two trained halves and their data, each distinct
+fn train_bridge(
+    cfg: &InvertibleStageConfig,
+    run_dir: &Path,
+    resume: bool,
+    device: Device,
+    clip: &LoadedClip,
+    ae: &Autoencoder,
+    train_split: &SplitData,
+    val_split: &SplitData,
+) -> Result<()> {
+    // 2. The bridge, on frozen latents and frozen sentence embeddings computed once.
+    eprintln!(
+        "invertible 2/2: the bridge f, {} layers of {} dims",
+        cfg.bridge.layers, clip.cfg.model.embed_dim
+    );
+    let dim = clip.cfg.model.embed_dim;
+    let z_train = encode_all(ae, &train_split.images, device);
+    let z_val = encode_all(ae, &val_split.images, device);
+    let y_train = sentence_embeddings(clip, &train_split.captions, device)?;
+    let y_val = sentence_embeddings(clip, &val_split.captions, device)?;
+    tch::manual_seed(cfg.seed as i64 + 1);
+    let vs = nn::VarStore::new(device);
+    let bridge = Bridge::new(&vs.root(), &bridge_config(cfg, dim));
+    tch::no_grad(|| {
+        bridge
+            .mean
+            .shallow_clone()
+            .copy_(&z_train.mean_dim(0, false, Kind::Float));
+        bridge
+            .std
+            .shallow_clone()
+            .copy_(&z_train.std_dim(0, true, false).clamp_min(1e-4));
+    });
+    let bridge_dir = run_dir.join("bridge");
+    let opts = RunOptions {
+        run_dir: bridge_dir.clone(),
+        resume: resume && crate::train::checkpoint::exists(&bridge_dir, "latest"),
+        seed: cfg.seed,
+        arch: serde_json::to_value(bridge_config(cfg, dim))?,
+        tokenizer_hash: clip.tok.hash.clone(),
+        best: BestMetric {
+            name: "forward_mse".into(),
+            higher_is_better: false,
+        },
+        config_yaml: crate::config::to_yaml(&cfg.bridge)?,
+    };
+    let mut stage = BridgeTraining {
+        z_train: bridge.standardise(&z_train),
+        z_val: bridge.standardise(&z_val),
+        vs,
+        bridge,
+        y_train,
+        y_val,
+        bidirectional: cfg.bridge.bidirectional,
+        batch: cfg.bridge.train.batch_size,
+        seed: cfg.seed,
+    };
+    let s = runner::run(&mut stage, &cfg.bridge.train, &opts)?;
+    super::write_done(&bridge_dir, &s)?;
+    super::write_done(run_dir, &s)
+}
+
+/// A trained bridge ready to paint: the autoencoder, f, and the sentence embedder.
+pub struct LoadedBridge {
+    pub cfg: InvertibleStageConfig,
+    _ae_vs: nn::VarStore,
+    ae: Autoencoder,
+    _vs: nn::VarStore,
+    pub bridge: Bridge,
+    pub clip: LoadedClip,
+    device: Device,
+}
+
+pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedBridge> {
+    let cfg: InvertibleStageConfig = super::run_config(run_dir, "invertible")?;
+    let clip = load_clip(&cfg.text_embedder, device)?;
+    validate(&cfg, clip.cfg.model.embed_dim)?;
+    let (ae_vs, ae) = build_ae(&cfg.autoencoder.model, device);
+    crate::train::checkpoint::load_weights(&ae_vs, &run_dir.join("autoencoder"), "best", None)?;
+    let vs = nn::VarStore::new(device);
+    let bridge = Bridge::new(&vs.root(), &bridge_config(&cfg, clip.cfg.model.embed_dim));
+    crate::train::checkpoint::load_weights(
+        &vs,
+        &run_dir.join("bridge"),
+        "best",
+        Some(&clip.tok.hash),
+    )?;
+    Ok(LoadedBridge {
+        cfg,
+        _ae_vs: ae_vs,
+        ae,
+        _vs: vs,
+        bridge,
+        clip,
+        device,
+    })
+}
+
+impl LoadedBridge {
+    /// Images (uint8) for texts by inversion: D_I(f⁻¹(E_T(text))).
+    pub fn draw(&self, texts: &[String]) -> Result<Tensor> {
+        let y = sentence_embeddings(&self.clip, texts, self.device)?;
+        Ok(tch::no_grad(|| {
+            let z = self.bridge.unstandardise(&self.bridge.f.inverse(&y));
+            to_u8(&self.ae.decode(&z))
+        }))
+    }
+
+    /// The seed's finding: invert f(E_I(x)) + N(0, σ²) instead of a caption's embedding.
+    fn reinvert(&self, images: &Tensor, sigma: f64) -> Tensor {
+        let z = self
+            .bridge
+            .standardise(&encode_all(&self.ae, images, self.device));
+        tch::no_grad(|| {
+            let y = self.bridge.f.forward(&z);
+            let y = &y + y.randn_like() * sigma;
+            to_u8(
+                &self
+                    .ae
+                    .decode(&self.bridge.unstandardise(&self.bridge.f.inverse(&y))),
+            )
+        })
+    }
+
+    fn reconstruct(&self, images: &Tensor) -> Tensor {
+        let z = encode_all(&self.ae, images, self.device);
+        tch::no_grad(|| to_u8(&self.ae.decode(&z)))
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// `eval invertible`: bridge errors, generation scores of images made by inversion,
+/// and the y_pred + noise variant; metrics.json and a comparison grid.
+pub fn evaluate(
+    run_dir: &Path,
+    split: Split,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<BTreeMap<String, f64>> {
+    let lb = load_run(run_dir, device)?;
+    let ds = Dataset::open(&lb.cfg.data)?;
+    let data = load_split(
+        &ds,
+        split,
+        lb.cfg.autoencoder.model.image_size as u32,
+        limit,
+    )?;
+    let (clip, probe) = super::t2i::load_evaluators(&lb.cfg.eval, &ds, device)?;
+    let z = lb
+        .bridge
+        .standardise(&encode_all(&lb.ae, &data.images, device));
+    let y = sentence_embeddings(&lb.clip, &data.captions, device)?;
+    let mut m = tch::no_grad(|| bridge_errors(&lb.bridge.f, &z, &y));
+    let inverted = lb.draw(&data.captions)?;
+    for (k, v) in generation_scores(
+        &inverted,
+        &data.captions,
+        &data.ids,
+        &data.images,
+        &clip,
+        probe.as_ref(),
+        &ds,
+        device,
+    )? {
+        m.insert(format!("inverted_{k}"), v);
+    }
+    tch::manual_seed(0);
+    let noisy = lb.reinvert(&data.images, lb.cfg.inversion_noise);
+    let recon = lb.reconstruct(&data.images);
+    let x = to_float(&data.images, Device::Cpu);
+    for (name, imgs) in [
+        ("autoencoder", &recon),
+        ("noisy_prediction", &noisy),
+        ("inverted", &inverted),
+    ] {
+        m.insert(
+            format!("{name}_psnr"),
+            mean(&psnr(&x, &to_float(imgs, Device::Cpu))),
+        );
+    }
+    for (k, v) in generation_scores(
+        &noisy,
+        &data.captions,
+        &data.ids,
+        &data.images,
+        &clip,
+        probe.as_ref(),
+        &ds,
+        device,
+    )? {
+        if k == "probe_attr_accuracy" || k == "r_precision" {
+            m.insert(format!("noisy_prediction_{k}"), v);
+        }
+    }
+    m.insert("images".into(), data.ids.len() as f64);
+    let out = run_dir.join(format!("eval_{}", split.name()));
+    crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
+    // Rows: original | autoencoder | inverted from f(E_I(x)) + noise | inverted from caption.
+    let k = 8.min(data.ids.len() as i64);
+    let side = lb.cfg.autoencoder.model.image_size;
+    let rows: Vec<Tensor> = [&data.images, &recon, &noisy, &inverted]
+        .iter()
+        .map(|t| resized(&t.narrow(0, 0, k), side))
+        .collect();
+    let (rgb, h, w) = crate::report::grid::grid_rgb(&Tensor::cat(&rows, 0), k);
+    crate::util::fsio::atomic_write(
+        &out.join("grid.png"),
+        &crate::report::grid::png(&rgb, w, h)?,
+    )?;
+    Ok(m)
+}
