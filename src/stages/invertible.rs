@@ -488,17 +488,20 @@ pub fn evaluate(
         .standardise(&encode_all(&lb.ae, &data.images, device));
     let y = sentence_embeddings(&lb.clip, &data.captions, device)?;
     let mut m = tch::no_grad(|| bridge_errors(&lb.bridge.f, &z, &y));
+    let scores = |images: &Tensor| {
+        generation_scores(
+            images,
+            &data.captions,
+            &data.ids,
+            &data.images,
+            &clip,
+            probe.as_ref(),
+            &ds,
+            device,
+        )
+    };
     let inverted = lb.draw(&data.captions)?;
-    for (k, v) in generation_scores(
-        &inverted,
-        &data.captions,
-        &data.ids,
-        &data.images,
-        &clip,
-        probe.as_ref(),
-        &ds,
-        device,
-    )? {
+    for (k, v) in scores(&inverted)? {
         m.insert(format!("inverted_{k}"), v);
     }
     tch::manual_seed(0);
@@ -515,16 +518,7 @@ pub fn evaluate(
             mean(&psnr(&x, &to_float(imgs, Device::Cpu))),
         );
     }
-    for (k, v) in generation_scores(
-        &noisy,
-        &data.captions,
-        &data.ids,
-        &data.images,
-        &clip,
-        probe.as_ref(),
-        &ds,
-        device,
-    )? {
+    for (k, v) in scores(&noisy)? {
         if k == "probe_attr_accuracy" || k == "r_precision" {
             m.insert(format!("noisy_prediction_{k}"), v);
         }

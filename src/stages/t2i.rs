@@ -150,11 +150,9 @@ struct T2IStage {
     run_dir: PathBuf,
 }
 
-impl Trainable for T2IStage {
-    fn var_store(&self) -> &nn::VarStore {
-        &self.vs
-    }
-    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+impl T2IStage {
+    /// Images and caption tokens of micro-batch `micro`.
+    fn batch(&self, micro: u64) -> Result<(Tensor, Tensor)> {
         let (x, t) = micro_batch(
             &self.train,
             self.cfg.train.batch_size,
@@ -162,7 +160,16 @@ impl Trainable for T2IStage {
             micro,
             self.device,
         );
-        let t = t.context("tokenized captions")?;
+        Ok((x, t.context("tokenized captions")?))
+    }
+}
+
+impl Trainable for T2IStage {
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let (x, t) = self.batch(micro)?;
         self.model
             .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate)
     }
@@ -186,14 +193,7 @@ impl Trainable for T2IStage {
     }
     fn group_loss(&mut self, g: usize, micro: u64) -> Result<Tensor> {
         // Both groups see the same micro-batch: D steps on it, then G against the new D.
-        let (x, t) = micro_batch(
-            &self.train,
-            self.cfg.train.batch_size,
-            self.cfg.seed,
-            micro,
-            self.device,
-        );
-        let t = t.context("tokenized captions")?;
+        let (x, t) = self.batch(micro)?;
         self.model
             .gan_losses(g, &x, &t, self.tok.pad)
             .context("optimizer groups are only used by a GAN")
