@@ -31,7 +31,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle fuzz train-invertible eval-invertible tensorboard fmt lint clean
+        cycle fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -123,6 +123,16 @@ runs/invertible/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.js
 eval-invertible: runs/invertible/demo/eval_test/metrics.json
 runs/invertible/demo/eval_test/metrics.json: runs/invertible/demo/done.json
 	$(EK) eval invertible --run runs/invertible/demo --split test
+
+## train-unified: seed 001's one-seed-two-outputs generator (~6 min); generate with
+## `ekphrasis generate --seeds 0..30`
+train-unified: runs/unified/demo/done.json
+runs/unified/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK) train unified -c experiments/demo/unified.yaml --run runs/unified/demo $(call resume,runs/unified/demo)
+
+eval-unified: runs/unified/demo/eval_prior/metrics.json
+runs/unified/demo/eval_prior/metrics.json: runs/unified/demo/done.json
+	$(EK) eval unified --run runs/unified/demo --n 100
 
 ## cycle: image -> caption -> image on the test split, and the report
 cycle: reports/demo/index.html

@@ -208,6 +208,42 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::stages::invertible::train(cfg, yaml, &args.run, args.resume, device)?;
             println!("invertible bridge trained; run in {}", args.run.display());
         }
+        Command::Train(TrainCommand::Unified(args)) => {
+            let (cfg, yaml) = stage_config::<crate::stages::unified::UnifiedStageConfig>(
+                &cli,
+                "experiments/demo/unified.yaml",
+            )?;
+            let s = crate::stages::unified::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "unified trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Eval(EvalCommand::Unified { run, n }) => {
+            if *n < 2 {
+                bail!("--n must be at least 2");
+            }
+            print_metrics(&crate::stages::unified::evaluate(run, *n, device)?);
+            println!("wrote {}", run.join("eval_prior/metrics.json").display());
+        }
+        Command::Generate(a) => {
+            use crate::stages::unified::{generate, parse_seeds};
+            let seeds = match &a.seeds {
+                Some(spec) => parse_seeds(spec)?,
+                None => vec![cli.seed.unwrap_or(0)],
+            };
+            for s in generate(&a.run, &seeds, &a.out, device)? {
+                println!("seed {}: {}", s.seed, s.caption);
+            }
+            println!(
+                "wrote {} images and metadata.json to {}",
+                seeds.len(),
+                a.out.display()
+            );
+        }
         Command::Eval(EvalCommand::Invertible { run, split, limit }) => {
             print_metrics(&crate::stages::invertible::evaluate(
                 run, *split, *limit, device,

@@ -44,12 +44,27 @@ pub enum Command {
     Caption(CaptionArgs),
     /// Paint images from text with a trained text → image run.
     Draw(DrawArgs),
+    /// An image and its caption from one seed, with a unified-generator run (seed 001).
+    Generate(GenerateArgs),
     /// Measure things: `bench loader` (decode + resize images/s, batches/s from cache).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// image → caption → image on a split, with floor, ceiling and nearest-neighbour
     /// baselines; writes reports/<name>/index.html and metrics.json.
     Cycle(CycleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Unified-generator run folder.
+    #[arg(long, default_value = "runs/unified/demo")]
+    pub run: PathBuf,
+    /// Seeds: a range `0..30`, `0..=30`, or a list `1,5,9` (default: --seed, else 0).
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// Output folder: seed<N>.png per sample and metadata.json.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +304,9 @@ pub enum TrainCommand {
     /// The invertible bridge (seed 002): an image autoencoder, then an invertible MLP
     /// trained on captioning only (image latent → sentence embedding), inverted to paint.
     Invertible(RunArgs),
+    /// One seed, two outputs (seed 001): a shared latent decoded into an image and,
+    /// autoregressively, its caption.
+    Unified(RunArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -363,6 +381,15 @@ pub enum EvalCommand {
         split: Split,
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// The unified generator's prior samples: image–caption agreement, image and
+    /// caption quality, degenerate outputs, diversity.
+    Unified {
+        #[arg(long)]
+        run: PathBuf,
+        /// Prior samples (seeds 0..N).
+        #[arg(long, default_value_t = 100)]
+        n: usize,
     },
     /// Attribute accuracy of the probe on real images of a split.
     Probe {

@@ -99,6 +99,21 @@ fn other_generators(d: &Path, data: &Path) {
         "cpu",
     ]);
     assert!(Path::new(&out_dir).join("caption000_noise1.png").exists());
+    // A text longer than the text encoder's context is cut, with a warning.
+    let long = "A small red house stands in the bottom left. ".repeat(60);
+    let (okay, _, err) = run(&[
+        "draw",
+        "--run",
+        &p("diffusion_run"),
+        &long,
+        "--n",
+        "1",
+        "--out",
+        &out_dir,
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay && err.contains("only the first 256 are used"), "{err}");
     let (okay, _, err) = run(&[
         "draw",
         "--run",
@@ -168,6 +183,99 @@ fn invertible_bridge(d: &Path, data: &Path) {
         assert!(out.contains(key), "eval invertible prints {key}: {out}");
     }
     assert!(d.join("inv_run/eval_test/grid.png").exists());
+}
+
+/// Seed 001's unified generator: trains, evaluates its prior samples, and generates the
+/// same image and caption for the same seed, alone or in a batch.
+fn unified_generator(d: &Path, data: &Path) {
+    use ekphrasis::stages::unified::MultimodalGenerator;
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let cfg = write(d, "unified.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  latent_dim: 32\n  memory_tokens: 4\n  captioner: {{encoder: cnn, channels: [8, 16], dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32}}\n  generator: {{z_dim: 32, channels: [16, 16, 8], attention_max_side: 8}}\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval:\n  clip: {}\n  probe: {}\n  samples: 6\n  decode: {{strategy: greedy, max_tokens: 24}}\nbest: {{name: attribute_agreement, higher_is_better: true}}\n",
+        data.display(), p("clip_run"), p("probe_run")
+    ));
+    ok(&[
+        "train",
+        "unified",
+        "-c",
+        &cfg,
+        "--run",
+        &p("unified_run"),
+        "--device",
+        "cpu",
+    ]);
+    let out = ok(&[
+        "eval",
+        "unified",
+        "--run",
+        &p("unified_run"),
+        "--n",
+        "6",
+        "--device",
+        "cpu",
+    ]);
+    for key in [
+        "attribute_agreement",
+        "clip_score",
+        "fd_own",
+        "degenerate_fraction",
+        "diversity",
+        "distinct_2",
+    ] {
+        assert!(out.contains(key), "eval unified prints {key}: {out}");
+    }
+    let gen_dir = p("generated");
+    ok(&[
+        "generate",
+        "--run",
+        &p("unified_run"),
+        "--seeds",
+        "3..6",
+        "--out",
+        &gen_dir,
+        "--device",
+        "cpu",
+    ]);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&gen_dir).join("metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta.as_array().unwrap().len(), 3);
+    assert!(Path::new(&gen_dir).join("seed4.png").exists());
+    assert_clean_error(
+        &[
+            "generate",
+            "--run",
+            &p("unified_run"),
+            "--seeds",
+            "5..x",
+            "--device",
+            "cpu",
+        ],
+        "--seeds",
+    );
+
+    // The library API: per-seed determinism, and a batch equals single calls.
+    let g = MultimodalGenerator::load(Path::new(&p("unified_run")), tch::Device::Cpu).unwrap();
+    let a = g.generate(7);
+    let b = g.generate(7);
+    assert!(a.image.equal(&b.image) && a.caption == b.caption);
+    assert_eq!(a.image.size(), vec![3, 32, 32]);
+    let batch = g.generate_batch(&[7, 8]);
+    let single8 = g.generate(8);
+    let close = |x: &tch::Tensor, y: &tch::Tensor| {
+        (x.to_kind(tch::Kind::Float) - y.to_kind(tch::Kind::Float))
+            .abs()
+            .max()
+            .double_value(&[])
+            <= 1.0
+    };
+    assert!(close(&batch[0].image, &a.image) && close(&batch[1].image, &single8.image));
+    assert_eq!(batch[0].caption, a.caption);
+    assert_eq!(batch[1].caption, single8.caption);
+    let (s, meta) = g.generate_with_metadata(7);
+    assert_eq!(meta["seed"], 7);
+    assert_eq!(meta["caption"], s.caption.as_str());
 }
 
 fn ok(args: &[&str]) -> String {
@@ -326,6 +434,7 @@ fn tiny_spine_end_to_end() {
     );
 
     invertible_bridge(d, &data);
+    unified_generator(d, &data);
 
     // The cycle and its report.
     let report = d.join("report");

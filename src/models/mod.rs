@@ -6,3 +6,4 @@ pub mod invertible;
 pub mod probe;
 pub mod t2i;
 pub mod text_encoder;
+pub mod unified;

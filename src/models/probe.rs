@@ -4,7 +4,9 @@
 //! generated images ("probe attribute accuracy") and its kind posteriors give an
 //! Inception-Score-style score.
 
-use crate::data::synth::scene::{Detail, Scene, COLOURS, KINDS};
+use crate::data::synth::scene::{
+    position_name, Detail, Scene, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES,
+};
 use crate::nn::conv::ConvEncoder;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,49 @@ fn detail_index(d: Detail) -> Option<i64> {
         Detail::Door(c) | Detail::Sail(c) | Detail::Flag(c) => c as i64,
         Detail::Pointed(b) | Detail::SnowCap(b) | Detail::Rays(b) | Detail::Crescent(b) => b as i64,
     })
+}
+
+/// The facts (as the caption parser writes them) that a row in the [`targets`] layout
+/// asserts, details left out: sky, ground, style, and each present kind's colour, size
+/// and position. Lets a probe's reading of an image be compared with a caption.
+pub fn facts_of_row(row: &[i64]) -> Vec<String> {
+    let name = |table: &[&str], i: i64| table.get(i as usize).map(|s| s.to_string());
+    let mut f = vec![];
+    for (key, table, i) in [
+        ("sky", &SKIES, 0),
+        ("ground", &GROUNDS, 1),
+        ("style", &STYLES, 2),
+    ] {
+        if let Some(v) = row.get(i).and_then(|&x| name(table.as_slice(), x)) {
+            f.push(format!("{key}={v}"));
+        }
+    }
+    for (k, kind) in KINDS.iter().enumerate() {
+        let c = &row[(3 + 5 * k).min(row.len())..(8 + 5 * k).min(row.len())];
+        if c.len() < 4 || c[0] != 1 {
+            continue;
+        }
+        if let Some((colour, _)) = COLOURS.get(c[1] as usize) {
+            f.push(format!("{kind}.colour={colour}"));
+        }
+        if let Some(size) = SIZES.get(c[2] as usize) {
+            f.push(format!("{kind}.size={size}"));
+        }
+        if (0..9).contains(&c[3]) {
+            f.push(format!("{kind}.position={}", position_name(c[3] as usize)));
+        }
+    }
+    f.sort();
+    f
+}
+
+/// Whether a fact is one [`facts_of_row`] can assert (not a detail).
+pub fn is_probe_fact(fact: &str) -> bool {
+    let attr = fact.split('=').next().unwrap_or_default();
+    matches!(attr, "sky" | "ground" | "style")
+        || [".colour", ".size", ".position"]
+            .iter()
+            .any(|a| attr.ends_with(a))
 }
 
 /// Rows of [`targets`] have this many columns: sky, ground, style, then five per kind.
@@ -348,5 +393,25 @@ mod tests {
             (Kind::Float, tch::Device::Cpu),
         ));
         assert!((post.sum(Kind::Float).double_value(&[]) - 2.0).abs() < 1e-4);
+    }
+}
+
+#[cfg(test)]
+mod fact_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_scenes_target_row_asserts_its_facts_minus_details() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let scene = Scene::sample(&mut rng);
+            let want: Vec<String> = scene
+                .facts()
+                .into_iter()
+                .filter(|f| is_probe_fact(f))
+                .collect();
+            assert_eq!(facts_of_row(&targets(&scene)), want);
+        }
     }
 }

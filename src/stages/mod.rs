@@ -7,6 +7,7 @@ pub mod evaluators;
 pub mod invertible;
 pub mod invertible_functions;
 pub mod t2i;
+pub mod unified;
 
 use anyhow::Result;
 use std::path::Path;

@@ -136,11 +136,25 @@ impl Captioner {
         eos: i64,
         pad: i64,
     ) -> Vec<Vec<i64>> {
+        let ctx = tch::no_grad(|| self.encode(images, false));
+        self.generate_from_context(&ctx, opts, bos, eos, pad)
+    }
+
+    /// Decodes from a context the decoder attends to, `(B, G, D)`: the image grid, or
+    /// any other memory (the unified generator's latent tokens).
+    pub fn generate_from_context(
+        &self,
+        ctx: &Tensor,
+        opts: &DecodeOptions,
+        bos: i64,
+        eos: i64,
+        pad: i64,
+    ) -> Vec<Vec<i64>> {
         tch::no_grad(|| match opts.strategy {
-            Strategy::Beam => (0..images.size()[0])
-                .map(|i| self.beam_search(&images.narrow(0, i, 1), opts, bos, eos))
+            Strategy::Beam => (0..ctx.size()[0])
+                .map(|i| self.beam_search(&ctx.narrow(0, i, 1), opts, bos, eos))
                 .collect(),
-            _ => self.batched(images, opts, bos, eos, pad),
+            _ => self.batched(ctx, opts, bos, eos, pad),
         })
     }
 
@@ -150,15 +164,14 @@ impl Captioner {
 
     fn batched(
         &self,
-        images: &Tensor,
+        ctx: &Tensor,
         opts: &DecodeOptions,
         bos: i64,
         eos: i64,
         pad: i64,
     ) -> Vec<Vec<i64>> {
-        let b = images.size()[0];
-        let dev = images.device();
-        let ctx = self.encode(images, false);
+        let b = ctx.size()[0];
+        let dev = ctx.device();
         let mut caches: Vec<LayerCache> = (0..self.cfg.layers)
             .map(|_| LayerCache::default())
             .collect();
@@ -167,13 +180,13 @@ impl Captioner {
         let mut input = Tensor::full([b, 1], bos, (Kind::Int64, dev));
         for t in 0..self.max_steps(opts) {
             let logits = if opts.kv_cache {
-                self.logits(&ctx, &input, t as i64, Some(&mut caches), false)
+                self.logits(ctx, &input, t as i64, Some(&mut caches), false)
             } else {
                 let all: Vec<i64> = hist.concat();
                 let prefix = Tensor::from_slice(&all)
                     .view([b, t as i64 + 1])
                     .to_device(dev);
-                self.logits(&ctx, &prefix, 0, None, false)
+                self.logits(ctx, &prefix, 0, None, false)
             };
             let mut last = logits.select(1, -1); // (B, V)
             penalise(&mut last, &hist, opts);
@@ -207,14 +220,11 @@ impl Captioner {
             .collect()
     }
 
-    /// Beam search for one image; hypotheses are the batch dimension.
-    fn beam_search(&self, image: &Tensor, opts: &DecodeOptions, bos: i64, eos: i64) -> Vec<i64> {
+    /// Beam search for one context `(1, G, D)`; hypotheses are the batch dimension.
+    fn beam_search(&self, ctx: &Tensor, opts: &DecodeOptions, bos: i64, eos: i64) -> Vec<i64> {
         let k = opts.beam.max(1) as i64;
-        let dev = image.device();
-        let ctx = self
-            .encode(image, false)
-            .expand([k, -1, -1], false)
-            .contiguous();
+        let dev = ctx.device();
+        let ctx = ctx.expand([k, -1, -1], false).contiguous();
         let mut caches: Vec<LayerCache> = (0..self.cfg.layers)
             .map(|_| LayerCache::default())
             .collect();

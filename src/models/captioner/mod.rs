@@ -276,13 +276,27 @@ impl Captioner {
             .int64_value(&[])
             .max(2);
         let tokens = tokens.narrow(1, 0, longest.min(tokens.size()[1]));
+        let ctx = self.encode(images, train);
+        self.loss_from_context(&ctx, &tokens, pad, label_smoothing, sampled_fraction, train)
+    }
+
+    /// The loss of [`Captioner::loss`] for a context computed elsewhere `(B, G, D)`
+    /// (the unified generator's latent tokens).
+    pub fn loss_from_context(
+        &self,
+        ctx: &Tensor,
+        tokens: &Tensor,
+        pad: i64,
+        label_smoothing: f64,
+        sampled_fraction: f64,
+        train: bool,
+    ) -> Tensor {
         let t = tokens.size()[1];
         let mut input = tokens.narrow(1, 0, t - 1);
         let target = tokens.narrow(1, 1, t - 1);
-        let ctx = self.encode(images, train);
         if sampled_fraction > 0.0 {
             let predicted =
-                tch::no_grad(|| self.logits(&ctx, &input, 0, None, false).argmax(-1, false));
+                tch::no_grad(|| self.logits(ctx, &input, 0, None, false).argmax(-1, false));
             // Position i+1 of the input gets the prediction made at position i.
             let shifted = Tensor::cat(&[input.narrow(1, 0, 1), predicted.narrow(1, 0, t - 2)], 1);
             let pick =
@@ -290,7 +304,7 @@ impl Captioner {
             let pick = pick.logical_and(&input.ne(pad));
             input = shifted.where_self(&pick, &input);
         }
-        let logits = self.logits(&ctx, &input, 0, None, train);
+        let logits = self.logits(ctx, &input, 0, None, train);
         let v = logits.size()[2];
         let ce = logits.view([-1, v]).cross_entropy_loss::<Tensor>(
             &target.reshape([-1]),
@@ -299,7 +313,7 @@ impl Captioner {
             pad,
             label_smoothing,
         );
-        match (train, self.contrastive_loss(&ctx, &tokens, pad)) {
+        match (train, self.contrastive_loss(ctx, tokens, pad)) {
             (true, Some(aux)) => ce + aux * self.cfg.contrastive_weight,
             _ => ce,
         }

@@ -1,0 +1,454 @@
+//! The unified generator stage (seed 001): `train unified`, `generate` (an image and its
+//! caption from one seed), `eval unified`, and [`MultimodalGenerator`], the library API
+//! that mirrors seed 001's class of that name.
+
+use super::evaluators::{
+    embed_images, embed_tokens, load_clip, load_probe, probe_predict, tokenize_batch,
+};
+use super::t2i::resized;
+use crate::data::layout::{Dataset, Split};
+use crate::data::loader::{load_split, micro_batch, to_u8, SplitData};
+use crate::data::synth::parse::{fact_scores, parse};
+use crate::data::tokenizer::TextTokenizer;
+use crate::eval::embedding::{clip_score, frechet_distance, kid, mean_pairwise_distance};
+use crate::eval::text::{distinct_n, repeated_trigram_rate, words};
+use crate::models::captioner::decode::DecodeOptions;
+use crate::models::probe::{facts_of_row, is_probe_fact};
+use crate::models::unified::{Unified, UnifiedConfig};
+use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
+use crate::util::tensorboard::EventWriter;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnifiedEvalConfig {
+    pub clip: PathBuf,
+    pub probe: Option<PathBuf>,
+    /// Prior samples drawn at each evaluation.
+    pub samples: usize,
+    pub decode: DecodeOptions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnifiedStageConfig {
+    pub data: PathBuf,
+    pub seed: u64,
+    pub model: UnifiedConfig,
+    pub train: TrainConfig,
+    pub eval: UnifiedEvalConfig,
+    pub best: BestMetric,
+}
+
+fn build(
+    cfg: &UnifiedConfig,
+    tok: &TextTokenizer,
+    device: Device,
+) -> Result<(nn::VarStore, Unified)> {
+    let mut c = cfg.clone();
+    c.captioner.vocab_size = tok.vocab_size() as i64;
+    let vs = nn::VarStore::new(device);
+    let m = Unified::new(&vs.root(), &c)?;
+    Ok((vs, m))
+}
+
+/// One prior sample: the seed, its image (uint8 `(3, S, S)`) and its caption.
+pub struct Sample {
+    pub seed: u64,
+    pub image: Tensor,
+    pub caption: String,
+}
+
+/// Seed 001's `MultimodalGenerator`: one seed in, an image and its caption out, the
+/// same for the same seed.
+pub struct MultimodalGenerator {
+    pub model: Unified,
+    pub tok: TextTokenizer,
+    pub decode: DecodeOptions,
+    pub run: PathBuf,
+    device: Device,
+    _vs: nn::VarStore,
+}
+
+impl MultimodalGenerator {
+    pub fn load(run_dir: &Path, device: Device) -> Result<Self> {
+        let cfg: UnifiedStageConfig = super::run_config(run_dir, "unified")?;
+        let ds = Dataset::open(&cfg.data)?;
+        let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+        let (vs, model) = build(&cfg.model, &tok, device)?;
+        crate::train::checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))?;
+        Ok(MultimodalGenerator {
+            model,
+            tok,
+            decode: cfg.eval.decode,
+            run: run_dir.to_path_buf(),
+            device,
+            _vs: vs,
+        })
+    }
+
+    /// The borrowed sampler behind the API.
+    pub fn sampler(&self) -> Sampler<'_> {
+        Sampler {
+            model: &self.model,
+            tok: &self.tok,
+            decode: &self.decode,
+            device: self.device,
+        }
+    }
+
+    pub fn generate(&self, seed: u64) -> Sample {
+        self.generate_batch(&[seed])
+            .pop()
+            .expect("one seed, one sample")
+    }
+
+    pub fn generate_batch(&self, seeds: &[u64]) -> Vec<Sample> {
+        self.sampler().generate_batch(seeds)
+    }
+
+    /// A sample and what made it: seed, caption, model run, decoding settings.
+    pub fn generate_with_metadata(&self, seed: u64) -> (Sample, serde_json::Value) {
+        let s = self.generate(seed);
+        let meta = self.metadata(&s);
+        (s, meta)
+    }
+
+    pub fn metadata(&self, s: &Sample) -> serde_json::Value {
+        serde_json::json!({
+            "seed": s.seed,
+            "caption": s.caption,
+            "model": self.run.display().to_string(),
+            "latent_dim": self.model.cfg.latent_dim,
+            "decoding": self.decode,
+        })
+    }
+}
+
+/// Prior sampling with borrowed parts (the training loop samples without owning them).
+pub struct Sampler<'a> {
+    pub model: &'a Unified,
+    pub tok: &'a TextTokenizer,
+    pub decode: &'a DecodeOptions,
+    pub device: Device,
+}
+
+impl Sampler<'_> {
+    /// The latent of a seed: drawn on the CPU from its own generator state, so a seed
+    /// gives the same latent alone or in a batch, on any device.
+    fn latent(&self, seed: u64) -> Tensor {
+        tch::manual_seed(seed as i64);
+        Tensor::randn([1, self.model.cfg.latent_dim], (Kind::Float, Device::Cpu))
+    }
+
+    pub fn generate_batch(&self, seeds: &[u64]) -> Vec<Sample> {
+        if seeds.is_empty() {
+            return vec![];
+        }
+        let z = Tensor::cat(
+            &seeds.iter().map(|&s| self.latent(s)).collect::<Vec<_>>(),
+            0,
+        )
+        .to_device(self.device);
+        let (images, ids) = tch::no_grad(|| {
+            let images = to_u8(&self.model.paint(&z));
+            let ids = self.model.captioner.generate_from_context(
+                &self.model.memory(&z),
+                self.decode,
+                self.tok.bos,
+                self.tok.eos,
+                self.tok.pad,
+            );
+            (images, ids)
+        });
+        seeds
+            .iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(i, (&seed, ids))| Sample {
+                seed,
+                image: images.get(i as i64),
+                caption: self.tok.decode(&ids),
+            })
+            .collect()
+    }
+}
+
+struct UnifiedStage {
+    vs: nn::VarStore,
+    model: Unified,
+    tok: TextTokenizer,
+    cfg: UnifiedStageConfig,
+    train: SplitData,
+    device: Device,
+    reference: Tensor,
+}
+
+impl Trainable for UnifiedStage {
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let (x, t) = micro_batch(
+            &self.train,
+            self.cfg.train.batch_size,
+            self.cfg.seed,
+            micro,
+            self.device,
+        );
+        let t = t.context("tokenized captions")?;
+        let l = self.model.loss(&x, &t, self.tok.pad);
+        Ok(self.model.objective(&l, micro / self.cfg.train.accumulate))
+    }
+    fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        let (x, t) = micro_batch(
+            &self.train,
+            self.cfg.train.batch_size,
+            self.cfg.seed ^ 0xe7a1,
+            0,
+            self.device,
+        );
+        let t = t.context("tokenized captions")?;
+        let l = tch::no_grad(|| self.model.loss(&x, &t, self.tok.pad));
+        let mut m = BTreeMap::from([
+            ("pixel".to_string(), l.pixel.double_value(&[])),
+            ("caption_nll".to_string(), l.caption.double_value(&[])),
+            ("kl".to_string(), l.kl.double_value(&[])),
+        ]);
+        let sampler = Sampler {
+            model: &self.model,
+            tok: &self.tok,
+            decode: &self.cfg.eval.decode,
+            device: self.device,
+        };
+        m.extend(prior_scores(
+            &sampler,
+            &self.cfg.eval,
+            &self.reference,
+            self.cfg.eval.samples,
+            self.device,
+        )?);
+        let samples = sampler.generate_batch(&(0..8).collect::<Vec<u64>>());
+        let imgs = Tensor::stack(
+            &samples
+                .iter()
+                .map(|s| s.image.shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let (rgb, h, w) = crate::report::grid::grid_rgb(&imgs, 8);
+        tb.image("samples/prior", step as i64, &rgb, h, w)?;
+        let text: Vec<String> = samples
+            .iter()
+            .map(|s| format!("seed {}: {}", s.seed, s.caption))
+            .collect();
+        tb.text("samples/prior_captions", step as i64, &text.join("\n\n"))?;
+        Ok(m)
+    }
+}
+
+/// Scores of `n` prior samples (seeds 0..n): image–caption agreement, image quality
+/// against real `reference` images, caption quality, degenerate outputs and diversity.
+pub fn prior_scores(
+    gen: &Sampler,
+    cfg: &UnifiedEvalConfig,
+    reference: &Tensor,
+    n: usize,
+    device: Device,
+) -> Result<BTreeMap<String, f64>> {
+    let clip = load_clip(&cfg.clip, device)?;
+    let mut samples = vec![];
+    for chunk in (0..n as u64).collect::<Vec<_>>().chunks(32) {
+        samples.extend(gen.generate_batch(chunk));
+    }
+    let images = Tensor::stack(
+        &samples
+            .iter()
+            .map(|s| s.image.shallow_clone())
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+    let side = clip.cfg.model.image_size;
+    let (img, feat) = embed_images(&clip.model, &resized(&images, side), device);
+    let (_, real) = embed_images(&clip.model, &resized(reference, side), device);
+    let tokens = tokenize_batch(&clip.tok, &captions, clip.cfg.model.text.max_len as usize)?;
+    let txt = embed_tokens(&clip.model, &tokens, clip.tok.pad, device);
+    let mut m = BTreeMap::new();
+    m.insert("clip_score".into(), clip_score(&img, &txt));
+    m.insert("fd_own".into(), frechet_distance(&feat, &real));
+    m.insert("kid_own".into(), kid(&feat, &real));
+    m.insert("diversity".into(), mean_pairwise_distance(&feat));
+    let toks: Vec<Vec<String>> = captions.iter().map(|c| words(c)).collect();
+    m.insert("distinct_1".into(), distinct_n(&toks, 1));
+    m.insert("distinct_2".into(), distinct_n(&toks, 2));
+    m.insert("repeated_trigram_rate".into(), repeated_trigram_rate(&toks));
+    m.insert(
+        "caption_words".into(),
+        toks.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1) as f64,
+    );
+    // Degenerate: a near-constant image, or a caption that is (almost) empty or loops.
+    let x = images.to_kind(Kind::Float) / 255.0;
+    let stds = x.flatten(1, -1).std_dim(1, true, false);
+    let degenerate = (0..n)
+        .filter(|&i| {
+            let looping = repeated_trigram_rate(&toks[i..i + 1]) > 0.2;
+            stds.double_value(&[i as i64]) < 0.02 || toks[i].len() < 5 || looping
+        })
+        .count();
+    m.insert(
+        "degenerate_fraction".into(),
+        degenerate as f64 / n.max(1) as f64,
+    );
+    if let Some(p) = &cfg.probe {
+        let probe = load_probe(p, device)?;
+        let rows = probe_predict(
+            &probe.model,
+            &resized(&images, probe.cfg.model.image_size),
+            device,
+        );
+        let (mut sum, mut count) = (0.0, 0);
+        for (row, caption) in rows.iter().zip(&captions) {
+            let seen = facts_of_row(row);
+            let said: Vec<String> = parse(caption)
+                .into_iter()
+                .filter(|f| is_probe_fact(f))
+                .collect();
+            sum += fact_scores(&said, &seen).2;
+            count += 1;
+        }
+        m.insert("attribute_agreement".into(), sum / count.max(1) as f64);
+    }
+    Ok(m)
+}
+
+pub fn train(
+    cfg: UnifiedStageConfig,
+    yaml: String,
+    run_dir: &Path,
+    resume: bool,
+    device: Device,
+) -> Result<RunSummary> {
+    let ds = Dataset::open(&cfg.data)?;
+    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+    tch::manual_seed(cfg.seed as i64);
+    let (vs, model) = build(&cfg.model, &tok, device)?;
+    let size = cfg.model.captioner.image_size as u32;
+    let train = load_split(&ds, Split::Train, size, None)?;
+    if train.tokens.is_none() {
+        bail!(
+            "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
+            cfg.data.display()
+        );
+    }
+    let reference = load_split(&ds, Split::Val, size, Some(cfg.eval.samples.max(2)))?.images;
+    let opts = RunOptions {
+        run_dir: run_dir.to_path_buf(),
+        resume,
+        seed: cfg.seed,
+        arch: serde_json::to_value(&model.cfg)?,
+        tokenizer_hash: tok.hash.clone(),
+        best: cfg.best.clone(),
+        config_yaml: yaml,
+    };
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    eprintln!(
+        "unified: {:.2}M parameters, latent {} dims, {} training images, {} steps of {}",
+        params as f64 / 1e6,
+        cfg.model.latent_dim,
+        train.ids.len(),
+        cfg.train.steps,
+        cfg.train.batch_size
+    );
+    let mut stage = UnifiedStage {
+        vs,
+        model,
+        tok,
+        cfg: cfg.clone(),
+        train,
+        device,
+        reference,
+    };
+    let s = runner::run(&mut stage, &cfg.train, &opts)?;
+    super::write_done(run_dir, &s)?;
+    Ok(s)
+}
+
+/// `eval unified`: the prior-sample scores on `n` seeds against the test split.
+pub fn evaluate(run_dir: &Path, n: usize, device: Device) -> Result<BTreeMap<String, f64>> {
+    let gen = MultimodalGenerator::load(run_dir, device)?;
+    let cfg: UnifiedStageConfig = super::run_config(run_dir, "unified")?;
+    let ds = Dataset::open(&cfg.data)?;
+    let reference = load_split(&ds, Split::Test, gen.model.image_size() as u32, None)?.images;
+    let m = prior_scores(&gen.sampler(), &cfg.eval, &reference, n, device)?;
+    let out = run_dir.join("eval_prior");
+    crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
+    let samples = gen.generate_batch(&(0..16).collect::<Vec<u64>>());
+    let imgs = Tensor::stack(
+        &samples
+            .iter()
+            .map(|s| s.image.shallow_clone())
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let (rgb, h, w) = crate::report::grid::grid_rgb(&imgs, 8);
+    crate::util::fsio::atomic_write(
+        &out.join("samples.png"),
+        &crate::report::grid::png(&rgb, w, h)?,
+    )?;
+    let meta: Vec<serde_json::Value> = samples.iter().map(|s| gen.metadata(s)).collect();
+    crate::util::fsio::write_json(&out.join("samples.json"), &meta)?;
+    Ok(m)
+}
+
+/// `generate`: one PNG per seed and `metadata.json` listing every sample.
+pub fn generate(run_dir: &Path, seeds: &[u64], out: &Path, device: Device) -> Result<Vec<Sample>> {
+    let gen = MultimodalGenerator::load(run_dir, device)?;
+    let mut samples = vec![];
+    for chunk in seeds.chunks(32) {
+        samples.extend(gen.generate_batch(chunk));
+    }
+    let s = gen.model.image_size() as u32;
+    let mut meta = vec![];
+    for sample in &samples {
+        let rgb: Vec<u8> = Vec::try_from(sample.image.permute([1, 2, 0]).contiguous().view([-1]))
+            .expect("uint8 image tensor");
+        let file = format!("seed{}.png", sample.seed);
+        crate::util::fsio::atomic_write(&out.join(&file), &crate::report::grid::png(&rgb, s, s)?)?;
+        let mut m = gen.metadata(sample);
+        m["image"] = serde_json::Value::String(file);
+        meta.push(m);
+    }
+    crate::util::fsio::write_json(&out.join("metadata.json"), &meta)?;
+    Ok(samples)
+}
+
+/// Parses `--seeds`: `0..30` (end exclusive), `0..=30`, or a comma list `1,5,9`.
+pub fn parse_seeds(spec: &str) -> Result<Vec<u64>> {
+    let bad =
+        || anyhow::anyhow!("--seeds {spec:?}: expected a range like 0..30 or a list like 1,5,9");
+    let seeds: Vec<u64> = if let Some((a, b)) = spec.split_once("..=") {
+        (a.trim().parse().map_err(|_| bad())?..=b.trim().parse().map_err(|_| bad())?).collect()
+    } else if let Some((a, b)) = spec.split_once("..") {
+        (a.trim().parse().map_err(|_| bad())?..b.trim().parse().map_err(|_| bad())?).collect()
+    } else {
+        spec.split(',')
+            .map(|s| s.trim().parse().map_err(|_| bad()))
+            .collect::<Result<_>>()?
+    };
+    if seeds.is_empty() || seeds.len() > 100_000 {
+        bail!(
+            "--seeds {spec:?} gives {} seeds; give between 1 and 100000",
+            seeds.len()
+        );
+    }
+    Ok(seeds)
+}
