@@ -288,12 +288,7 @@ pub fn train(
         best: cfg.best.clone(),
         config_yaml,
     };
-    let params: i64 = stage
-        .vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let params = runner::parameters(&stage.vs);
     eprintln!(
         "captioner: {:.2}M parameters, {} training images, {} steps of {} on {:?}",
         params as f64 / 1e6,

@@ -295,11 +295,7 @@ pub fn train(
         best: cfg.best.clone(),
         config_yaml: yaml,
     };
-    let params: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let params = runner::parameters(&vs);
     eprintln!(
         "t2i ({:?}): {:.2}M parameters, {} training images, {} steps of {}",
         cfg.model.kind,

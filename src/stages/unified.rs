@@ -355,11 +355,7 @@ pub fn train(
         best: cfg.best.clone(),
         config_yaml: yaml,
     };
-    let params: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let params = runner::parameters(&vs);
     eprintln!(
         "unified: {:.2}M parameters, latent {} dims, {} training images, {} steps of {}",
         params as f64 / 1e6,

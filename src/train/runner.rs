@@ -138,6 +138,14 @@ pub struct RunSummary {
     pub stopped_early: bool,
 }
 
+/// Number of trainable parameters (for the line each stage prints at start).
+pub fn parameters(vs: &VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
 /// Set by the Ctrl-C handler; the loop finishes its step, checkpoints and exits.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
