@@ -103,10 +103,16 @@ pub fn write(
         m.dedup();
         m
     };
+    // The four fixed columns, then any extra generator (the invertible bridge).
+    let columns: Vec<&str> = COLUMNS
+        .iter()
+        .copied()
+        .chain(table.keys().map(String::as_str).filter(|k| !COLUMNS.contains(k)))
+        .collect();
     let mut rows = String::new();
     for m in &metrics {
         rows.push_str(&format!("<tr><td>{}</td>", escape(m)));
-        for c in COLUMNS {
+        for &c in &columns {
             match get(table, c, m) {
                 Some(v) => rows.push_str(&format!("<td>{v:.3}</td>")),
                 None => rows.push_str("<td></td>"),
@@ -114,7 +120,7 @@ pub fn write(
         }
         rows.push_str("</tr>");
     }
-    let head: String = COLUMNS
+    let head: String = columns
         .iter()
         .map(|c| format!("<th>{}</th>", escape(c)))
         .collect();
