@@ -491,7 +491,10 @@ fn tiny_spine_end_to_end() {
     }
     assert!(metrics["cycle"]["second_pass_bleu4"].is_number());
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
-    assert!(html.contains("cycle (invertible bridge)"), "the bridge has its column");
+    assert!(
+        html.contains("cycle (invertible bridge)"),
+        "the bridge has its column"
+    );
     assert!(
         html.contains("<h2>Answer</h2>") && html.matches("<img").count() >= 4 * 3 + 4 * 5,
         "gallery and grid present"

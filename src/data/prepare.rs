@@ -516,7 +516,7 @@ fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf
             } else if is_image(&p) {
                 let rel = p
                     .strip_prefix(&images)
-                    .unwrap()
+                    .expect("the walk starts at the image folder")
                     .to_string_lossy()
                     .into_owned();
                 by_stem.entry(stem(&rel)).or_insert(rel);

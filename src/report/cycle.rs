@@ -107,7 +107,12 @@ pub fn write(
     let columns: Vec<&str> = COLUMNS
         .iter()
         .copied()
-        .chain(table.keys().map(String::as_str).filter(|k| !COLUMNS.contains(k)))
+        .chain(
+            table
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !COLUMNS.contains(k)),
+        )
         .collect();
     let mut rows = String::new();
     for m in &metrics {
