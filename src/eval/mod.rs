@@ -4,3 +4,12 @@
 pub mod embedding;
 pub mod image;
 pub mod text;
+
+/// The mean of per-item scores (0 for none).
+pub fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}

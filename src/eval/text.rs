@@ -4,6 +4,7 @@
 //! paragraph-degeneration measures distinct-n and repeated-trigram rate. METEOR and
 //! SPICE need Java tools and WordNet, so they are left out.
 
+use super::mean;
 use std::collections::HashMap;
 
 /// Lower-cased words without punctuation (the metrics' tokenisation).
@@ -88,14 +89,6 @@ pub fn rouge_l(cands: &[Vec<String>], refs: &[Vec<String>]) -> f64 {
         })
         .collect();
     mean(&scores)
-}
-
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        0.0
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
 }
 
 /// One tf-idf vector per n-gram order, with their norms and the length term.

@@ -12,6 +12,7 @@ use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{load_split, to_float};
 use crate::eval::embedding::r_precision;
 use crate::eval::image::{histogram_intersection, psnr, ssim};
+use crate::eval::mean;
 use crate::eval::text::caption_metrics;
 use crate::models::probe::attribute_accuracy;
 use anyhow::{bail, Context, Result};
@@ -38,10 +39,6 @@ pub struct CycleArgs {
 struct Column {
     name: &'static str,
     images: Tensor,
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {

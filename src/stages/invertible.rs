@@ -9,6 +9,7 @@ use super::t2i::{generation_scores, resized, T2IEvalConfig};
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, to_u8, SplitData};
 use crate::eval::image::psnr;
+use crate::eval::mean;
 use crate::models::invertible::{Autoencoder, AutoencoderConfig, InvertibleConfig, InvertibleMlp};
 use crate::train::runner::{self, BestMetric, RunOptions, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
@@ -460,10 +461,6 @@ impl LoadedBridge {
         let z = encode_all(&self.ae, images, self.device);
         tch::no_grad(|| to_u8(&self.ae.decode(&z)))
     }
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// `eval invertible`: bridge errors, generation scores of images made by inversion,
