@@ -295,8 +295,8 @@ impl TextToImage {
         })
     }
 
-    /// The optimizer groups of a GAN (discriminator first, then the rest); none for the
-    /// single-loss kinds.
+    /// Whether this model trains through [`TextToImage::gan_losses`] (two optimizer
+    /// groups) instead of [`TextToImage::loss`].
     pub fn is_gan(&self) -> bool {
         matches!(self.body, Body::Gan { .. })
     }
@@ -319,12 +319,18 @@ impl TextToImage {
             return None;
         };
         let b = images.size()[0];
-        let c = self.condition(tokens, pad, true);
         let z = gan::truncated_noise(b, generator.cfg.z_dim, 0.0, images.device());
         Some(if group == 0 {
-            let fake = tch::no_grad(|| generator.forward(&z, &c.global, &c.tokens, &c.mask));
+            // The discriminator's step trains neither the text encoder nor the generator:
+            // no graph is built through them.
+            let (c, fake) = tch::no_grad(|| {
+                let c = self.condition(tokens, pad, true);
+                let fake = generator.forward(&z, &c.global, &c.tokens, &c.mask);
+                (c, fake)
+            });
             gan::discriminator_loss(discriminator, cfg, images, &fake, &c.sentence())
         } else {
+            let c = self.condition(tokens, pad, true);
             let fake = generator.forward(&z, &c.global, &c.tokens, &c.mask);
             let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence());
             if cfg.interpolate {
@@ -341,10 +347,15 @@ impl TextToImage {
 
     /// The model's output for noisy images at step `t` with classifier-free guidance
     /// `scale` (diffusion only). Scale 1 runs the conditional model alone.
-    pub fn denoise(&self, x: &Tensor, t: i64, cond: &Condition, scale: f64) -> Tensor {
+    /// `None` for the other kinds.
+    pub fn denoise(&self, x: &Tensor, t: i64, cond: &Condition, scale: f64) -> Option<Tensor> {
         let Body::Diffusion { unet, .. } = &self.body else {
-            panic!("denoise is for diffusion models")
+            return None;
         };
+        Some(self.guided(unet, x, t, cond, scale))
+    }
+
+    fn guided(&self, unet: &UNet, x: &Tensor, t: i64, cond: &Condition, scale: f64) -> Tensor {
         let b = x.size()[0];
         let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
         let out = unet.forward(x, &tt, &cond.global, &cond.tokens, &cond.mask, false);
@@ -353,7 +364,7 @@ impl TextToImage {
         }
         let null = self
             .null_condition(b)
-            .expect("diffusion has a null condition");
+            .expect("a diffusion body has a null condition");
         let un = unet.forward(x, &tt, &null.global, &null.tokens, &null.mask, false);
         diffusion::guide(&out, &un, scale)
     }
@@ -372,9 +383,11 @@ impl TextToImage {
             Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
                 generator.forward(z, &cond.global, &cond.tokens, &cond.mask)
             }
-            Body::Diffusion { schedule, .. } => {
+            Body::Diffusion { unet, schedule, .. } => {
                 let scale = schedule.cfg.guidance;
-                schedule.sample(z.shallow_clone(), |x, t| self.denoise(x, t, cond, scale))
+                schedule.sample(z.shallow_clone(), |x, t| {
+                    self.guided(unet, x, t, cond, scale)
+                })
             }
         })
     }
