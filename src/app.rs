@@ -6,9 +6,11 @@ use crate::cli::{
     TokenizerCommand, TrainCommand,
 };
 use crate::config;
+use crate::data::images::load_batch;
 use crate::data::layout::Dataset;
 use crate::data::tokenizer::{build_for_dataset, TokenizerConfig};
 use crate::device::parse_device;
+use crate::export::exported::ExportedCaptioner;
 use crate::models::captioner::decode::DecodeOptions;
 use crate::stages::{captioner, cycle, evaluators, t2i};
 use anyhow::{bail, Context, Result};
@@ -35,7 +37,7 @@ fn stage_config<T: serde::de::DeserializeOwned + serde::Serialize>(
     Ok((cfg, yaml))
 }
 
-fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> DecodeOptions {
+pub fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> DecodeOptions {
     DecodeOptions {
         strategy: a.strategy.unwrap_or(base.strategy),
         beam: a.beam,
@@ -320,16 +322,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 guidance: a.guidance,
                 eta: a.eta,
             };
-            let paths = t2i::draw(
-                &a.run,
-                &texts,
-                a.n,
-                cli.seed.unwrap_or(0) as i64,
-                &a.out,
-                a.grid,
-                &sampling,
-                device,
-            )?;
+            let seed = cli.seed.unwrap_or(0) as i64;
+            let paths = match (&a.run, &a.model) {
+                (Some(run), _) => {
+                    t2i::draw(run, &texts, a.n, seed, &a.out, a.grid, &sampling, device)?
+                }
+                (None, Some(dir)) => crate::export::commands::draw(
+                    dir, &texts, a.n, seed, &a.out, a.grid, &sampling, device,
+                )?,
+                (None, None) => bail!("give --run RUN or --model EXPORTED"),
+            };
             println!("wrote {} images to {}", paths.len(), a.out.display());
         }
         Command::Bench(BenchCommand::Loader {
@@ -353,6 +355,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 b.batches_per_sec,
                 b.batches_per_sec * b.batch_size as f64
             );
+        }
+        Command::Cycle(a) if !a.images.is_empty() => {
+            crate::export::commands::cycle_images(a, cli.seed.unwrap_or(0) as i64, device)?
         }
         Command::Cycle(a) => {
             let args = cycle::CycleArgs {
@@ -399,27 +404,54 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Caption(CaptionArgs {
             run,
+            model,
             images,
             checkpoint,
             decode,
         }) => {
-            let lc = captioner::load_run(run, checkpoint, device)?;
-            let opts = decode_options(lc.cfg.eval.decode.clone(), decode);
-            let size = lc.cfg.model.image_size as u32;
-            let mut pixels = vec![];
-            for p in images {
-                pixels.extend(crate::data::images::load_rgb(p, size)?);
-            }
-            let n = images.len() as i64;
-            let s = size as i64;
-            let t = tch::Tensor::from_slice(&pixels)
-                .view([n, s, s, 3])
-                .permute([0, 3, 1, 2]);
-            let caps = captioner::caption_images(&lc.model, &lc.tok, &t, &opts, device, 32);
-            for (p, c) in images.iter().zip(caps) {
+            let (paths, captions) = match (run, model) {
+                (Some(run), _) => {
+                    let lc = captioner::load_run(run, checkpoint, device)?;
+                    let opts = decode_options(lc.cfg.eval.decode.clone(), decode);
+                    let t = load_batch(images, lc.cfg.model.image_size as u32)?;
+                    let caps = captioner::caption_images(&lc.model, &lc.tok, &t, &opts, device, 32);
+                    (images, caps)
+                }
+                (None, Some(dir)) => {
+                    let m = ExportedCaptioner::load(dir, device)?;
+                    let opts = decode_options(m.decode.clone(), decode);
+                    let t = load_batch(images, m.manifest.image_size as u32)?;
+                    (images, m.caption(&t, &opts, 32)?)
+                }
+                (None, None) => bail!("give --run RUN or --model EXPORTED"),
+            };
+            for (p, c) in paths.iter().zip(captions) {
                 println!("{}\t{c}", p.display());
             }
         }
+        Command::Export(a) => {
+            let kind = crate::export::trace::run_kind(&a.run, a.kind)?;
+            let t0 = std::time::Instant::now();
+            let m = crate::export::trace::export(&a.run, &a.out, kind)?;
+            let bytes: u64 = m
+                .modules
+                .values()
+                .filter_map(|i| std::fs::metadata(a.out.join(&i.file)).ok())
+                .map(|md| md.len())
+                .sum();
+            println!(
+                "exported {} (step {}, {} weights) to {} in {:.1} s: {} modules, {:.2} MB",
+                kind.name(),
+                m.step,
+                if m.ema { "EMA" } else { "raw" },
+                a.out.display(),
+                t0.elapsed().as_secs_f64(),
+                m.modules.len(),
+                bytes as f64 / 1e6
+            );
+        }
+        Command::Embed(a) => crate::export::commands::embed(a, device)?,
+        Command::Retrieve(a) => crate::export::commands::retrieve(a, device)?,
     }
     if cli.config.is_none() && !cli.overrides.is_empty() {
         bail!("--set was given without -c/--config");

@@ -40,18 +40,77 @@ pub enum Command {
     /// Evaluate a trained run on a split and write metrics.json + an HTML page.
     #[command(subcommand)]
     Eval(EvalCommand),
-    /// Describe image files with a trained captioner run.
+    /// Describe image files with a captioner: a run (--run) or an export (--model).
     Caption(CaptionArgs),
-    /// Paint images from text with a trained text → image run.
+    /// Paint images from text with a text → image run (--run) or an export (--model).
     Draw(DrawArgs),
+    /// Trace a trained run into TorchScript files + manifest.json (models/<name>), which
+    /// `caption`, `draw`, `cycle IMAGE…`, `embed`, `retrieve` and Python load.
+    Export(ExportArgs),
+    /// Embeddings of images or texts from an exported contrastive model.
+    Embed(EmbedArgs),
+    /// Rank images for a text (or texts for an image) with an exported contrastive model.
+    Retrieve(RetrieveArgs),
     /// An image and its caption from one seed, with a unified-generator run (seed 001).
     Generate(GenerateArgs),
     /// Measure things: `bench loader` (decode + resize images/s, batches/s from cache).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// image → caption → image on a split, with floor, ceiling and nearest-neighbour
-    /// baselines; writes reports/<name>/index.html and metrics.json.
+    /// baselines; writes reports/<name>/index.html and metrics.json. With IMAGE files:
+    /// the cycle of those images through exported models (--captioner, --generator).
     Cycle(CycleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Run folder, runs/<kind>/<name> (its best checkpoint, EMA weights when kept).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output folder, e.g. models/captioner (replaced when it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model kind, when the run folder is not under runs/<kind>/.
+    #[arg(long, value_enum)]
+    pub kind: Option<crate::export::manifest::ModelKind>,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Exported contrastive model folder.
+    #[arg(long, default_value = "models/clip")]
+    pub model: PathBuf,
+    /// Image files to embed.
+    #[arg(long, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// A CSV file with a `caption` column: texts to embed.
+    #[arg(long)]
+    pub captions: Option<PathBuf>,
+    /// Output folder: embeddings.npy (N, E), unit norm, and names.txt (one per row).
+    #[arg(long, default_value = "out/embeddings")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RetrieveArgs {
+    /// Exported contrastive model folder.
+    #[arg(long, default_value = "models/clip")]
+    pub model: PathBuf,
+    /// A text query: ranks --images.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// An image query: ranks the texts of --captions.
+    #[arg(long)]
+    pub query_image: Option<PathBuf>,
+    /// Image files to rank.
+    #[arg(long, num_args = 1..)]
+    pub images: Vec<PathBuf>,
+    /// A CSV file with a `caption` column: texts to rank.
+    #[arg(long)]
+    pub captions: Option<PathBuf>,
+    /// How many results to print.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
 }
 
 #[derive(Args, Debug)]
@@ -69,10 +128,13 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug)]
 pub struct CycleArgs {
-    /// Captioner run folder.
+    /// Image files to send round the cycle through exported models (then --captioner
+    /// and --generator are export folders, e.g. models/captioner and models/t2i).
+    pub images: Vec<PathBuf>,
+    /// Captioner run folder (or export folder with IMAGE files).
     #[arg(long, default_value = "runs/captioner/demo")]
     pub captioner: PathBuf,
-    /// Text → image run folder.
+    /// Text → image run folder (or export folder with IMAGE files).
     #[arg(long, default_value = "runs/t2i/demo")]
     pub generator: PathBuf,
     /// Contrastive evaluator run folder.
@@ -90,9 +152,11 @@ pub struct CycleArgs {
     /// Use only the first N images of the split.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Report folder.
+    /// Report folder (with IMAGE files: where captions and reconstructions go).
     #[arg(long, default_value = "reports/demo")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,8 +194,11 @@ pub enum BenchCommand {
 #[derive(Args, Debug)]
 pub struct DrawArgs {
     /// Text → image run folder.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub run: Option<PathBuf>,
+    /// Exported text → image model folder (from `ekphrasis export`).
     #[arg(long)]
-    pub run: PathBuf,
+    pub model: Option<PathBuf>,
     /// The paragraph to draw (or use --captions).
     pub text: Option<String>,
     /// A CSV file with a `caption` column: one row per text (seed 004's test captions).
@@ -403,8 +470,11 @@ pub enum EvalCommand {
 #[derive(Args, Debug)]
 pub struct CaptionArgs {
     /// Captioner run folder.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub run: Option<PathBuf>,
+    /// Exported captioner folder (from `ekphrasis export`).
     #[arg(long)]
-    pub run: PathBuf,
+    pub model: Option<PathBuf>,
     /// Image files to describe.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,

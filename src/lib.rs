@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod export;
 pub mod models;
 pub mod nn;
 pub mod report;

@@ -58,3 +58,16 @@ pub fn to_square_rgb(img: image::DynamicImage, size: u32) -> Vec<u8> {
     }
     out
 }
+
+/// Decodes image files into one uint8 batch `(N, 3, size, size)`.
+pub fn load_batch(paths: &[std::path::PathBuf], size: u32) -> Result<tch::Tensor> {
+    let mut pixels = Vec::with_capacity(paths.len() * (size * size * 3) as usize);
+    for p in paths {
+        pixels.extend(load_rgb(p, size)?);
+    }
+    let s = size as i64;
+    Ok(tch::Tensor::from_slice(&pixels)
+        .view([paths.len() as i64, s, s, 3])
+        .permute([0, 3, 1, 2])
+        .contiguous())
+}

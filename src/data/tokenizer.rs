@@ -46,6 +46,8 @@ pub struct TextTokenizer {
     pub eos: i64,
     /// SHA-256 of `tokenizer.json`: models trained with different files cannot be joined.
     pub hash: String,
+    /// The file it was read from (the export copies it beside the model).
+    pub source: std::path::PathBuf,
 }
 
 fn find_token(t: &tokenizers::Tokenizer, names: &[&str]) -> Option<i64> {
@@ -91,6 +93,7 @@ impl TextTokenizer {
             bos,
             eos,
             hash: sha256_file(path)?,
+            source: path.to_path_buf(),
         })
     }
 

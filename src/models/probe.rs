@@ -215,6 +215,13 @@ impl Probe {
         Logits { global, cells }
     }
 
+    /// The heads' logits for inference: global `(B, 12)` (sky 4, ground 4, style 4) and
+    /// per cell `(B, 9, 34)` (kind, colour, size, detail); what the export traces.
+    pub fn head_logits(&self, images: &Tensor) -> (Tensor, Tensor) {
+        let l = self.logits(images, false);
+        (l.global, l.cells)
+    }
+
     /// Cross-entropy of every head that applies; `targets` `(B, 39)` from [`cell_targets`].
     pub fn loss(&self, images: &Tensor, targets: &Tensor, train: bool) -> Tensor {
         let l = self.logits(images, train);

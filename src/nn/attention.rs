@@ -11,10 +11,13 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Keeps the rows `index` (beam search reorders hypotheses every step).
-    pub fn select(&mut self, index: &Tensor) {
-        self.k = self.k.as_ref().map(|k| k.index_select(0, index));
-        self.v = self.v.as_ref().map(|v| v.index_select(0, index));
+    /// A cache of the rows `index`, in that order (beam search reorders hypotheses
+    /// every step).
+    pub fn selected(&self, index: &Tensor) -> KvCache {
+        KvCache {
+            k: self.k.as_ref().map(|k| k.index_select(0, index)),
+            v: self.v.as_ref().map(|v| v.index_select(0, index)),
+        }
     }
 }
 
@@ -45,9 +48,57 @@ impl Attention {
         }
     }
 
+    /// `(B, T, C)` → `(B, H, T, Dh)`. Only the channel split is a constant, so a traced
+    /// module (TorchScript export) keeps batch and length free.
     fn split(&self, x: &Tensor) -> Tensor {
-        let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
-        x.view([b, t, self.heads, c / self.heads]).transpose(1, 2) // (B, H, T, Dh)
+        let c = x.size()[2];
+        x.unflatten(2, [self.heads, c / self.heads]).transpose(1, 2)
+    }
+
+    /// The keys and values of a context `(B, S, Ckv)`, `(B, H, S, Dh)` each.
+    pub fn context_kv(&self, ctx: &Tensor) -> (Tensor, Tensor) {
+        (
+            self.split(&ctx.apply(&self.k)),
+            self.split(&ctx.apply(&self.v)),
+        )
+    }
+
+    /// Attention of `x` `(B, T, C)` to keys and values computed already (`mask`, when
+    /// given, broadcasts to `(B, H, T, S)`; true = attend).
+    pub fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let q = self.split(&x.apply(&self.q));
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            k,
+            v,
+            mask.map(|m| m.shallow_clone()),
+            0.0,
+            false,
+            None,
+            false,
+        );
+        y.transpose(1, 2).flatten(2, 3).apply(&self.o)
+    }
+
+    /// One self-attention decoding step over a cache of fixed length M, all in tensors
+    /// (what the TorchScript export traces): `x` `(B, 1, C)` at position `pos` (one
+    /// int64), caches `(B, H, M, Dh)` into which this step's keys and values are written
+    /// at `pos`, in place (a traced module returns one tensor, so the cache is updated
+    /// where it lies); `key_positions` is `arange(M)`.
+    pub fn step_fixed_cache(
+        &self,
+        x: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        pos: &Tensor,
+        key_positions: &Tensor,
+    ) -> Tensor {
+        let (mut k, mut v) = (k_cache.shallow_clone(), v_cache.shallow_clone());
+        let _ = k.index_copy_(2, pos, &self.split(&x.apply(&self.k)));
+        let _ = v.index_copy_(2, pos, &self.split(&x.apply(&self.v)));
+        // Slots after `pos` hold zeros (or stale rows): hidden.
+        let mask = key_positions.le_tensor(pos).view([1, 1, 1, -1]);
+        self.attend(x, &k, &v, Some(&mask))
     }
 
     /// Self-attention when `context` is None, else cross-attention to `context`
@@ -74,7 +125,7 @@ impl Attention {
         key_mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
+        let t = x.size()[1];
         let q = self.split(&x.apply(&self.q));
         let (k, v, had_past) = match (context, cache) {
             (None, None) => (
@@ -122,7 +173,7 @@ impl Attention {
             None
         };
         if let Some(km) = key_mask {
-            let km = km.view([b, 1, 1, -1]); // (B, 1, 1, S): broadcast over heads and queries
+            let km = km.unsqueeze(1).unsqueeze(1); // (B, 1, 1, S): broadcast over heads and queries
             mask = Some(match mask {
                 Some(m) => m.logical_and(&km),
                 None => km,
@@ -130,9 +181,6 @@ impl Attention {
         }
         let p = if train { self.dropout } else { 0.0 };
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, is_causal, None, false);
-        y.transpose(1, 2)
-            .contiguous()
-            .view([b, t, c])
-            .apply(&self.o) // (B, T, C)
+        y.transpose(1, 2).flatten(2, 3).apply(&self.o) // (B, T, C)
     }
 }

@@ -91,6 +91,36 @@ impl DecoderLayer {
         }
     }
 
+    /// The cross-attention's keys and values of a context, computed once per image.
+    pub fn context_kv(&self, ctx: &Tensor) -> (Tensor, Tensor) {
+        self.cross_attn.context_kv(ctx)
+    }
+
+    /// One decoding step with explicit fixed-length caches (see
+    /// [`Attention::step_fixed_cache`]; the self-attention caches are updated in place).
+    pub fn step_fixed_cache(
+        &self,
+        x: &Tensor,
+        self_kv: (&Tensor, &Tensor),
+        cross_kv: (&Tensor, &Tensor),
+        pos: &Tensor,
+        key_positions: &Tensor,
+    ) -> Tensor {
+        let h = self.self_attn.step_fixed_cache(
+            &self.ln1.forward(x),
+            self_kv.0,
+            self_kv.1,
+            pos,
+            key_positions,
+        );
+        let x = x + h;
+        let x = &x
+            + self
+                .cross_attn
+                .attend(&self.ln2.forward(&x), cross_kv.0, cross_kv.1, None);
+        &x + self.mlp.forward(&self.ln3.forward(&x), false)
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,

@@ -13,8 +13,8 @@ use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
 };
 use crate::models::probe::attribute_accuracy;
-use crate::models::t2i::diffusion::Sampler;
-use crate::models::t2i::{T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
+use crate::models::t2i::diffusion::{DiffusionConfig, Sampler};
+use crate::models::t2i::{Condition, T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
 use crate::train::runner::{
     self, BestMetric, Group, RunOptions, RunSummary, TrainConfig, Trainable,
 };
@@ -60,6 +60,29 @@ pub fn build(
     Ok((vs, m))
 }
 
+/// What drawing needs from a text → image model. The trainer's model and the exported
+/// TorchScript one both implement it, so they draw through the same code.
+pub trait Painter {
+    /// The condition of caption token rows (`pad` is the tokenizer's padding id).
+    fn condition_of(&self, tokens: &Tensor, pad: i64) -> Result<Condition>;
+    /// The starting noise of `n` samples.
+    fn noise_of(&self, n: i64, device: Device) -> Tensor;
+    /// Images in [-1, 1], one per row of `cond`, from the noise `z`.
+    fn paint(&self, cond: &Condition, z: &Tensor) -> Result<Tensor>;
+}
+
+impl Painter for TextToImage {
+    fn condition_of(&self, tokens: &Tensor, pad: i64) -> Result<Condition> {
+        Ok(self.condition(tokens, pad, false))
+    }
+    fn noise_of(&self, n: i64, device: Device) -> Tensor {
+        self.noise(n, device)
+    }
+    fn paint(&self, cond: &Condition, z: &Tensor) -> Result<Tensor> {
+        Ok(self.sample(cond, z))
+    }
+}
+
 /// Draws one image per caption row of `tokens` (uint8 out), with noise seeded by `seed`.
 pub fn draw_tokens(
     model: &TextToImage,
@@ -69,6 +92,20 @@ pub fn draw_tokens(
     seed: i64,
     device: Device,
 ) -> Tensor {
+    paint_tokens(model, tokens, pad, per_caption, seed, device)
+        .expect("the trainer's generator returns no errors while drawing")
+}
+
+/// [`draw_tokens`] for any [`Painter`]: `per_caption` images per caption row, in
+/// batches of 64 captions, noise seeded by `seed`.
+pub fn paint_tokens(
+    model: &impl Painter,
+    tokens: &Tensor,
+    pad: i64,
+    per_caption: i64,
+    seed: i64,
+    device: Device,
+) -> Result<Tensor> {
     tch::no_grad(|| {
         let n = tokens.size()[0];
         let mut out = vec![];
@@ -77,13 +114,13 @@ pub fn draw_tokens(
         while s < n {
             let len = 64.min(n - s);
             let cond = model
-                .condition(&tokens.narrow(0, s, len).to_device(device), pad, false)
+                .condition_of(&tokens.narrow(0, s, len).to_device(device), pad)?
                 .repeat(per_caption);
-            let z = model.noise(len * per_caption, device);
-            out.push(to_u8(&model.sample(&cond, &z)));
+            let z = model.noise_of(len * per_caption, device);
+            out.push(to_u8(&model.paint(&cond, &z)?));
             s += len;
         }
-        Tensor::cat(&out, 0)
+        Ok(Tensor::cat(&out, 0))
     })
 }
 
@@ -441,12 +478,13 @@ pub struct SamplingOverrides {
 }
 
 impl SamplingOverrides {
-    fn apply(&self, model: &mut TextToImage) -> Result<()> {
+    /// Applies the overrides to a diffusion model's settings (`None`: not diffusion).
+    pub fn apply(&self, settings: Option<&mut DiffusionConfig>) -> Result<()> {
         let given = self.sampler.is_some()
             || self.sample_steps.is_some()
             || self.guidance.is_some()
             || self.eta.is_some();
-        let Some(d) = model.diffusion_mut() else {
+        let Some(d) = settings else {
             if given {
                 bail!("--sampler/--sample-steps/--guidance/--eta apply to diffusion runs only");
             }
@@ -484,11 +522,17 @@ pub fn draw(
     device: Device,
 ) -> Result<Vec<PathBuf>> {
     let mut lt = load_run(run_dir, device)?;
-    sampling.apply(&mut lt.model)?;
+    sampling.apply(lt.model.diffusion_mut())?;
     let tokens = tokens_for(&lt.tok, texts, lt.cfg.model.text.max_len as usize)?;
     let images = draw_tokens(&lt.model, &tokens, lt.tok.pad, n, seed, device);
+    write_drawings(&images, n, out, grid)
+}
+
+/// Writes uint8 images `(T·n, 3, S, S)`, n per text, as `caption<T>_noise<i>.png`, and
+/// `grid.png` (texts × noises) with `grid`.
+pub fn write_drawings(images: &Tensor, n: i64, out: &Path, grid: bool) -> Result<Vec<PathBuf>> {
     let mut paths = vec![];
-    let s = lt.cfg.model.image_size as u32;
+    let s = images.size()[2] as u32;
     for i in 0..images.size()[0] {
         let rgb: Vec<u8> = Vec::try_from(images.get(i).permute([1, 2, 0]).contiguous().view([-1]))
             .expect("a tensor of the kind we made");
@@ -497,7 +541,7 @@ pub fn draw(
         paths.push(p);
     }
     if grid {
-        let (rgb, h, w) = crate::report::grid::grid_rgb(&images, n);
+        let (rgb, h, w) = crate::report::grid::grid_rgb(images, n);
         let p = out.join("grid.png");
         crate::util::fsio::atomic_write(&p, &crate::report::grid::png(&rgb, w, h)?)?;
         paths.push(p);

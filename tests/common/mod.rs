@@ -105,3 +105,36 @@ pub fn python() -> Option<PathBuf> {
     let p = PathBuf::from(std::env::var_os("EKPHRASIS_PYTHON")?);
     p.exists().then_some(p)
 }
+
+/// Writes `text` to `dir/name`; returns the path as a string.
+pub fn write(dir: &Path, name: &str, text: String) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// A tiny contrastive-model config.
+pub fn clip_cfg(dir: &Path, data: &Path) -> String {
+    write(dir, "clip.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  feature_dim: 32\n  embed_dim: 16\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\n",
+        data.display()
+    ))
+}
+
+/// A tiny probe config.
+pub fn probe_cfg(dir: &Path, data: &Path) -> String {
+    write(dir, "probe.yaml", format!(
+        "data: {}\nseed: 0\nmodel: {{image_size: 32, channels: [8, 16], hidden: 16}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: attr_accuracy, higher_is_better: true}}\n",
+        data.display()
+    ))
+}
+
+/// A tiny VAE text → image config graded by `dir/clip_run` and `dir/probe_run`.
+pub fn t2i_cfg(dir: &Path, data: &Path) -> String {
+    let clip = dir.join("clip_run");
+    let probe = dir.join("probe_run");
+    write(dir, "t2i.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  kind: vae\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}}\n  encoder_channels: [8, 16]\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+        data.display(), clip.display(), probe.display()
+    ))
+}

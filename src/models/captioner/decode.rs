@@ -125,6 +125,238 @@ fn sample_top_p(logits: &Tensor, temperature: f64, top_p: f64) -> Tensor {
     idx.gather(-1, &choice, false).squeeze_dim(-1)
 }
 
+/// What the decoding strategies need from a model: next-token logits per row, with the
+/// model's own cache. The captioner in the trainer and the exported TorchScript
+/// captioner both implement it, so every strategy is written once.
+pub trait NextToken {
+    /// Whatever the model keeps between steps (context, caches).
+    type State;
+    /// `(B, V)` logits after `last` `(B, 1)`, the tokens at position `t`; `hist` holds
+    /// every row's tokens so far (start token first) for models that recompute.
+    fn next_logits(
+        &self,
+        state: &mut Self::State,
+        last: &Tensor,
+        t: i64,
+        hist: &[Vec<i64>],
+    ) -> anyhow::Result<Tensor>;
+    /// The state of rows `index` (int64 on the state's device), in that order.
+    fn select_rows(&self, state: &Self::State, index: &Tensor) -> anyhow::Result<Self::State>;
+    /// The longest paragraph the model writes, start and end tokens included.
+    fn max_len(&self) -> usize;
+}
+
+/// Decodes `rows` rows from `state` (the model's state for those rows); returns token
+/// ids per row (start token first, end token last when one was produced).
+#[allow(clippy::too_many_arguments)] // the decoding call's parts, each distinct
+pub fn decode<M: NextToken>(
+    model: &M,
+    state: M::State,
+    rows: i64,
+    device: tch::Device,
+    opts: &DecodeOptions,
+    bos: i64,
+    eos: i64,
+    pad: i64,
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    tch::no_grad(|| match opts.strategy {
+        Strategy::Beam => (0..rows)
+            .map(|i| {
+                let k = opts.beam.max(1) as i64;
+                let index = Tensor::full([k], i, (Kind::Int64, device));
+                let beams = model.select_rows(&state, &index)?;
+                beam_search(model, beams, device, opts, bos, eos)
+            })
+            .collect(),
+        _ => batched(model, state, rows, device, opts, bos, eos, pad),
+    })
+}
+
+fn max_steps(max_len: usize, opts: &DecodeOptions) -> usize {
+    opts.max_tokens.min(max_len).max(2) - 1
+}
+
+#[allow(clippy::too_many_arguments)] // the decoding call's parts, each distinct
+fn batched<M: NextToken>(
+    model: &M,
+    mut state: M::State,
+    b: i64,
+    dev: tch::Device,
+    opts: &DecodeOptions,
+    bos: i64,
+    eos: i64,
+    pad: i64,
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    let mut hist: Vec<Vec<i64>> = vec![vec![bos]; b as usize];
+    let mut done = vec![false; b as usize];
+    let mut input = Tensor::full([b, 1], bos, (Kind::Int64, dev));
+    for t in 0..max_steps(model.max_len(), opts) {
+        let mut last = model.next_logits(&mut state, &input, t as i64, &hist)?;
+        penalise(&mut last, &hist, opts);
+        let next = match opts.strategy {
+            Strategy::Sample => sample_top_p(&last, opts.temperature, opts.top_p),
+            _ => last.argmax(-1, false),
+        };
+        let next: Vec<i64> = Vec::try_from(next.to_device(tch::Device::Cpu)).expect("int64 tokens");
+        for (r, &tok) in next.iter().enumerate() {
+            let tok = if done[r] { pad } else { tok };
+            hist[r].push(tok);
+            done[r] |= tok == eos;
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let fed: Vec<i64> = hist
+            .iter()
+            .map(|h| *h.last().expect("histories start with the start token"))
+            .collect();
+        input = Tensor::from_slice(&fed).view([b, 1]).to_device(dev);
+    }
+    Ok(hist
+        .into_iter()
+        .map(|mut h| {
+            if let Some(p) = h.iter().position(|&t| t == eos) {
+                h.truncate(p + 1);
+            }
+            h
+        })
+        .collect())
+}
+
+/// Beam search for one image; `state` holds its `beam` hypotheses as rows.
+fn beam_search<M: NextToken>(
+    model: &M,
+    mut state: M::State,
+    dev: tch::Device,
+    opts: &DecodeOptions,
+    bos: i64,
+    eos: i64,
+) -> anyhow::Result<Vec<i64>> {
+    let k = opts.beam.max(1) as i64;
+    let mut beams: Vec<(Vec<i64>, f64)> = (0..k)
+        .map(|i| (vec![bos], if i == 0 { 0.0 } else { f64::NEG_INFINITY }))
+        .collect();
+    let mut finished: Vec<(Vec<i64>, f64)> = vec![];
+    let norm = |len: usize| (len as f64).powf(opts.length_penalty);
+    for t in 0..max_steps(model.max_len(), opts) {
+        let n = beams.len() as i64;
+        let last: Vec<i64> = beams
+            .iter()
+            .map(|b| *b.0.last().expect("beams start with the start token"))
+            .collect();
+        let input = Tensor::from_slice(&last).view([n, 1]).to_device(dev);
+        let hist: Vec<Vec<i64>> = beams.iter().map(|b| b.0.clone()).collect();
+        let mut last = model.next_logits(&mut state, &input, t as i64, &hist)?;
+        penalise(&mut last, &hist, opts);
+        let logp = last
+            .log_softmax(-1, Kind::Float)
+            .to_device(tch::Device::Cpu);
+        let scores =
+            Tensor::from_slice(&beams.iter().map(|b| b.1 as f32).collect::<Vec<_>>()).view([n, 1]);
+        let total = (logp + scores).view([-1]);
+        let v = last.size()[1];
+        let (top, idx) = total.topk((2 * k).min(total.size()[0]), 0, true, true);
+        let top: Vec<f32> = Vec::try_from(top).expect("a tensor of the kind we made");
+        let idx: Vec<i64> = Vec::try_from(idx).expect("a tensor of the kind we made");
+        let mut next: Vec<(Vec<i64>, f64)> = vec![];
+        let mut source: Vec<i64> = vec![];
+        for (&score, &flat) in top.iter().zip(&idx) {
+            if !score.is_finite() {
+                continue;
+            }
+            let (from, tok) = (flat / v, flat % v);
+            let mut seq = beams[from as usize].0.clone();
+            seq.push(tok);
+            if tok == eos {
+                finished.push((seq.clone(), score as f64 / norm(seq.len() - 1)));
+            } else {
+                next.push((seq, score as f64));
+                source.push(from);
+            }
+            if next.len() as i64 == k {
+                break;
+            }
+        }
+        let best_alive = next
+            .first()
+            .map(|b| b.1 / norm(b.0.len() - 1))
+            .unwrap_or(f64::NEG_INFINITY);
+        let best_done = finished
+            .iter()
+            .map(|f| f.1)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if next.is_empty() || (finished.len() as i64 >= k && best_done >= best_alive) {
+            beams = next;
+            break;
+        }
+        state = model.select_rows(&state, &Tensor::from_slice(&source).to_device(dev))?;
+        beams = next;
+    }
+    Ok(finished
+        .into_iter()
+        .chain(beams.into_iter().map(|(s, sc)| {
+            let l = s.len() - 1;
+            (s, sc / norm(l))
+        }))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|b| b.0)
+        .unwrap_or_else(|| vec![bos]))
+}
+
+/// The trainer's captioner between steps: the context it attends to, and per layer the
+/// KV cache (empty when decoding recomputes every prefix).
+pub struct CaptionerState {
+    ctx: Tensor,
+    caches: Vec<LayerCache>,
+    kv_cache: bool,
+}
+
+impl NextToken for Captioner {
+    type State = CaptionerState;
+
+    fn next_logits(
+        &self,
+        state: &mut CaptionerState,
+        last: &Tensor,
+        t: i64,
+        hist: &[Vec<i64>],
+    ) -> anyhow::Result<Tensor> {
+        let logits = if state.kv_cache {
+            self.logits(&state.ctx, last, t, Some(&mut state.caches), false)
+        } else {
+            let all: Vec<i64> = hist.concat();
+            let prefix = Tensor::from_slice(&all)
+                .view([hist.len() as i64, t + 1])
+                .to_device(state.ctx.device());
+            self.logits(&state.ctx, &prefix, 0, None, false)
+        };
+        Ok(logits.select(1, -1))
+    }
+
+    fn select_rows(
+        &self,
+        state: &CaptionerState,
+        index: &Tensor,
+    ) -> anyhow::Result<CaptionerState> {
+        Ok(CaptionerState {
+            ctx: state.ctx.index_select(0, index),
+            caches: state
+                .caches
+                .iter()
+                .map(|c| LayerCache {
+                    self_attn: c.self_attn.selected(index),
+                    cross_attn: c.cross_attn.selected(index),
+                })
+                .collect(),
+            kv_cache: state.kv_cache,
+        })
+    }
+
+    fn max_len(&self) -> usize {
+        self.cfg.max_len as usize
+    }
+}
+
 impl Captioner {
     /// Decodes a batch of images in [-1, 1]; returns token ids per image (start token
     /// first, end token last when one was produced).
@@ -150,183 +382,24 @@ impl Captioner {
         eos: i64,
         pad: i64,
     ) -> Vec<Vec<i64>> {
-        tch::no_grad(|| match opts.strategy {
-            Strategy::Beam => (0..ctx.size()[0])
-                .map(|i| self.beam_search(&ctx.narrow(0, i, 1), opts, bos, eos))
+        let state = CaptionerState {
+            ctx: ctx.shallow_clone(),
+            caches: (0..self.cfg.layers)
+                .map(|_| LayerCache::default())
                 .collect(),
-            _ => self.batched(ctx, opts, bos, eos, pad),
-        })
-    }
-
-    fn max_steps(&self, opts: &DecodeOptions) -> usize {
-        opts.max_tokens.min(self.cfg.max_len as usize).max(2) - 1
-    }
-
-    fn batched(
-        &self,
-        ctx: &Tensor,
-        opts: &DecodeOptions,
-        bos: i64,
-        eos: i64,
-        pad: i64,
-    ) -> Vec<Vec<i64>> {
-        let b = ctx.size()[0];
-        let dev = ctx.device();
-        let mut caches: Vec<LayerCache> = (0..self.cfg.layers)
-            .map(|_| LayerCache::default())
-            .collect();
-        let mut hist: Vec<Vec<i64>> = vec![vec![bos]; b as usize];
-        let mut done = vec![false; b as usize];
-        let mut input = Tensor::full([b, 1], bos, (Kind::Int64, dev));
-        for t in 0..self.max_steps(opts) {
-            let logits = if opts.kv_cache {
-                self.logits(ctx, &input, t as i64, Some(&mut caches), false)
-            } else {
-                let all: Vec<i64> = hist.concat();
-                let prefix = Tensor::from_slice(&all)
-                    .view([b, t as i64 + 1])
-                    .to_device(dev);
-                self.logits(ctx, &prefix, 0, None, false)
-            };
-            let mut last = logits.select(1, -1); // (B, V)
-            penalise(&mut last, &hist, opts);
-            let next = match opts.strategy {
-                Strategy::Sample => sample_top_p(&last, opts.temperature, opts.top_p),
-                _ => last.argmax(-1, false),
-            };
-            let next: Vec<i64> =
-                Vec::try_from(next.to_device(tch::Device::Cpu)).expect("int64 tokens");
-            for (r, &tok) in next.iter().enumerate() {
-                let tok = if done[r] { pad } else { tok };
-                hist[r].push(tok);
-                done[r] |= tok == eos;
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            let fed: Vec<i64> = hist
-                .iter()
-                .map(|h| *h.last().expect("histories start with the start token"))
-                .collect();
-            input = Tensor::from_slice(&fed).view([b, 1]).to_device(dev);
-        }
-        hist.into_iter()
-            .map(|mut h| {
-                if let Some(p) = h.iter().position(|&t| t == eos) {
-                    h.truncate(p + 1);
-                }
-                h
-            })
-            .collect()
-    }
-
-    /// Beam search for one context `(1, G, D)`; hypotheses are the batch dimension.
-    fn beam_search(&self, ctx: &Tensor, opts: &DecodeOptions, bos: i64, eos: i64) -> Vec<i64> {
-        let k = opts.beam.max(1) as i64;
-        let dev = ctx.device();
-        let ctx = ctx.expand([k, -1, -1], false).contiguous();
-        let mut caches: Vec<LayerCache> = (0..self.cfg.layers)
-            .map(|_| LayerCache::default())
-            .collect();
-        let mut beams: Vec<(Vec<i64>, f64)> = (0..k)
-            .map(|i| (vec![bos], if i == 0 { 0.0 } else { f64::NEG_INFINITY }))
-            .collect();
-        let mut finished: Vec<(Vec<i64>, f64)> = vec![];
-        let norm = |len: usize| (len as f64).powf(opts.length_penalty);
-        for t in 0..self.max_steps(opts) {
-            let n = beams.len() as i64;
-            let logits = if opts.kv_cache {
-                let last: Vec<i64> = beams
-                    .iter()
-                    .map(|b| *b.0.last().expect("beams start with the start token"))
-                    .collect();
-                let input = Tensor::from_slice(&last).view([n, 1]).to_device(dev);
-                self.logits(
-                    &ctx.narrow(0, 0, n),
-                    &input,
-                    t as i64,
-                    Some(&mut caches),
-                    false,
-                )
-            } else {
-                let all: Vec<i64> = beams.iter().flat_map(|b| b.0.clone()).collect();
-                let prefix = Tensor::from_slice(&all)
-                    .view([n, t as i64 + 1])
-                    .to_device(dev);
-                self.logits(&ctx.narrow(0, 0, n), &prefix, 0, None, false)
-            };
-            let mut last = logits.select(1, -1);
-            let hist: Vec<Vec<i64>> = beams.iter().map(|b| b.0.clone()).collect();
-            penalise(&mut last, &hist, opts);
-            let logp = last
-                .log_softmax(-1, Kind::Float)
-                .to_device(tch::Device::Cpu);
-            let scores = Tensor::from_slice(&beams.iter().map(|b| b.1 as f32).collect::<Vec<_>>())
-                .view([n, 1]);
-            let total = (logp + scores).view([-1]);
-            let v = last.size()[1];
-            let (top, idx) = total.topk(2 * k, 0, true, true);
-            let top: Vec<f32> = Vec::try_from(top).expect("a tensor of the kind we made");
-            let idx: Vec<i64> = Vec::try_from(idx).expect("a tensor of the kind we made");
-            let mut next: Vec<(Vec<i64>, f64)> = vec![];
-            let mut source: Vec<i64> = vec![];
-            for (&score, &flat) in top.iter().zip(&idx) {
-                if !score.is_finite() {
-                    continue;
-                }
-                let (from, tok) = (flat / v, flat % v);
-                let mut seq = beams[from as usize].0.clone();
-                seq.push(tok);
-                if tok == eos {
-                    finished.push((seq.clone(), score as f64 / norm(seq.len() - 1)));
-                } else {
-                    next.push((seq, score as f64));
-                    source.push(from);
-                }
-                if next.len() as i64 == k {
-                    break;
-                }
-            }
-            let best_alive = next
-                .first()
-                .map(|b| b.1 / norm(b.0.len() - 1))
-                .unwrap_or(f64::NEG_INFINITY);
-            let best_done = finished
-                .iter()
-                .map(|f| f.1)
-                .fold(f64::NEG_INFINITY, f64::max);
-            if next.is_empty() || (finished.len() as i64 >= k && best_done >= best_alive) {
-                beams = next;
-                break;
-            }
-            if opts.kv_cache {
-                let index = Tensor::from_slice(&source).to_device(dev);
-                for c in caches.iter_mut() {
-                    c.self_attn.select(&index);
-                    // The cross-attention keys are identical across hypotheses.
-                    c.cross_attn.k = c
-                        .cross_attn
-                        .k
-                        .as_ref()
-                        .map(|t| t.narrow(0, 0, next.len() as i64));
-                    c.cross_attn.v = c
-                        .cross_attn
-                        .v
-                        .as_ref()
-                        .map(|t| t.narrow(0, 0, next.len() as i64));
-                }
-            }
-            beams = next;
-        }
-        finished
-            .into_iter()
-            .chain(beams.into_iter().map(|(s, sc)| {
-                let l = s.len() - 1;
-                (s, sc / norm(l))
-            }))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|b| b.0)
-            .unwrap_or_else(|| vec![bos])
+            kv_cache: opts.kv_cache,
+        };
+        decode(
+            self,
+            state,
+            ctx.size()[0],
+            ctx.device(),
+            opts,
+            bos,
+            eos,
+            pad,
+        )
+        .expect("the trainer's captioner returns no errors while decoding")
     }
 }
 

@@ -256,6 +256,56 @@ impl Captioner {
         self.ln_f.forward(&x).matmul(&self.tok_emb.ws.tr())
     }
 
+    /// Every decoder layer's cross-attention keys and values for a context, stacked
+    /// `(2, L, B, H, G, Dh)` (keys, then values): computed once per image, read at every
+    /// step.
+    pub fn cross_kv(&self, ctx: &Tensor) -> Tensor {
+        let (k, v): (Vec<Tensor>, Vec<Tensor>) =
+            self.layers.iter().map(|l| l.context_kv(ctx)).unzip();
+        Tensor::stack(&[Tensor::stack(&k, 0), Tensor::stack(&v, 0)], 0)
+    }
+
+    /// One decoding step written only in tensor operations, so that a trace of it is
+    /// the whole decoder (the TorchScript export). `token` `(B, 1)` sits at position
+    /// `pos` (one int64); `self_kv` `(2, L, B, H, M, Dh)` is the self-attention cache of
+    /// fixed length M = max_len, written at `pos` in place; `key_positions` = arange(M);
+    /// `cross_kv` is [`Captioner::cross_kv`]. Returns the next-token logits `(B, V)`.
+    pub fn step_fixed_cache(
+        &self,
+        token: &Tensor,
+        pos: &Tensor,
+        self_kv: &Tensor,
+        cross_kv: &Tensor,
+        key_positions: &Tensor,
+    ) -> Tensor {
+        let mut x = token.apply(&self.tok_emb) + self.pos_emb.index_select(0, pos);
+        let (sk, sv) = (self_kv.get(0), self_kv.get(1));
+        let (ck, cv) = (cross_kv.get(0), cross_kv.get(1));
+        for (i, l) in self.layers.iter().enumerate() {
+            let i = i as i64;
+            x = l.step_fixed_cache(
+                &x,
+                (&sk.get(i), &sv.get(i)),
+                (&ck.get(i), &cv.get(i)),
+                pos,
+                key_positions,
+            );
+        }
+        self.ln_f
+            .forward(&x)
+            .matmul(&self.tok_emb.ws.tr())
+            .select(1, 0)
+    }
+
+    /// The empty self-attention cache of [`Captioner::step_fixed_cache`] for `b` rows.
+    pub fn empty_fixed_cache(&self, b: i64, device: tch::Device) -> Tensor {
+        let c = &self.cfg;
+        Tensor::zeros(
+            [2, c.layers, b, c.heads, c.max_len, c.dim / c.heads],
+            (Kind::Float, device),
+        )
+    }
+
     /// Teacher-forced cross-entropy of `tokens` `(B, L)` given images; padding ignored.
     /// With `sampled_fraction` > 0, that share of the input tokens is replaced by the
     /// model's own predictions (parallel scheduled sampling, Mihaylova & Martins 2019).

@@ -100,7 +100,7 @@ impl UpBlock {
                 .forward(&h1.apply(&self.conv2).apply(&self.norm2), cond)
                 .leaky_relu();
         if let Some((ln, attn)) = &self.attn {
-            let (b, c, hh, ww) = out.size4().expect("images are (N, C, H, W)");
+            let (_, _, hh, ww) = out.size4().expect("images are (N, C, H, W)");
             let seq = out.flatten(2, 3).transpose(1, 2); // (B, H·W, C)
             let a = attn.forward_masked(
                 &ln.forward(&seq),
@@ -110,7 +110,7 @@ impl UpBlock {
                 Some(token_mask),
                 false,
             );
-            out = (seq + a).transpose(1, 2).view([b, c, hh, ww]);
+            out = (seq + a).transpose(1, 2).unflatten(2, [hh, ww]);
         }
         out
     }
@@ -180,18 +180,14 @@ impl Generator {
         tokens: &Tensor,
         token_mask: &Tensor,
     ) -> Tensor {
-        let b = z.size()[0];
+        // unflatten, not view([b, …]): a traced copy keeps the batch size free.
         let mut x = self
             .fc
             .forward(&Tensor::cat(&[z, cond], 1))
-            .view([b, self.c0, 4, 4]);
+            .unflatten(1, [self.c0, 4, 4]);
         for blk in &self.blocks {
             x = blk.forward(&x, cond, tokens, token_mask);
         }
         x.apply(&self.to_rgb).tanh()
-    }
-
-    pub fn noise(&self, n: i64, device: tch::Device) -> Tensor {
-        Tensor::randn([n, self.cfg.z_dim], (Kind::Float, device))
     }
 }

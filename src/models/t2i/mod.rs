@@ -392,18 +392,63 @@ impl TextToImage {
         })
     }
 
-    /// The starting noise of `n` samples: a latent vector (vae, gan; truncated when the
-    /// GAN config asks) or a noise image (diffusion).
+    /// The starting noise of `n` samples: see [`noise`].
     pub fn noise(&self, n: i64, device: Device) -> Tensor {
+        noise(&self.cfg, n, device)
+    }
+
+    /// The diffusion U-Net's conditional output at time steps `t` `(B,)`, a tensor (a
+    /// trace keeps it an input). `None` for the other kinds.
+    pub fn denoise_at(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Option<Tensor> {
+        let Body::Diffusion { unet, .. } = &self.body else {
+            return None;
+        };
+        Some(unet.forward(x, t, &cond.global, &cond.tokens, &cond.mask, false))
+    }
+
+    /// The null condition with the rows of `global` `(B, D)`, in tensor operations only
+    /// (the export traces it). `None` for the other kinds.
+    pub fn null_condition_like(&self, global: &Tensor) -> Option<Condition> {
+        let Body::Diffusion {
+            null_global,
+            null_token,
+            ..
+        } = &self.body
+        else {
+            return None;
+        };
+        let row = global.narrow(1, 0, 1); // (B, 1)
+        Some(Condition {
+            global: null_global.unsqueeze(0).expand_as(global),
+            tokens: null_token.view([1, 1, -1]) + row.unsqueeze(-1).zeros_like(),
+            mask: row.ones_like().to_kind(Kind::Bool),
+        })
+    }
+
+    /// The vae or gan generator's images for noise `z` `(B, z)`; `None` for diffusion.
+    pub fn generate(&self, cond: &Condition, z: &Tensor) -> Option<Tensor> {
         match &self.body {
-            Body::Vae { generator, .. } => generator.noise(n, device),
-            Body::Gan { generator, cfg, .. } => {
-                gan::truncated_noise(n, generator.cfg.z_dim, cfg.truncation, device)
+            Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
+                Some(generator.forward(z, &cond.global, &cond.tokens, &cond.mask))
             }
-            Body::Diffusion { .. } => {
-                let s = self.cfg.image_size;
-                Tensor::randn([n, 3, s, s], (Kind::Float, device))
-            }
+            Body::Diffusion { .. } => None,
+        }
+    }
+}
+
+/// The starting noise of `n` samples of a model with config `cfg`: a latent vector (vae,
+/// gan; truncated when the GAN config asks) or a noise image (diffusion). The exported
+/// models draw theirs here too, so one seed gives the same pictures both ways.
+pub fn noise(cfg: &T2IConfig, n: i64, device: Device) -> Tensor {
+    let z_dim = cfg.generator.as_ref().map_or(0, |g| g.z_dim);
+    match (cfg.kind, &cfg.gan) {
+        (T2IKind::Vae, _) | (T2IKind::Gan, None) => {
+            Tensor::randn([n, z_dim], (Kind::Float, device))
+        }
+        (T2IKind::Gan, Some(g)) => gan::truncated_noise(n, z_dim, g.truncation, device),
+        (T2IKind::Diffusion, _) => {
+            let s = cfg.image_size;
+            Tensor::randn([n, 3, s, s], (Kind::Float, device))
         }
     }
 }

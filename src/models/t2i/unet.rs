@@ -46,11 +46,14 @@ fn conv3(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
     )
 }
 
-/// Sinusoidal embedding of (continuous) time steps `(B,)` → `(B, dim)`.
-pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
+/// The frequencies of a sinusoidal time embedding of width `dim`.
+fn timestep_frequencies(dim: i64, device: tch::Device) -> Tensor {
     let half = dim / 2;
-    let freqs =
-        (Tensor::arange(half, (Kind::Float, t.device())) * (-(10_000f64.ln()) / half as f64)).exp();
+    (Tensor::arange(half, (Kind::Float, device)) * (-(10_000f64.ln()) / half as f64)).exp()
+}
+
+/// Sinusoidal embedding of (continuous) time steps `(B,)` → `(B, 2·len(freqs))`.
+pub fn timestep_embedding(t: &Tensor, freqs: &Tensor) -> Tensor {
     let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
     Tensor::cat(&[args.cos(), args.sin()], 1)
 }
@@ -117,7 +120,7 @@ impl CrossAttention {
     }
 
     fn forward(&self, x: &Tensor, tokens: &Tensor, mask: &Tensor) -> Tensor {
-        let (b, c, h, w) = x.size4().expect("images are (N, C, H, W)");
+        let (_, _, h, w) = x.size4().expect("images are (N, C, H, W)");
         let seq = x.flatten(2, 3).transpose(1, 2);
         let a = self.attn.forward_masked(
             &self.ln.forward(&seq),
@@ -127,7 +130,7 @@ impl CrossAttention {
             Some(mask),
             false,
         );
-        (seq + a).transpose(1, 2).view([b, c, h, w])
+        (seq + a).transpose(1, 2).unflatten(2, [h, w])
     }
 }
 
@@ -157,7 +160,9 @@ impl Level {
 #[derive(Debug)]
 pub struct UNet {
     pub cfg: UNetConfig,
-    time_dim: i64,
+    /// Built once, not per call: a traced copy then holds them as a constant that
+    /// moves with the module to another device.
+    time_freqs: Tensor,
     time_mlp: (nn::Linear, nn::Linear),
     cond_proj: nn::Linear,
     conv_in: nn::Conv2D,
@@ -214,7 +219,7 @@ impl UNet {
         }
         UNet {
             cfg: cfg.clone(),
-            time_dim: c0,
+            time_freqs: timestep_frequencies(c0, p.device()),
             time_mlp: (
                 nn::linear(&p / "time1", c0, emb_dim, Default::default()),
                 nn::linear(&p / "time2", emb_dim, emb_dim, Default::default()),
@@ -253,7 +258,7 @@ impl UNet {
         mask: &Tensor,
         train: bool,
     ) -> Tensor {
-        let temb = timestep_embedding(t, self.time_dim)
+        let temb = timestep_embedding(t, &self.time_freqs)
             .apply(&self.time_mlp.0)
             .silu()
             .apply(&self.time_mlp.1);
