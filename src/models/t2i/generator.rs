@@ -7,7 +7,7 @@
 
 use crate::nn::attention::Attention;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, nn::Module, Tensor};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
