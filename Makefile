@@ -13,7 +13,7 @@ VENV := $(EKPHRASIS_CACHE)/venv
 PYTHON := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
-PY_STAMP := $(VENV)/.tools-2
+PY_STAMP := $(VENV)/.tools-3
 DEVICE ?= auto
 DATA ?= data/synth
 BIN := target/release/ekphrasis
@@ -31,7 +31,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
+        cycle export bench fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -45,11 +45,11 @@ $(TORCH_STAMP):
 	@$(PYTHON) -c 'import torch, pathlib; print(pathlib.Path(torch.__file__).parent)' > $(VENV)/.libtorch-path
 	@touch $@
 
-## Python tools the tests use to check our files independently (tokenizers, tensorboard)
+## Python tools the tests and the benchmark use (tokenizers, tensorboard, numpy, pillow, yaml)
 pytools: $(PY_STAMP)
 $(PY_STAMP): | $(TORCH_STAMP)
 	@echo "==> installing tokenizers and tensorboard into $(VENV)"
-	@$(PYTHON) -m pip install -q --disable-pip-version-check tokenizers tensorboard numpy pillow
+	@$(PYTHON) -m pip install -q --disable-pip-version-check tokenizers tensorboard numpy pillow pyyaml
 	@touch $@
 
 build: $(LIBTORCH_DEP)
@@ -139,9 +139,27 @@ cycle: reports/demo/index.html
 reports/demo/index.html: runs/captioner/demo/done.json runs/t2i/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json
 	$(EK) cycle --captioner runs/captioner/demo --generator runs/t2i/demo --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/demo
 
-## demo: the whole spine on the embedded set, then the report
-demo: build data-synth tokenizer train-captioner train-clip train-probe train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle
-	@echo "==> demo finished: open reports/demo/index.html (make tensorboard to browse runs/)"
+## export: the demo models as TorchScript (models/<name>: *.pt, manifest.json,
+## tokenizer.json) for `caption/draw --model`, `cycle IMAGE…`, `embed`, `retrieve`, Python
+EXPORTS := models/captioner/manifest.json models/t2i/manifest.json models/clip/manifest.json models/probe/manifest.json
+export: $(EXPORTS)
+models/captioner/manifest.json: runs/captioner/demo/done.json
+	$(EK) export --run runs/captioner/demo --out models/captioner
+models/t2i/manifest.json: runs/t2i/demo/done.json
+	$(EK) export --run runs/t2i/demo --out models/t2i
+models/clip/manifest.json: runs/clip/demo/done.json
+	$(EK) export --run runs/clip/demo --out models/clip
+models/probe/manifest.json: runs/probe/demo/done.json
+	$(EK) export --run runs/probe/demo --out models/probe
+
+## bench: ekphrasis vs the PyTorch-in-Python reference (bench/reference.py), side by side:
+## bench/results.json + a table (~5 min; QUICK=1 for a one-minute version)
+bench: build $(PY_STAMP)
+	$(PYTHON) bench/run.py --bin $(BIN) $(if $(QUICK),--quick,)
+
+## demo: the whole spine on the embedded set, then the report and the exported models
+demo: build data-synth tokenizer train-captioner train-clip train-probe train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle export
+	@echo "==> demo finished: open reports/demo/index.html (make tensorboard to browse runs/; exported models in models/)"
 
 tensorboard: $(PY_STAMP)
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

@@ -356,6 +356,54 @@ pub fn run(cli: Cli) -> Result<()> {
                 b.batches_per_sec * b.batch_size as f64
             );
         }
+        Command::Bench(BenchCommand::TrainStep {
+            vocab,
+            seq_len,
+            steps,
+            warmup,
+        }) => {
+            let path = require_config(&cli, "experiments/demo/captioner.yaml")?;
+            let raw: serde_yaml::Value = config::load(&path, &cli.overrides)?;
+            let timing = if raw["model"]["kind"].as_str() == Some("gan") {
+                let c: t2i::T2IStageConfig = config::load(&path, &cli.overrides)?;
+                crate::stages::bench::gan_steps(
+                    &c.model, &c.train, *vocab, *seq_len, *steps, *warmup,
+                )?
+            } else {
+                let c: captioner::CaptionerStageConfig = config::load(&path, &cli.overrides)?;
+                crate::stages::bench::captioner_steps(
+                    &c.model, &c.train, *vocab, *seq_len, *steps, *warmup,
+                )?
+            };
+            println!("{}", serde_json::to_string(&timing)?);
+        }
+        Command::Bench(BenchCommand::Greedy {
+            vocab,
+            batch,
+            tokens,
+            repeats,
+        }) => {
+            let path = require_config(&cli, "experiments/demo/captioner.yaml")?;
+            let c: captioner::CaptionerStageConfig = config::load(&path, &cli.overrides)?;
+            let t =
+                crate::stages::bench::greedy_decoding(&c.model, *vocab, *batch, *tokens, *repeats)?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        Command::Bench(BenchCommand::Exported { models, n }) => {
+            let t = crate::stages::bench::exported_models(models, *n, device)?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        Command::Bench(BenchCommand::Matmul { n, repeats }) => {
+            let g = crate::stages::bench::matmul_gflops(*n, *repeats);
+            println!(
+                "{}",
+                serde_json::json!({"n": n, "gflops": g, "threads": tch::get_num_threads()})
+            );
+        }
+        Command::Bench(BenchCommand::DecodeFiles { dir, size }) => {
+            let t = crate::stages::bench::decode_files(dir, *size)?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
         Command::Cycle(a) if !a.images.is_empty() => {
             crate::export::commands::cycle_images(a, cli.seed.unwrap_or(0) as i64, device)?
         }

@@ -138,29 +138,25 @@ pub fn embed(a: &EmbedArgs, device: Device) -> Result<()> {
 pub fn retrieve(a: &RetrieveArgs, device: Device) -> Result<()> {
     let m = ExportedClip::load(&a.model, device)?;
     let size = m.manifest.image_size as u32;
-    let (query, items, names): (Tensor, Tensor, Vec<String>) = match (
-        &a.query,
-        &a.query_image,
-        a.images.is_empty(),
-        &a.captions,
-    ) {
-        (Some(q), None, false, None) => (
-            m.embed_texts(std::slice::from_ref(q))?,
-            m.embed_images(&load_batch(&a.images, size)?)?,
-            a.images.iter().map(|p| p.display().to_string()).collect(),
-        ),
-        (None, Some(img), true, Some(csv)) => {
-            let texts = crate::data::ingest::read_caption_column(csv)?;
-            (
-                m.embed_images(&load_batch(std::slice::from_ref(img), size)?)?,
-                m.embed_texts(&texts)?,
-                texts,
-            )
-        }
-        _ => bail!(
+    let (query, items, names): (Tensor, Tensor, Vec<String>) =
+        match (&a.query, &a.query_image, a.images.is_empty(), &a.captions) {
+            (Some(q), None, false, None) => (
+                m.embed_texts(std::slice::from_ref(q))?,
+                m.embed_images(&load_batch(&a.images, size)?)?,
+                a.images.iter().map(|p| p.display().to_string()).collect(),
+            ),
+            (None, Some(img), true, Some(csv)) => {
+                let texts = crate::data::ingest::read_caption_column(csv)?;
+                (
+                    m.embed_images(&load_batch(std::slice::from_ref(img), size)?)?,
+                    m.embed_texts(&texts)?,
+                    texts,
+                )
+            }
+            _ => bail!(
             "give --query TEXT with --images FILE…, or --query-image FILE with --captions FILE.csv"
         ),
-    };
+        };
     let scores = items
         .matmul(&query.tr())
         .squeeze_dim(1)

@@ -358,6 +358,17 @@ impl NextToken for Captioner {
 }
 
 impl Captioner {
+    /// The decoding state for a context `(B, G, D)`: empty caches.
+    pub fn start_state(&self, ctx: &Tensor, opts: &DecodeOptions) -> CaptionerState {
+        CaptionerState {
+            ctx: ctx.shallow_clone(),
+            caches: (0..self.cfg.layers)
+                .map(|_| LayerCache::default())
+                .collect(),
+            kv_cache: opts.kv_cache,
+        }
+    }
+
     /// Decodes a batch of images in [-1, 1]; returns token ids per image (start token
     /// first, end token last when one was produced).
     pub fn generate(
@@ -382,13 +393,7 @@ impl Captioner {
         eos: i64,
         pad: i64,
     ) -> Vec<Vec<i64>> {
-        let state = CaptionerState {
-            ctx: ctx.shallow_clone(),
-            caches: (0..self.cfg.layers)
-                .map(|_| LayerCache::default())
-                .collect(),
-            kv_cache: opts.kv_cache,
-        };
+        let state = self.start_state(ctx, opts);
         decode(
             self,
             state,
