@@ -57,7 +57,7 @@ def main():
     a = p.parse_args()
     ek = [a.bin, "--device", "cpu"]
     py = [sys.executable, os.path.join(HERE, "reference.py")]
-    files, steps, gan_steps, repeats = (300, 3, 2, 1) if a.quick else (1000, 10, 4, 3)
+    files, steps, gan_steps, repeats = (300, 3, 2, 1) if a.quick else (1000, 20, 8, 3)
     t_start = time.time()
     rows, raw = [], {}
 
