@@ -81,8 +81,49 @@ impl Phases {
     }
 }
 
-fn random_tokens(b: i64, len: i64, vocab: i64) -> Tensor {
-    Tensor::randint_low(FIRST_TOKEN, vocab, [b, len], (Kind::Int64, Device::Cpu))
+/// Random images in [-1, 1] and `len`-token rows without padding.
+fn random_batch(b: i64, side: i64, len: i64, vocab: i64) -> (Tensor, Tensor) {
+    let images = Tensor::rand([b, 3, side, side], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let tokens = Tensor::randint_low(FIRST_TOKEN, vocab, [b, len], (Kind::Int64, Device::Cpu));
+    (images, tokens)
+}
+
+/// One optimizer group of a training step: its optimizer, learning rate and loss.
+struct Group<'a> {
+    opt: AdamW,
+    lr: f64,
+    loss: Box<dyn Fn() -> Result<Tensor> + 'a>,
+}
+
+/// Runs `warmup + steps` training steps, each stepping `groups` in turn (gradients
+/// zeroed, loss, backward, clip, update), and times the last `steps` by phase.
+fn time_steps(groups: &mut [Group], clip: f64, steps: u64, warmup: u64) -> Result<(Phases, f64)> {
+    let mut ph = Phases {
+        forward: 0.0,
+        backward: 0.0,
+        optimizer: 0.0,
+    };
+    let mut total = 0.0;
+    for i in 0..warmup + steps {
+        for g in groups.iter_mut() {
+            let t0 = Instant::now();
+            g.opt.zero_grad();
+            let loss = (g.loss)()?;
+            let t1 = Instant::now();
+            loss.backward();
+            let t2 = Instant::now();
+            g.opt.clip_grad_norm(clip);
+            g.opt.step(g.lr);
+            let t3 = Instant::now();
+            if i >= warmup {
+                ph.forward += (t1 - t0).as_secs_f64();
+                ph.backward += (t2 - t1).as_secs_f64();
+                ph.optimizer += (t3 - t2).as_secs_f64();
+                total += (t3 - t0).as_secs_f64();
+            }
+        }
+    }
+    Ok((ph, total))
 }
 
 /// Training steps of the captioner of `model` on random images and `seq_len`-token
@@ -99,34 +140,14 @@ pub fn captioner_steps(
     cfg.vocab_size = vocab;
     let vs = nn::VarStore::new(Device::Cpu);
     let m = Captioner::new(&vs.root(), &cfg)?;
-    let mut opt = AdamW::new(&vs, adam(train));
     let b = train.batch_size as i64;
-    let s = cfg.image_size;
-    let images = Tensor::rand([b, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let tokens = random_tokens(b, seq_len, vocab);
-    let mut ph = Phases {
-        forward: 0.0,
-        backward: 0.0,
-        optimizer: 0.0,
-    };
-    let mut total = 0.0;
-    for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        let loss = m.loss(&images, &tokens, 0, 0.0, 0.0, true);
-        let t1 = Instant::now();
-        loss.backward();
-        let t2 = Instant::now();
-        opt.clip_grad_norm(train.grad_clip);
-        opt.step(train.lr);
-        opt.zero_grad();
-        let t3 = Instant::now();
-        if i >= warmup {
-            ph.forward += (t1 - t0).as_secs_f64();
-            ph.backward += (t2 - t1).as_secs_f64();
-            ph.optimizer += (t3 - t2).as_secs_f64();
-            total += (t3 - t0).as_secs_f64();
-        }
-    }
+    let (images, tokens) = random_batch(b, cfg.image_size, seq_len, vocab);
+    let mut groups = [Group {
+        opt: AdamW::new(&vs, adam(train)),
+        lr: train.lr,
+        loss: Box::new(|| Ok(m.loss(&images, &tokens, 0, 0.0, 0.0, true))),
+    }];
+    let (ph, total) = time_steps(&mut groups, train.grad_clip, steps, warmup)?;
     Ok(ph.timing("captioner", &vs, b, steps, total))
 }
 
@@ -148,44 +169,33 @@ pub fn gan_steps(
         bail!("bench gan needs a config with model.kind: gan");
     }
     let lr_d = cfg.gan.as_ref().map_or(1.0, |g| g.lr_d_scale);
-    let mut opt_d = AdamW::for_group(&vs, adam(train), "d", &[DISCRIMINATOR_PREFIX.into()]);
-    let mut opt_g = AdamW::for_group(
-        &vs,
-        adam(train),
-        "g",
-        &["generator.".into(), "text.".into()],
-    );
     let b = train.batch_size as i64;
-    let s = cfg.image_size;
-    let images = Tensor::rand([b, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    let tokens = random_tokens(b, seq_len, vocab);
-    let mut ph = Phases {
-        forward: 0.0,
-        backward: 0.0,
-        optimizer: 0.0,
+    let (images, tokens) = random_batch(b, cfg.image_size, seq_len, vocab);
+    let loss = |group: usize| {
+        let (m, images, tokens) = (&m, &images, &tokens);
+        Box::new(move || {
+            m.gan_losses(group, images, tokens, 0)
+                .context("a GAN has two losses")
+        })
     };
-    let mut total = 0.0;
-    for i in 0..warmup + steps {
-        for (group, opt, scale) in [(0, &mut opt_d, lr_d), (1, &mut opt_g, 1.0)] {
-            let t0 = Instant::now();
-            opt.zero_grad();
-            let loss = m
-                .gan_losses(group, &images, &tokens, 0)
-                .context("a GAN has two losses")?;
-            let t1 = Instant::now();
-            loss.backward();
-            let t2 = Instant::now();
-            opt.clip_grad_norm(train.grad_clip);
-            opt.step(train.lr * scale);
-            let t3 = Instant::now();
-            if i >= warmup {
-                ph.forward += (t1 - t0).as_secs_f64();
-                ph.backward += (t2 - t1).as_secs_f64();
-                ph.optimizer += (t3 - t2).as_secs_f64();
-                total += (t3 - t0).as_secs_f64();
-            }
-        }
-    }
+    let mut groups = [
+        Group {
+            opt: AdamW::for_group(&vs, adam(train), "d", &[DISCRIMINATOR_PREFIX.into()]),
+            lr: train.lr * lr_d,
+            loss: loss(0),
+        },
+        Group {
+            opt: AdamW::for_group(
+                &vs,
+                adam(train),
+                "g",
+                &["generator.".into(), "text.".into()],
+            ),
+            lr: train.lr,
+            loss: loss(1),
+        },
+    ];
+    let (ph, total) = time_steps(&mut groups, train.grad_clip, steps, warmup)?;
     Ok(ph.timing("gan", &vs, b, steps, total))
 }
 
