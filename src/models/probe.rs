@@ -330,28 +330,51 @@ impl Probe {
 /// counts sky, ground, style and the presence of each kind; each truly present object
 /// also counts its colour, size, position and detail.
 pub fn attribute_accuracy(pred: &[Vec<i64>], truth: &[Vec<i64>]) -> f64 {
-    let (mut ok, mut n) = (0usize, 0usize);
+    let counts = slot_counts(pred, truth);
+    let ok: usize = counts.iter().map(|c| c.0).sum();
+    let n: usize = counts.iter().map(|c| c.1).sum();
+    ok as f64 / n.max(1) as f64
+}
+
+/// The slots of [`attribute_accuracy`], in the order [`slot_counts`] counts them.
+pub const SLOTS: [&str; 8] = [
+    "sky", "ground", "style", "presence", "colour", "size", "position", "detail",
+];
+
+/// Accuracy of each slot of [`SLOTS`] (attributes of truly present objects; a missed
+/// object gets none of its attributes), to see where the probe errs.
+pub fn slot_accuracies(pred: &[Vec<i64>], truth: &[Vec<i64>]) -> Vec<(&'static str, f64)> {
+    SLOTS
+        .iter()
+        .zip(slot_counts(pred, truth))
+        .map(|(name, (ok, n))| (*name, ok as f64 / n.max(1) as f64))
+        .collect()
+}
+
+/// (correct, counted) per slot of [`SLOTS`].
+fn slot_counts(pred: &[Vec<i64>], truth: &[Vec<i64>]) -> [(usize, usize); 8] {
+    let mut c = [(0usize, 0usize); 8];
+    let mut count = |slot: usize, right: bool| {
+        c[slot].0 += usize::from(right);
+        c[slot].1 += 1;
+    };
     for (p, t) in pred.iter().zip(truth) {
         for i in 0..3 {
-            ok += usize::from(p[i] == t[i]);
-            n += 1;
+            count(i, p[i] == t[i]);
         }
         for k in 0..KINDS.len() {
             let b = 3 + 5 * k;
-            ok += usize::from(p[b] == t[b]);
-            n += 1;
+            count(3, p[b] == t[b]);
             if t[b] == 1 {
                 for j in 1..5 {
                     if t[b + j] >= 0 {
-                        // A missed object gets none of its attributes.
-                        ok += usize::from(p[b] == 1 && p[b + j] == t[b + j]);
-                        n += 1;
+                        count(3 + j, p[b] == 1 && p[b + j] == t[b + j]);
                     }
                 }
             }
         }
     }
-    ok as f64 / n.max(1) as f64
+    c
 }
 
 #[cfg(test)]

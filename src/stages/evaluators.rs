@@ -422,13 +422,16 @@ pub fn eval_probe(run_dir: &Path, split: Split, device: Device) -> Result<BTreeM
     let data = load_split(&ds, split, lp.cfg.model.image_size as u32, None)?;
     let truth = scene_targets(&ds, &data.ids)?;
     let pred = probe_predict(&lp.model, &data.images, device);
-    let m = BTreeMap::from([
+    let mut m = BTreeMap::from([
         (
             "attr_accuracy".to_string(),
             attribute_accuracy(&pred, &truth),
         ),
         ("images".to_string(), data.ids.len() as f64),
     ]);
+    for (slot, acc) in crate::models::probe::slot_accuracies(&pred, &truth) {
+        m.insert(format!("acc_{slot}"), acc);
+    }
     crate::util::fsio::write_json(
         &run_dir
             .join(format!("eval_{}", split.name()))
