@@ -320,11 +320,13 @@ mod tests {
         for diagonal in [Diagonal::Fixed, Diagonal::Learned] {
             let (_vs, m) = mlp(diagonal);
             let x = Tensor::randn([32, 16], (Kind::Double, Device::Cpu)) * 3.0;
-            let err = (m.inverse(&m.forward(&x)) - &x)
-                .abs()
-                .max()
-                .double_value(&[]);
-            assert!(err < 1e-5, "{diagonal:?}: {err}");
+            let fx = m.forward(&x);
+            // Relative to the largest value the layers produced: some random weights
+            // (parallel tests share the RNG) stretch the space by orders of magnitude
+            // and are ill-conditioned enough to lose 8 digits; a wrong inverse errs by O(1).
+            let scale = 1.0 + fx.abs().max().double_value(&[]);
+            let err = (m.inverse(&fx) - &x).abs().max().double_value(&[]);
+            assert!(err < 1e-6 * scale, "{diagonal:?}: {err} (scale {scale})");
             let y = Tensor::randn([32, 16], (Kind::Double, Device::Cpu));
             let err = (m.forward(&m.inverse(&y)) - &y)
                 .abs()
