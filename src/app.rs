@@ -457,23 +457,22 @@ pub fn run(cli: Cli) -> Result<()> {
             checkpoint,
             decode,
         }) => {
-            let (paths, captions) = match (run, model) {
+            let captions = match (run, model) {
                 (Some(run), _) => {
                     let lc = captioner::load_run(run, checkpoint, device)?;
                     let opts = decode_options(lc.cfg.eval.decode.clone(), decode);
                     let t = load_batch(images, lc.cfg.model.image_size as u32)?;
-                    let caps = captioner::caption_images(&lc.model, &lc.tok, &t, &opts, device, 32);
-                    (images, caps)
+                    captioner::caption_images(&lc.model, &lc.tok, &t, &opts, device, 32)
                 }
                 (None, Some(dir)) => {
                     let m = ExportedCaptioner::load(dir, device)?;
                     let opts = decode_options(m.decode.clone(), decode);
                     let t = load_batch(images, m.manifest.image_size as u32)?;
-                    (images, m.caption(&t, &opts, 32)?)
+                    m.caption(&t, &opts, 32)?
                 }
                 (None, None) => bail!("give --run RUN or --model EXPORTED"),
             };
-            for (p, c) in paths.iter().zip(captions) {
+            for (p, c) in images.iter().zip(captions) {
                 println!("{}\t{c}", p.display());
             }
         }

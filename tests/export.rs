@@ -361,6 +361,23 @@ fn exported_models_match_the_trainer_python_and_commands() {
         ],
         "--kind",
     );
+    // A failed export (a captioner run exported as a contrastive model) leaves nothing.
+    let bad = d.join("models/bad");
+    assert_clean_error(
+        &[
+            "export",
+            "--run",
+            &s(&d.join("cap_run")),
+            "--out",
+            &s(&bad),
+            "--kind",
+            "clip",
+            "--device",
+            "cpu",
+        ],
+        "",
+    );
+    assert!(!bad.exists() && !d.join("models/bad.partial").exists());
     std::fs::remove_file(clip.join("text_encoder.pt")).unwrap();
     assert_clean_error(
         &[

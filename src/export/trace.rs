@@ -52,16 +52,25 @@ pub fn run_kind(run: &Path, given: Option<ModelKind>) -> Result<ModelKind> {
 /// Exports the run's best checkpoint (its EMA weights when it kept them) into `out`.
 pub fn export(run: &Path, out: &Path, kind: ModelKind) -> Result<Manifest> {
     let partial = PathBuf::from(format!("{}.partial", out.display()));
+    let result = export_into(run, &partial, out, kind);
+    if result.is_err() && partial.exists() {
+        // A failed export leaves nothing behind; `out` was not touched.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+fn export_into(run: &Path, partial: &Path, out: &Path, kind: ModelKind) -> Result<Manifest> {
     if partial.exists() {
-        std::fs::remove_dir_all(&partial)
+        std::fs::remove_dir_all(partial)
             .with_context(|| format!("removing {}", partial.display()))?;
     }
-    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    std::fs::create_dir_all(partial).with_context(|| format!("creating {}", partial.display()))?;
     let traced = match kind {
-        ModelKind::Captioner => trace_captioner(run, &partial)?,
-        ModelKind::T2i => trace_t2i(run, &partial)?,
-        ModelKind::Clip => trace_clip(run, &partial)?,
-        ModelKind::Probe => trace_probe(run, &partial)?,
+        ModelKind::Captioner => trace_captioner(run, partial)?,
+        ModelKind::T2i => trace_t2i(run, partial)?,
+        ModelKind::Clip => trace_clip(run, partial)?,
+        ModelKind::Probe => trace_probe(run, partial)?,
     };
     let (state, tensors) = crate::train::checkpoint::load(run, "best")?;
     let ema = tensors.keys().any(|k| k.starts_with("ema."));
@@ -104,7 +113,7 @@ pub fn export(run: &Path, out: &Path, kind: ModelKind) -> Result<Manifest> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
     }
-    std::fs::rename(&partial, out)
+    std::fs::rename(partial, out)
         .with_context(|| format!("moving the export to {}", out.display()))?;
     Ok(manifest)
 }
