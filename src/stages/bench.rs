@@ -88,6 +88,15 @@ fn random_batch(b: i64, side: i64, len: i64, vocab: i64) -> (Tensor, Tensor) {
     (images, tokens)
 }
 
+/// A randomly initialised captioner of config `model` over a `vocab`-token vocabulary.
+fn fresh_captioner(model: &CaptionerConfig, vocab: i64) -> Result<(nn::VarStore, Captioner)> {
+    let mut cfg = model.clone();
+    cfg.vocab_size = vocab;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Captioner::new(&vs.root(), &cfg)?;
+    Ok((vs, m))
+}
+
 /// One optimizer group of a training step: its optimizer, learning rate and loss.
 struct Group<'a> {
     opt: AdamW,
@@ -136,12 +145,9 @@ pub fn captioner_steps(
     steps: u64,
     warmup: u64,
 ) -> Result<StepTiming> {
-    let mut cfg = model.clone();
-    cfg.vocab_size = vocab;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let m = Captioner::new(&vs.root(), &cfg)?;
+    let (vs, m) = fresh_captioner(model, vocab)?;
     let b = train.batch_size as i64;
-    let (images, tokens) = random_batch(b, cfg.image_size, seq_len, vocab);
+    let (images, tokens) = random_batch(b, model.image_size, seq_len, vocab);
     let mut groups = [Group {
         opt: AdamW::new(&vs, adam(train)),
         lr: train.lr,
@@ -216,12 +222,8 @@ pub fn greedy_decoding(
     tokens: usize,
     repeats: usize,
 ) -> Result<DecodeTiming> {
-    let mut cfg = model.clone();
-    cfg.vocab_size = vocab;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let m = Captioner::new(&vs.root(), &cfg)?;
-    let s = cfg.image_size;
-    let images = Tensor::rand([batch, 3, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let (_vs, m) = fresh_captioner(model, vocab)?;
+    let (images, _) = random_batch(batch, model.image_size, 1, vocab);
     let opts = DecodeOptions {
         max_tokens: tokens + 1,
         ..Default::default()
