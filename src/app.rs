@@ -322,16 +322,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 guidance: a.guidance,
                 eta: a.eta,
             };
-            let seed = cli.seed.unwrap_or(0) as i64;
-            let paths = match (&a.run, &a.model) {
-                (Some(run), _) => {
-                    t2i::draw(run, &texts, a.n, seed, &a.out, a.grid, &sampling, device)?
-                }
-                (None, Some(dir)) => crate::export::commands::draw(
-                    dir, &texts, a.n, seed, &a.out, a.grid, &sampling, device,
-                )?,
+            let req = t2i::DrawRequest {
+                texts: &texts,
+                n: a.n,
+                seed: cli.seed.unwrap_or(0) as i64,
+                sampling: &sampling,
+            };
+            let images = match (&a.run, &a.model) {
+                (Some(run), _) => t2i::draw(run, &req, device)?,
+                (None, Some(dir)) => crate::export::commands::draw(dir, &req, device)?,
                 (None, None) => bail!("give --run RUN or --model EXPORTED"),
             };
+            let paths = t2i::write_drawings(&images, a.n, &a.out, a.grid)?;
             println!("wrote {} images to {}", paths.len(), a.out.display());
         }
         Command::Bench(BenchCommand::Loader {

@@ -4,29 +4,19 @@
 use super::exported::{ExportedCaptioner, ExportedClip, ExportedPainter};
 use crate::cli::{CycleArgs, EmbedArgs, RetrieveArgs};
 use crate::data::images::load_batch;
-use crate::stages::t2i::{paint_tokens, write_drawings, SamplingOverrides};
+use crate::stages::t2i::{paint_tokens, DrawRequest};
 use crate::util::fsio::atomic_write;
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Tensor};
 
-/// `draw --model`: N images per text from an exported generator.
-#[allow(clippy::too_many_arguments)] // the command's options, each distinct
-pub fn draw(
-    dir: &Path,
-    texts: &[String],
-    n: i64,
-    seed: i64,
-    out: &Path,
-    grid: bool,
-    sampling: &SamplingOverrides,
-    device: Device,
-) -> Result<Vec<PathBuf>> {
+/// `draw --model`: the uint8 images of `req` from an exported generator.
+pub fn draw(dir: &Path, req: &DrawRequest, device: Device) -> Result<Tensor> {
     let mut p = ExportedPainter::load(dir, device)?;
-    sampling.apply(p.schedule.as_mut().map(|s| &mut s.cfg))?;
-    let tokens = p.tokens(texts)?;
-    let images = paint_tokens(&p, &tokens, p.tok.pad, n, seed, device)?;
-    write_drawings(&images, n, out, grid)
+    req.sampling
+        .apply(p.schedule.as_mut().map(|s| &mut s.cfg))?;
+    let tokens = p.tokens(req.texts)?;
+    paint_tokens(&p, &tokens, p.tok.pad, req.n, req.seed, device)
 }
 
 /// A file stem safe to write under (unique by index when stems repeat).

@@ -509,23 +509,23 @@ impl SamplingOverrides {
     }
 }
 
-/// `draw`: N images for each text, written as PNG files (and a grid with --grid).
-#[allow(clippy::too_many_arguments)] // the command's options, each distinct
-pub fn draw(
-    run_dir: &Path,
-    texts: &[String],
-    n: i64,
-    seed: i64,
-    out: &Path,
-    grid: bool,
-    sampling: &SamplingOverrides,
-    device: Device,
-) -> Result<Vec<PathBuf>> {
+/// What `draw` paints: each text `n` times, noise seeded by `seed`, with the diffusion
+/// sampling overrides.
+pub struct DrawRequest<'a> {
+    pub texts: &'a [String],
+    pub n: i64,
+    pub seed: i64,
+    pub sampling: &'a SamplingOverrides,
+}
+
+/// `draw --run`: the uint8 images of `req` from a trained run, `n` per text in order.
+pub fn draw(run_dir: &Path, req: &DrawRequest, device: Device) -> Result<Tensor> {
     let mut lt = load_run(run_dir, device)?;
-    sampling.apply(lt.model.diffusion_mut())?;
-    let tokens = tokens_for(&lt.tok, texts, lt.cfg.model.text.max_len as usize)?;
-    let images = draw_tokens(&lt.model, &tokens, lt.tok.pad, n, seed, device);
-    write_drawings(&images, n, out, grid)
+    req.sampling.apply(lt.model.diffusion_mut())?;
+    let tokens = tokens_for(&lt.tok, req.texts, lt.cfg.model.text.max_len as usize)?;
+    Ok(draw_tokens(
+        &lt.model, &tokens, lt.tok.pad, req.n, req.seed, device,
+    ))
 }
 
 /// Writes uint8 images `(T·n, 3, S, S)`, n per text, as `caption<T>_noise<i>.png`, and
