@@ -77,7 +77,9 @@ impl TextEncoder {
             x = layer.forward(&x, Some(&mask), train);
         }
         let seq = self.ln.forward(&x);
-        let m = mask.unsqueeze(-1).to_kind(Kind::Float); // (B, L, 1)
+        // `to_dtype`, not `to_kind`: a trace records `to_kind`'s device, which would pin an
+        // exported encoder to the CPU it was traced on.
+        let m = mask.unsqueeze(-1).to_dtype(Kind::Float, false, false); // (B, L, 1)
         let pooled = (&seq * &m).sum_dim_intlist(1, false, Kind::Float)
             / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
         Encoded { seq, mask, pooled }

@@ -54,7 +54,8 @@ fn timestep_frequencies(dim: i64, device: tch::Device) -> Tensor {
 
 /// Sinusoidal embedding of (continuous) time steps `(B,)` → `(B, 2·len(freqs))`.
 pub fn timestep_embedding(t: &Tensor, freqs: &Tensor) -> Tensor {
-    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    // `to_dtype` keeps a traced denoiser free of the device it was traced on.
+    let args = t.to_dtype(Kind::Float, false, false).unsqueeze(1) * freqs.unsqueeze(0);
     Tensor::cat(&[args.cos(), args.sin()], 1)
 }
 
