@@ -1,0 +1,81 @@
+//! Every shipped experiment config parses (unknown keys are refused) and builds its model,
+//! so a GPU config nobody can run in CI still cannot rot into a typo or a shape mismatch.
+
+use ekphrasis::models::{
+    captioner::Captioner, clip::Clip, probe::Probe, t2i::TextToImage, unified::Unified,
+};
+use ekphrasis::stages::{
+    captioner::CaptionerStageConfig,
+    evaluators::{ClipStageConfig, ProbeStageConfig},
+    invertible::InvertibleStageConfig,
+    t2i::T2IStageConfig,
+    unified::UnifiedStageConfig,
+};
+use std::path::{Path, PathBuf};
+use tch::nn;
+
+const VOCAB: i64 = 1000;
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Parses `path` as the config its file name says it is and builds that model on the CPU;
+/// returns the parameter count (0 for configs without a model).
+fn build(path: &Path) -> anyhow::Result<usize> {
+    let name = path.file_stem().unwrap().to_str().unwrap();
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let root = vs.root();
+    if name.starts_with("captioner") {
+        let mut c: CaptionerStageConfig = ekphrasis::config::load(path, &[])?;
+        c.model.vocab_size = VOCAB;
+        Captioner::new(&root, &c.model)?;
+    } else if name.starts_with("clip") {
+        let mut c: ClipStageConfig = ekphrasis::config::load(path, &[])?;
+        c.model.text.vocab_size = VOCAB;
+        Clip::new(&root, &c.model)?;
+    } else if name.starts_with("probe") {
+        let c: ProbeStageConfig = ekphrasis::config::load(path, &[])?;
+        Probe::new(&root, &c.model)?;
+    } else if name.starts_with("t2i") || name == "gan" {
+        let mut c: T2IStageConfig = ekphrasis::config::load(path, &[])?;
+        c.model.text.vocab_size = VOCAB;
+        TextToImage::new(&root, &c.model)?;
+    } else if name.starts_with("unified") {
+        let mut c: UnifiedStageConfig = ekphrasis::config::load(path, &[])?;
+        c.model.captioner.vocab_size = VOCAB;
+        Unified::new(&root, &c.model)?;
+    } else if name.starts_with("invertible") {
+        let _: InvertibleStageConfig = ekphrasis::config::load(path, &[])?;
+    } else if name.starts_with("tokenizer") {
+        let _: ekphrasis::data::tokenizer::TokenizerConfig = ekphrasis::config::load(path, &[])?;
+    } else {
+        anyhow::bail!("no rule says which config {name}.yaml is: name it after its stage");
+    }
+    Ok(vs.variables().values().map(|t| t.numel()).sum())
+}
+
+#[test]
+fn every_shipped_config_parses_and_builds_its_model() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut files = vec![];
+    yaml_files(&root, &mut files);
+    files.sort();
+    assert!(
+        files.len() >= 15,
+        "expected the demo, art and flowers configs"
+    );
+    for path in &files {
+        match build(path) {
+            Ok(params) => eprintln!("{}: {params} parameters", path.display()),
+            Err(e) => panic!("{}: {e:#}", path.display()),
+        }
+    }
+}
