@@ -282,7 +282,7 @@ fn tiny_spine_end_to_end() {
         "--device",
         "cpu",
     ]);
-    ok(&[
+    let out = ok(&[
         "train",
         "probe",
         "-c",
@@ -292,6 +292,7 @@ fn tiny_spine_end_to_end() {
         "--device",
         "cpu",
     ]);
+    assert!(out.contains("+ 16 rendered scenes"), "{out}");
     ok(&[
         "train",
         "t2i",

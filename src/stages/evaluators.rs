@@ -42,6 +42,11 @@ pub struct ProbeStageConfig {
     pub best: BestMetric,
     #[serde(default)]
     pub limit_train: Option<usize>,
+    /// Scenes rendered in memory beside the training split (never a val/test image; see
+    /// [`crate::data::synth::render_extra`]). The probe memorises 4,000 images within
+    /// ~900 steps; fresh scenes keep it learning the attributes instead.
+    #[serde(default)]
+    pub extra_renders: usize,
 }
 
 /// Embeds `images` (uint8) in batches: unit embeddings and pre-projection features.
@@ -368,9 +373,26 @@ pub fn train_probe(
     let vs = nn::VarStore::new(device);
     let model = Probe::new(&vs.root(), &cfg.model)?;
     let size = cfg.model.image_size as u32;
-    let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+    let mut train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
-    let train_targets = rows_tensor(&scene_rows(&ds, &train.ids, cell_targets)?);
+    let mut rows = scene_rows(&ds, &train.ids, cell_targets)?;
+    if cfg.extra_renders > 0 {
+        let (scenes, pixels) =
+            crate::data::synth::render_extra(cfg.seed, cfg.extra_renders, size as usize);
+        let s = size as i64;
+        let extra = Tensor::from_slice(&pixels)
+            .view([scenes.len() as i64, s, s, 3])
+            .permute([0, 3, 1, 2])
+            .contiguous();
+        train.images = Tensor::cat(&[&train.images, &extra], 0);
+        rows.extend(scenes.iter().map(cell_targets));
+        println!(
+            "probe: {} training images + {} rendered scenes",
+            train.ids.len(),
+            scenes.len()
+        );
+    }
+    let train_targets = rows_tensor(&rows);
     let val_targets = scene_targets(&ds, &val.ids)?;
     let hash = if ds.tokenizer_path().exists() {
         crate::util::fsio::sha256_file(&ds.tokenizer_path())?

@@ -124,7 +124,7 @@ pub fn clip_cfg(dir: &Path, data: &Path) -> String {
 /// A tiny probe config.
 pub fn probe_cfg(dir: &Path, data: &Path) -> String {
     write(dir, "probe.yaml", format!(
-        "data: {}\nseed: 0\nmodel: {{image_size: 32, channels: [8, 16], hidden: 16}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: attr_accuracy, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel: {{image_size: 32, channels: [8, 16], hidden: 16}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nextra_renders: 16\nbest: {{name: attr_accuracy, higher_is_better: true}}\n",
         data.display()
     ))
 }

@@ -43,6 +43,24 @@ pub fn make_item(seed: u64, i: usize, size: usize) -> Item {
     }
 }
 
+/// Renders `n` more scenes of the embedded set's kind in memory: their scenes and their
+/// pixels, `n` images of `size`² RGB, concatenated. The RNG streams are disjoint from
+/// those of every dataset `data synth` writes (`seed` is mixed with a constant first), so
+/// none of these is a training, validation or test image. The probe trains on them
+/// beside the training split: it is an instrument, and more renders make it more exact.
+pub fn render_extra(seed: u64, n: usize, size: usize) -> (Vec<Scene>, Vec<u8>) {
+    const EXTRA_STREAM: u64 = 0x5E_ED0F_E87A_0000;
+    let items: Vec<Item> = (0..n)
+        .into_par_iter()
+        .map(|i| make_item(seed ^ EXTRA_STREAM, i, size))
+        .collect();
+    let pixels = items
+        .iter()
+        .flat_map(|it| it.pixels.iter().copied())
+        .collect();
+    (items.into_iter().map(|it| it.scene).collect(), pixels)
+}
+
 pub struct Summary {
     pub n: usize,
     pub splits: [usize; 3],
@@ -142,4 +160,28 @@ pub fn scene_of(row: &MetadataRow) -> Result<Scene> {
             row.id
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_renders_are_repeatable_and_none_is_a_dataset_item() {
+        let (scenes, pixels) = render_extra(0, 40, 16);
+        assert_eq!(scenes.len(), 40);
+        assert_eq!(pixels.len(), 40 * 16 * 16 * 3);
+        assert_eq!(render_extra(0, 40, 16).1, pixels);
+        // A dataset of seed 0 or 1 (items 0..200) shares no image with the extra renders.
+        let extra: Vec<&[u8]> = pixels.chunks(16 * 16 * 3).collect();
+        for seed in [0, 1] {
+            for i in 0..200 {
+                let item = make_item(seed, i, 16);
+                assert!(
+                    !extra.contains(&item.pixels.as_slice()),
+                    "seed {seed} item {i}"
+                );
+            }
+        }
+    }
 }
