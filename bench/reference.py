@@ -102,8 +102,37 @@ class DownStage(nn.Module):
 # -------------------------------------------------------------------------- captioner
 
 
+class AttributeHeads(nn.Module):
+    """The cell-structured attribute heads (src/models/attribute_heads.rs) without the
+    mixing convolution, as the captioner's auxiliary loss uses them."""
+
+    def __init__(self, c, hidden):
+        super().__init__()
+        self.cell_pos = nn.Parameter(torch.randn(9, c) * 0.02)
+        self.global_fc, self.global_out = nn.Linear(c, hidden), nn.Linear(hidden, 12)
+        self.cell_fc, self.cell_out = nn.Linear(c, hidden), nn.Linear(hidden, 34)
+
+    def forward(self, f):
+        g = F.gelu(self.global_fc(f.mean((2, 3))), approximate="tanh")
+        cells = F.adaptive_avg_pool2d(f, 3).flatten(2).transpose(1, 2) + self.cell_pos
+        h = F.gelu(self.cell_fc(cells), approximate="tanh")
+        drop = lambda x: F.dropout(x, 0.1, self.training)
+        hidden = torch.cat([g.unsqueeze(1), h], 1)
+        return self.global_out(drop(g)), self.cell_out(drop(h)), hidden
+
+    @staticmethod
+    def loss(global_logits, cells, targets):
+        heads = [(0, 4), (4, 4), (8, 4)]
+        total = sum(F.cross_entropy(global_logits[:, o : o + w], targets[:, i], ignore_index=-1) for i, (o, w) in enumerate(heads))
+        cell_t = targets[:, 3:].view(-1, 9, 4)
+        for j, (o, w) in enumerate([(0, 11), (11, 10), (21, 3), (24, 10)]):
+            total = total + F.cross_entropy(cells[..., o : o + w].reshape(-1, w), cell_t[..., j].reshape(-1), ignore_index=-1)
+        return total
+
+
 class Captioner(nn.Module):
-    """CNN grid encoder + pre-norm Transformer decoder with tied embeddings."""
+    """CNN grid encoder + pre-norm Transformer decoder with tied embeddings (and, when the
+    config asks, the auxiliary attribute heads whose hidden states join the context)."""
 
     def __init__(self, m, vocab):
         super().__init__()
@@ -124,10 +153,24 @@ class Captioner(nn.Module):
         self.dec = nn.ModuleList(DecoderLayer(d, d, m["heads"], m["mlp"]) for _ in range(m["layers"]))
         self.ln_f = nn.LayerNorm(d)
         self.heads, self.dim, self.max_len = m["heads"], d, m["max_len"]
+        self.attribute_weight = m.get("attribute_weight", 0.0)
+        hidden = m.get("attribute_hidden", 256)
+        self.attributes = AttributeHeads(chans[-1], hidden) if self.attribute_weight > 0 else None
+        self.context = m.get("attribute_context", False)
+        if self.context:
+            self.attribute_proj = nn.Linear(hidden, d)
+            self.attribute_pos = nn.Parameter(torch.randn(10, d) * 0.02)
+
+    def encode_parts(self, images):
+        fmap = self.cnn(images)
+        ctx = self.cnn_proj(fmap.flatten(2).transpose(1, 2)) + self.grid_pos
+        heads = self.attributes(fmap) if self.attributes is not None else None
+        if self.context:
+            ctx = torch.cat([ctx, self.attribute_proj(heads[2]) + self.attribute_pos], 1)
+        return self.enc_ln(ctx), heads
 
     def encode(self, images):
-        f = self.cnn(images).flatten(2).transpose(1, 2)
-        return self.enc_ln(self.cnn_proj(f) + self.grid_pos)
+        return self.encode_parts(images)[0]
 
     def logits(self, ctx, tokens):
         x = self.tok_emb(tokens) + self.pos_emb[: tokens.shape[1]]
@@ -136,8 +179,14 @@ class Captioner(nn.Module):
         return self.ln_f(x) @ self.tok_emb.weight.T
 
     def loss(self, images, tokens):
-        logits = self.logits(self.encode(images), tokens[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
+        ctx, heads = self.encode_parts(images)
+        logits = self.logits(ctx, tokens[:, :-1])
+        ce = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=0)
+        if heads is None:
+            return ce
+        # Every head applies: class 0 everywhere (the trainer's bench uses the same rows).
+        targets = torch.zeros(images.shape[0], 39, dtype=torch.long)
+        return ce + self.attribute_weight * AttributeHeads.loss(heads[0], heads[1], targets)
 
     @torch.no_grad()
     def greedy(self, images, new_tokens, bos=1):

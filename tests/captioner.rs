@@ -21,6 +21,9 @@ fn config(encoder: EncoderKind) -> CaptionerConfig {
         image_size: 32,
         vocab_size: 50,
         contrastive_weight: 0.0,
+        attribute_weight: 0.0,
+        attribute_hidden: 16,
+        attribute_context: false,
     }
 }
 
@@ -58,11 +61,13 @@ fn overfits_one_batch() {
     let tokens =
         Tensor::from_slice(&[1i64, 5, 6, 7, 8, 9, 2, 0, 1, 10, 11, 12, 13, 14, 15, 2]).view([2, 8]);
     let mut opt = AdamW::new(&vs, AdamWConfig::default());
-    let first = m.loss(&x, &tokens, 0, 0.0, 0.0, true).double_value(&[]);
+    let first = m
+        .loss(&x, &tokens, None, 0, 0.0, 0.0, true)
+        .double_value(&[]);
     let mut last = first;
     for _ in 0..80 {
         opt.zero_grad();
-        let loss = m.loss(&x, &tokens, 0, 0.0, 0.0, true);
+        let loss = m.loss(&x, &tokens, None, 0, 0.0, 0.0, true);
         loss.backward();
         opt.step(3e-3);
         last = loss.double_value(&[]);
@@ -174,4 +179,82 @@ fn wrong_images_are_refused() {
         .check_images(&Tensor::zeros([1, 1, 32, 32], (Kind::Float, Device::Cpu)))
         .is_err());
     assert!(m.check_images(&images(2)).is_ok());
+}
+
+/// Two rows of the probe's cell-target layout: sky, ground, style, then per cell kind,
+/// colour, size, detail (10 = empty, -1 = does not apply).
+fn attribute_targets() -> Tensor {
+    let mut rows = vec![];
+    for (sky, kind) in [(0i64, 3i64), (2, 7)] {
+        rows.extend([sky, 1, 2]);
+        rows.extend([kind, 4, 1, -1]);
+        for _ in 1..9 {
+            rows.extend([10, -1, -1, -1]);
+        }
+    }
+    Tensor::from_slice(&rows).view([2, 39])
+}
+
+#[test]
+fn attribute_heads_train_the_encoder_and_join_the_context() {
+    let mut cfg = config(EncoderKind::Cnn);
+    cfg.attribute_weight = 1.0;
+    cfg.attribute_context = true;
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Captioner::new(&vs.root(), &cfg).unwrap();
+    let x = images(2);
+    // The 8×8 grid, then the scene token and the nine cell tokens.
+    assert_eq!(m.encode(&x, false).size(), vec![2, 64 + 10, 32]);
+    let tokens =
+        Tensor::from_slice(&[1i64, 5, 6, 7, 8, 9, 2, 0, 1, 10, 11, 12, 13, 14, 15, 2]).view([2, 8]);
+    let targets = attribute_targets();
+    // Eval mode (no dropout): the two losses differ only by the weighted attribute term.
+    let aux = |m: &Captioner| {
+        let with = m.loss(&x, &tokens, Some(&targets), 0, 0.0, 0.0, false);
+        let without = m.loss(&x, &tokens, None, 0, 0.0, 0.0, false);
+        (with - without).double_value(&[])
+    };
+    let before = aux(&m);
+    // Seven heads at chance: ln 4 · 3 + ln 11 + ln 10 + ln 3 + ln 10 ≈ 12.
+    assert!(before > 5.0, "attribute loss at init {before}");
+    let mut opt = AdamW::new(&vs, AdamWConfig::default());
+    for _ in 0..60 {
+        opt.zero_grad();
+        m.loss(&x, &tokens, Some(&targets), 0, 0.0, 0.0, true)
+            .backward();
+        opt.step(3e-3);
+    }
+    let after = aux(&m);
+    assert!(after < 0.25 * before, "attribute loss {before} → {after}");
+    // The KV cache still decodes exactly what full recomputation does.
+    let opts = DecodeOptions {
+        max_tokens: 20,
+        ..Default::default()
+    };
+    let with = m.generate(&x, &opts, 1, -1, 0);
+    let without = m.generate(
+        &x,
+        &DecodeOptions {
+            kv_cache: false,
+            ..opts.clone()
+        },
+        1,
+        -1,
+        0,
+    );
+    assert_eq!(with, without);
+}
+
+#[test]
+fn attribute_options_that_cannot_work_are_refused() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut cfg = config(EncoderKind::Cnn);
+    cfg.attribute_context = true;
+    let e = Captioner::new(&vs.root(), &cfg).err().unwrap().to_string();
+    assert!(e.contains("attribute_weight"), "{e}");
+    let mut cfg = config(EncoderKind::Vit);
+    cfg.attribute_weight = 1.0;
+    let e = Captioner::new(&vs.root(), &cfg).err().unwrap().to_string();
+    assert!(e.contains("encoder: cnn"), "{e}");
 }

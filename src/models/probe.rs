@@ -7,10 +7,13 @@
 use crate::data::synth::scene::{
     position_name, Detail, Scene, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES,
 };
+use crate::models::attribute_heads::{
+    AttributeHeads, AttributeLogits, CELL_HEADS, CELL_KINDS, GLOBAL_HEADS,
+};
 use crate::nn::conv::ConvEncoder;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -82,11 +85,6 @@ pub fn is_probe_fact(fact: &str) -> bool {
 
 /// Rows of [`targets`] have this many columns: sky, ground, style, then five per kind.
 pub const TARGET_COLUMNS: usize = 3 + 5 * KINDS.len();
-/// Classes of the per-cell kind head: the ten kinds, then "empty".
-const CELL_KINDS: i64 = KINDS.len() as i64 + 1;
-/// The per-cell detail head is as wide as the widest detail (a colour).
-const DETAIL_WIDTH: i64 = COLOURS.len() as i64;
-
 /// Training targets: sky, ground, style, then per cell of the 3×3 grid its kind (10 =
 /// empty), colour, size and detail (-1 where they do not apply).
 pub fn cell_targets(scene: &Scene) -> Vec<i64> {
@@ -124,35 +122,12 @@ pub fn targets(scene: &Scene) -> Vec<i64> {
     t
 }
 
-/// The probe reads the scene the way it is built: global heads (sky, ground, style) on
-/// the pooled features, and one head shared by the nine cells of the 3×3 grid (kind or
-/// empty, colour, size, detail) on features pooled per cell. Sharing the cell head across
-/// positions is what lets it generalise from a few thousand images.
+/// The probe: a CNN under the [`AttributeHeads`], reading the scene the way it is built.
 pub struct Probe {
     pub cfg: ProbeConfig,
     conv: ConvEncoder,
-    mix: nn::Conv2D,
-    cell_pos: Tensor,
-    global_fc: nn::Linear,
-    global_out: nn::Linear,
-    cell_fc: nn::Linear,
-    cell_out: nn::Linear,
+    heads: AttributeHeads,
 }
-
-struct Logits {
-    /// `(B, 12)`: sky 4, ground 4, style 4.
-    global: Tensor,
-    /// `(B, 9, 11 + 10 + 3 + 10)`: kind, colour, size, detail.
-    cells: Tensor,
-}
-
-const GLOBAL_HEADS: [(i64, i64); 3] = [(0, 4), (4, 4), (8, 4)];
-const CELL_HEADS: [(i64, i64); 4] = [
-    (0, CELL_KINDS),
-    (CELL_KINDS, 10),
-    (CELL_KINDS + 10, 3),
-    (CELL_KINDS + 13, DETAIL_WIDTH),
-];
 
 impl Probe {
     pub fn new(p: &nn::Path, cfg: &ProbeConfig) -> Result<Self> {
@@ -165,54 +140,15 @@ impl Probe {
             );
         }
         let c = *cfg.channels.last().expect("channels checked non-empty");
-        let cell_width = CELL_HEADS.iter().map(|h| h.1).sum::<i64>();
         Ok(Probe {
             cfg: cfg.clone(),
             conv: ConvEncoder::new(p / "cnn", &cfg.channels),
-            // A wider view before pooling: objects overflow their cell.
-            mix: nn::conv2d(
-                p / "mix",
-                c,
-                c,
-                3,
-                nn::ConvConfig {
-                    padding: 1,
-                    ..Default::default()
-                },
-            ),
-            cell_pos: p.var(
-                "cell_pos",
-                &[9, c],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            ),
-            global_fc: nn::linear(p / "global_fc", c, cfg.hidden, Default::default()),
-            global_out: nn::linear(p / "global_out", cfg.hidden, 12, Default::default()),
-            cell_fc: nn::linear(p / "cell_fc", c, cfg.hidden, Default::default()),
-            cell_out: nn::linear(p / "cell_out", cfg.hidden, cell_width, Default::default()),
+            heads: AttributeHeads::new(p, c, cfg.hidden, true),
         })
     }
 
-    fn logits(&self, images: &Tensor, train: bool) -> Logits {
-        let f = self.conv.forward(images, train);
-        let f = (&f + f.apply(&self.mix).gelu("tanh")).gelu("tanh"); // (B, C, g, g)
-        let global = f.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-        let global = self
-            .global_fc
-            .forward(&global)
-            .gelu("tanh")
-            .dropout(0.1, train)
-            .apply(&self.global_out);
-        let cells = f.adaptive_avg_pool2d([3, 3]).flatten(2, 3).transpose(1, 2) + &self.cell_pos; // (B, 9, C)
-        let cells = self
-            .cell_fc
-            .forward(&cells)
-            .gelu("tanh")
-            .dropout(0.1, train)
-            .apply(&self.cell_out);
-        Logits { global, cells }
+    fn logits(&self, images: &Tensor, train: bool) -> AttributeLogits {
+        self.heads.logits(&self.conv.forward(images, train), train)
     }
 
     /// The heads' logits for inference: global `(B, 12)` (sky 4, ground 4, style 4) and
@@ -224,25 +160,8 @@ impl Probe {
 
     /// Cross-entropy of every head that applies; `targets` `(B, 39)` from [`cell_targets`].
     pub fn loss(&self, images: &Tensor, targets: &Tensor, train: bool) -> Tensor {
-        let l = self.logits(images, train);
-        let mut total = Tensor::zeros([], (Kind::Float, l.global.device()));
-        for (i, (off, w)) in GLOBAL_HEADS.iter().enumerate() {
-            total += l.global.narrow(1, *off, *w).cross_entropy_loss::<Tensor>(
-                &targets.select(1, i as i64),
-                None,
-                tch::Reduction::Mean,
-                -1,
-                0.0,
-            );
-        }
-        let cell_t = targets.narrow(1, 3, 36).view([-1, 9, 4]);
-        for (j, (off, w)) in CELL_HEADS.iter().enumerate() {
-            let logits = l.cells.narrow(2, *off, *w).reshape([-1, *w]);
-            let t = cell_t.select(2, j as i64).reshape([-1]);
-            // Mean over the cells where the head applies (ignored targets are -1).
-            total += logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Mean, -1, 0.0);
-        }
-        total
+        self.heads
+            .loss(&self.conv.forward(images, train), targets, train)
     }
 
     /// Predictions in the evaluation layout of [`targets`], one row per image.
@@ -380,6 +299,7 @@ fn slot_counts(pred: &[Vec<i64>], truth: &[Vec<i64>]) -> [(usize, usize); 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::attribute_heads::DETAIL_WIDTH;
     use rand::SeedableRng;
 
     #[test]

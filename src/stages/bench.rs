@@ -148,10 +148,15 @@ pub fn captioner_steps(
     let (vs, m) = fresh_captioner(model, vocab)?;
     let b = train.batch_size as i64;
     let (images, tokens) = random_batch(b, model.image_size, seq_len, vocab);
+    // With attribute heads, targets where every head applies (class 0 everywhere), as
+    // bench/reference.py uses.
+    let attributes = m
+        .wants_attributes()
+        .then(|| Tensor::zeros([b, 39], (Kind::Int64, Device::Cpu)));
     let mut groups = [Group {
         opt: AdamW::new(&vs, adam(train)),
         lr: train.lr,
-        loss: Box::new(|| Ok(m.loss(&images, &tokens, 0, 0.0, 0.0, true))),
+        loss: Box::new(|| Ok(m.loss(&images, &tokens, attributes.as_ref(), 0, 0.0, 0.0, true))),
     }];
     let (ph, total) = time_steps(&mut groups, train.grad_clip, steps, warmup)?;
     Ok(ph.timing("captioner", &vs, b, steps, total))
@@ -180,7 +185,7 @@ pub fn gan_steps(
     let loss = |group: usize| {
         let (m, images, tokens) = (&m, &images, &tokens);
         Box::new(move || {
-            m.gan_losses(group, images, tokens, 0)
+            m.gan_losses(group, images, tokens, None, 0)
                 .context("a GAN has two losses")
         })
     };

@@ -1,7 +1,9 @@
 //! The captioner stage: `train captioner` and `eval captioner`.
 
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{load_split, random_shift, to_float, Prefetcher, SplitData};
+use crate::data::loader::{
+    batch_indices, load_split, random_shift, to_float, Prefetcher, SplitData,
+};
 use crate::data::synth::{parse, scene_of};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::text::caption_metrics;
@@ -107,6 +109,8 @@ pub struct CaptionerStage {
     train: SplitData,
     val: SplitData,
     truth: Option<HashMap<String, Vec<String>>>,
+    /// Targets of the auxiliary attribute loss per training row, when the model has it.
+    attribute_targets: Option<Tensor>,
     device: Device,
     prefetch: Option<Prefetcher>,
 }
@@ -147,6 +151,15 @@ impl CaptionerStage {
             );
         }
         let truth = synth_facts(&ds)?;
+        let attribute_targets = if model.wants_attributes() {
+            Some(
+                crate::stages::evaluators::cell_target_tensor(&ds, &train.ids).context(
+                    "model.attribute_weight > 0 needs the embedded set's scene metadata",
+                )?,
+            )
+        } else {
+            None
+        };
         Ok(CaptionerStage {
             vs,
             model,
@@ -155,6 +168,7 @@ impl CaptionerStage {
             train,
             val,
             truth,
+            attribute_targets,
             device,
             prefetch: None,
         })
@@ -206,7 +220,10 @@ pub fn teacher_forced_loss(model: &Captioner, data: &SplitData, pad: i64, device
             let len = 32.min(n - start);
             let x = to_float(&data.images.narrow(0, start, len), device);
             let t = tokens.narrow(0, start, len).to_device(device);
-            total += model.loss(&x, &t, pad, 0.0, 0.0, false).double_value(&[]) * len as f64;
+            total += model
+                .loss(&x, &t, None, pad, 0.0, 0.0, false)
+                .double_value(&[])
+                * len as f64;
             count += len as f64;
             start += len;
         }
@@ -230,9 +247,16 @@ impl Trainable for CaptionerStage {
         let x = random_shift(&to_float(&x, self.device), self.cfg.augment_shift);
         let tokens = tokens.context("tokenized captions")?.to_device(self.device);
         let frac = self.sampled_fraction(micro);
+        // The prefetcher's rows are those of `batch_indices`, so the targets line up.
+        let attributes = self.attribute_targets.as_ref().map(|t| {
+            let n = t.size()[0] as usize;
+            let idx = Tensor::from_slice(&batch_indices(n, batch, seed, micro));
+            t.index_select(0, &idx).to_device(self.device)
+        });
         Ok(self.model.loss(
             &x,
             &tokens,
+            attributes.as_ref(),
             self.tok.pad,
             self.cfg.loss.label_smoothing,
             frac,

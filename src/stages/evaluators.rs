@@ -316,6 +316,12 @@ fn scene_rows(
         .collect()
 }
 
+/// [`cell_targets`] rows of the embedded set's images `ids`, as one `(N, 39)` tensor:
+/// the probe's training targets, and the captioner's auxiliary attribute targets.
+pub fn cell_target_tensor(ds: &Dataset, ids: &[String]) -> Result<Tensor> {
+    Ok(rows_tensor(&scene_rows(ds, ids, cell_targets)?))
+}
+
 fn rows_tensor(rows: &[Vec<i64>]) -> Tensor {
     Tensor::from_slice(&rows.concat()).view([rows.len() as i64, -1])
 }

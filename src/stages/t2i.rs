@@ -7,7 +7,7 @@ use super::evaluators::{
     tokenize_batch, LoadedClip, LoadedProbe,
 };
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{load_split, micro_batch, to_float, to_u8, SplitData};
+use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, to_u8, SplitData};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
@@ -185,19 +185,23 @@ struct T2IStage {
     device: Device,
     /// Sample grids are also written here as PNG.
     run_dir: PathBuf,
+    /// Targets of the text side's auxiliary attribute loss per training row, when the
+    /// model has it.
+    attribute_targets: Option<Tensor>,
 }
 
 impl T2IStage {
-    /// Images and caption tokens of micro-batch `micro`.
-    fn batch(&self, micro: u64) -> Result<(Tensor, Tensor)> {
-        let (x, t) = micro_batch(
-            &self.train,
-            self.cfg.train.batch_size,
-            self.cfg.seed,
-            micro,
-            self.device,
-        );
-        Ok((x, t.context("tokenized captions")?))
+    /// Images, caption tokens and (when the model wants them) attribute targets of
+    /// micro-batch `micro`.
+    fn batch(&self, micro: u64) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (batch, seed) = (self.cfg.train.batch_size, self.cfg.seed);
+        let (x, t) = micro_batch(&self.train, batch, seed, micro, self.device);
+        // The same rows as `micro_batch`'s: both come from `batch_indices`.
+        let a = self.attribute_targets.as_ref().map(|a| {
+            let idx = Tensor::from_slice(&batch_indices(a.size()[0] as usize, batch, seed, micro));
+            a.index_select(0, &idx).to_device(self.device)
+        });
+        Ok((x, t.context("tokenized captions")?, a))
     }
 }
 
@@ -206,9 +210,14 @@ impl Trainable for T2IStage {
         &self.vs
     }
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
-        let (x, t) = self.batch(micro)?;
-        self.model
-            .loss(&x, &t, self.tok.pad, micro / self.cfg.train.accumulate)
+        let (x, t, a) = self.batch(micro)?;
+        self.model.loss(
+            &x,
+            &t,
+            a.as_ref(),
+            self.tok.pad,
+            micro / self.cfg.train.accumulate,
+        )
     }
     fn groups(&self) -> Vec<Group> {
         if !self.model.is_gan() {
@@ -230,9 +239,9 @@ impl Trainable for T2IStage {
     }
     fn group_loss(&mut self, g: usize, micro: u64) -> Result<Tensor> {
         // Both groups see the same micro-batch: D steps on it, then G against the new D.
-        let (x, t) = self.batch(micro)?;
+        let (x, t, a) = self.batch(micro)?;
         self.model
-            .gan_losses(g, &x, &t, self.tok.pad)
+            .gan_losses(g, &x, &t, a.as_ref(), self.tok.pad)
             .context("optimizer groups are only used by a GAN")
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
@@ -323,6 +332,14 @@ pub fn train(
         );
     }
     let (clip, probe) = load_evaluators(&cfg.eval, &ds, device)?;
+    let attribute_targets = if model.wants_attributes() {
+        Some(
+            super::evaluators::cell_target_tensor(&ds, &train.ids)
+                .context("model.attribute_weight > 0 needs the embedded set's scene metadata")?,
+        )
+    } else {
+        None
+    };
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
         resume,
@@ -353,6 +370,7 @@ pub fn train(
         probe,
         device,
         run_dir: run_dir.to_path_buf(),
+        attribute_targets,
     };
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &s)?;

@@ -72,6 +72,9 @@ model:
   max_len: 256
   dropout: 0.1
   image_size: 32
+  attribute_weight: 0.5
+  attribute_hidden: 16
+  attribute_context: true
 train:
   steps: {steps}
   batch_size: 4

@@ -5,6 +5,7 @@
 
 pub mod decode;
 
+use crate::models::attribute_heads::{attribute_loss, AttributeHeads, AttributeLogits};
 use crate::nn::conv::ConvEncoder;
 use crate::nn::transformer::{DecoderLayer, EncoderLayer, LayerCache};
 use anyhow::{bail, Result};
@@ -48,6 +49,24 @@ pub struct CaptionerConfig {
     /// image grid and a bag-of-words embedding of the caption; 0 disables it.
     #[serde(default)]
     pub contrastive_weight: f64,
+    /// Weight of an auxiliary attribute loss: the probe's cell-structured heads
+    /// ([`AttributeHeads`]) read the facts of the training paragraph (sky, ground, style,
+    /// and each grid cell's object) off the CNN's feature map. It tells the encoder what
+    /// the paragraph will need long before the next-token loss does. 0 disables it; it
+    /// needs the embedded set's scene metadata and the CNN encoder.
+    #[serde(default)]
+    pub attribute_weight: f64,
+    /// Hidden width of those heads.
+    #[serde(default = "default_attribute_hidden")]
+    pub attribute_hidden: i64,
+    /// The heads' hidden states (one for the scene, one per grid cell) join the grid the
+    /// decoder attends to: ten object-level memory tokens, what the paragraph's sentences
+    /// are about. Needs `attribute_weight` > 0.
+    #[serde(default)]
+    pub attribute_context: bool,
+}
+fn default_attribute_hidden() -> i64 {
+    256
 }
 fn default_channels() -> Vec<i64> {
     vec![32, 64, 128]
@@ -81,6 +100,10 @@ pub struct Captioner {
     ln_f: nn::LayerNorm,
     /// The auxiliary contrastive heads (image side, caption side) when enabled.
     contrastive: Option<(nn::Linear, nn::Embedding, nn::Linear)>,
+    /// The auxiliary attribute heads over the CNN's feature map when enabled, and with
+    /// `attribute_context` the projection and positions of their hidden states.
+    attributes: Option<AttributeHeads>,
+    attribute_tokens: Option<(nn::Linear, Tensor)>,
 }
 
 impl Captioner {
@@ -94,6 +117,14 @@ impl Captioner {
                 cfg.dim,
                 cfg.heads
             );
+        }
+        if cfg.attribute_weight > 0.0 && cfg.encoder != EncoderKind::Cnn {
+            bail!(
+                "model.attribute_weight needs model.encoder: cnn (the heads read its feature map)"
+            );
+        }
+        if cfg.attribute_context && cfg.attribute_weight <= 0.0 {
+            bail!("model.attribute_context needs model.attribute_weight > 0 (the heads it reads are trained by that loss)");
         }
         let (encoder, grid) = match cfg.encoder {
             EncoderKind::Cnn => {
@@ -173,6 +204,23 @@ impl Captioner {
                     nn::linear(p / "aux_text", cfg.dim, cfg.dim, Default::default()),
                 )
             }),
+            attributes: (cfg.attribute_weight > 0.0).then(|| {
+                let c = *cfg.channels.last().expect("channels checked non-empty");
+                // No mixing convolution: the CNN's last stage already ends in a 3×3
+                // residual convolution, and the step's time is the captioner's budget.
+                AttributeHeads::new(&(p / "aux_attributes"), c, cfg.attribute_hidden, false)
+            }),
+            attribute_tokens: cfg.attribute_context.then(|| {
+                (
+                    nn::linear(
+                        p / "attribute_proj",
+                        cfg.attribute_hidden,
+                        cfg.dim,
+                        Default::default(),
+                    ),
+                    p.var("attribute_pos", &[10, cfg.dim], init),
+                )
+            }),
         })
     }
 
@@ -209,22 +257,50 @@ impl Captioner {
         Ok(())
     }
 
-    /// Images in [-1, 1] `(B, 3, S, S)` → grid features `(B, G, D)`.
+    /// Images in [-1, 1] `(B, 3, S, S)` → the context the decoder attends to `(B, G, D)`:
+    /// the grid, and with `attribute_context` ten attribute tokens after it.
     pub fn encode(&self, images: &Tensor, train: bool) -> Tensor {
-        let h = match &self.encoder {
+        self.encode_parts(images, train, false).0
+    }
+
+    /// The context and, when `want_attributes` (or the context needs them) and the model
+    /// has its attribute heads, their logits.
+    fn encode_parts(
+        &self,
+        images: &Tensor,
+        train: bool,
+        want_attributes: bool,
+    ) -> (Tensor, Option<AttributeLogits>) {
+        match &self.encoder {
             ImageEncoder::Cnn { conv, proj } => {
                 let f = conv.forward(images, train); // (B, C, g, g)
-                f.flatten(2, 3).transpose(1, 2).apply(proj) // (B, G, D)
+                let h = f.flatten(2, 3).transpose(1, 2).apply(proj) + &self.grid_pos; // (B, G, D)
+                let logits = self
+                    .attributes
+                    .as_ref()
+                    .filter(|_| want_attributes || self.attribute_tokens.is_some())
+                    .map(|heads| heads.logits(&f, train));
+                let ctx = match (&self.attribute_tokens, &logits) {
+                    (Some((proj, pos)), Some(l)) => {
+                        Tensor::cat(&[h, l.hidden.apply(proj) + pos], 1)
+                    }
+                    _ => h,
+                };
+                (self.enc_ln.forward(&ctx), logits)
             }
             ImageEncoder::Vit { patch, layers } => {
                 let mut h = patch.forward(images).flatten(2, 3).transpose(1, 2) + &self.grid_pos; // (B, G, D)
                 for l in layers {
                     h = l.forward(&h, None, train);
                 }
-                return self.enc_ln.forward(&h);
+                (self.enc_ln.forward(&h), None)
             }
-        };
-        self.enc_ln.forward(&(h + &self.grid_pos))
+        }
+    }
+
+    /// Whether the model trains with the auxiliary attribute loss (and so needs targets).
+    pub fn wants_attributes(&self) -> bool {
+        self.attributes.is_some()
     }
 
     /// Next-token logits `(B, T, V)` for `tokens` `(B, T)` placed at positions
@@ -309,10 +385,14 @@ impl Captioner {
     /// Teacher-forced cross-entropy of `tokens` `(B, L)` given images; padding ignored.
     /// With `sampled_fraction` > 0, that share of the input tokens is replaced by the
     /// model's own predictions (parallel scheduled sampling, Mihaylova & Martins 2019).
+    /// `attributes` `(B, 39)` ([`crate::models::probe::cell_targets`] rows) add the
+    /// auxiliary attribute loss when the model has its heads.
+    #[allow(clippy::too_many_arguments)]
     pub fn loss(
         &self,
         images: &Tensor,
         tokens: &Tensor,
+        attributes: Option<&Tensor>,
         pad: i64,
         label_smoothing: f64,
         sampled_fraction: f64,
@@ -326,8 +406,15 @@ impl Captioner {
             .int64_value(&[])
             .max(2);
         let tokens = tokens.narrow(1, 0, longest.min(tokens.size()[1]));
-        let ctx = self.encode(images, train);
-        self.loss_from_context(&ctx, &tokens, pad, label_smoothing, sampled_fraction, train)
+        let (ctx, logits) = self.encode_parts(images, train, attributes.is_some());
+        let ce =
+            self.loss_from_context(&ctx, &tokens, pad, label_smoothing, sampled_fraction, train);
+        match (logits, attributes) {
+            (Some(l), Some(targets)) => {
+                ce + attribute_loss(&l.global, &l.cells, targets) * self.cfg.attribute_weight
+            }
+            _ => ce,
+        }
     }
 
     /// The loss of [`Captioner::loss`] for a context computed elsewhere `(B, G, D)`

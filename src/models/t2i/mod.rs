@@ -11,6 +11,7 @@ mod tests;
 pub mod unet;
 pub mod vae;
 
+use super::attribute_heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
 use anyhow::{bail, Result};
 use diffusion::{DiffusionConfig, Schedule};
@@ -55,6 +56,14 @@ pub struct T2IConfig {
     /// diffusion: schedule, prediction target, guidance and sampler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<DiffusionConfig>,
+    /// Weight of an auxiliary loss on the text encoder: a small head reads the
+    /// paragraph's facts (sky, ground, style, and each grid cell's object, the probe's
+    /// target layout) off the caption's global vector, so the condition carries them
+    /// from the first steps instead of after the generator has learned to ask. The
+    /// targets are what the training paragraph states; 0 disables it (needed off the
+    /// embedded set).
+    #[serde(default)]
+    pub attribute_weight: f64,
 }
 fn d_enc() -> Vec<i64> {
     vec![32, 64, 128, 128]
@@ -112,6 +121,8 @@ enum Body {
 pub struct TextToImage {
     pub cfg: T2IConfig,
     pub text: TextEncoder,
+    /// The text side's auxiliary attribute head, when `attribute_weight` > 0.
+    text_attributes: Option<nn::Sequential>,
     body: Body,
 }
 
@@ -203,9 +214,24 @@ impl TextToImage {
                 }
             }
         };
+        let text_attributes = (cfg.attribute_weight > 0.0).then(|| {
+            // Under "text." so a GAN's generator group trains it with the text encoder.
+            let q = p / "text" / "attributes";
+            let d = cfg.text.dim;
+            nn::seq()
+                .add(nn::linear(&q / "fc", d, 2 * d, Default::default()))
+                .add_fn(|x| x.gelu("tanh"))
+                .add(nn::linear(
+                    &q / "out",
+                    2 * d,
+                    GLOBAL_WIDTH + 9 * CELL_WIDTH,
+                    Default::default(),
+                ))
+        });
         Ok(TextToImage {
             cfg: cfg.clone(),
             text,
+            text_attributes,
             body,
         })
     }
@@ -221,20 +247,10 @@ impl TextToImage {
 
     /// The diffusion model's null condition for `b` rows (one token).
     fn null_condition(&self, b: i64) -> Option<Condition> {
-        let Body::Diffusion {
-            null_global,
-            null_token,
-            ..
-        } = &self.body
-        else {
+        let Body::Diffusion { null_global, .. } = &self.body else {
             return None;
         };
-        let d = self.cfg.text.dim;
-        Some(Condition {
-            global: null_global.view([1, d]).expand([b, d], false),
-            tokens: null_token.view([1, 1, d]).expand([b, 1, d], false),
-            mask: Tensor::ones([b, 1], (Kind::Bool, null_global.device())),
-        })
+        self.null_condition_like(&null_global.view([1, -1]).expand([b, -1], false))
     }
 
     /// Replaces the condition of the rows where `drop` is true by the null condition
@@ -259,40 +275,72 @@ impl TextToImage {
         }
     }
 
-    /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens);
-    /// `step` drives the KL warm-up. A GAN trains through [`TextToImage::gan_losses`].
-    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, step: u64) -> Result<Tensor> {
+    /// The auxiliary attribute loss of the caption's global vector, weighted, when the
+    /// model has the head and the batch has targets `(B, 39)` (rows of
+    /// [`crate::models::probe::cell_targets`]); zero otherwise.
+    fn text_attribute_loss(&self, c: &Condition, targets: Option<&Tensor>) -> Tensor {
+        match (&self.text_attributes, targets) {
+            (Some(head), Some(t)) => {
+                let out = c.global.apply(head);
+                let global = out.narrow(1, 0, GLOBAL_WIDTH);
+                let cells = out
+                    .narrow(1, GLOBAL_WIDTH, 9 * CELL_WIDTH)
+                    .unflatten(1, [9, CELL_WIDTH]);
+                attribute_loss(&global, &cells, t) * self.cfg.attribute_weight
+            }
+            _ => Tensor::zeros([], (Kind::Float, c.global.device())),
+        }
+    }
+
+    /// Whether the model trains with the auxiliary attribute loss (and so needs targets).
+    pub fn wants_attributes(&self) -> bool {
+        self.text_attributes.is_some()
+    }
+
+    /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens,
+    /// optional attribute targets); `step` drives the KL warm-up. A GAN trains through
+    /// [`TextToImage::gan_losses`].
+    pub fn loss(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+        attributes: Option<&Tensor>,
+        pad: i64,
+        step: u64,
+    ) -> Result<Tensor> {
         let c = self.condition(tokens, pad, true);
-        Ok(match &self.body {
-            Body::Vae {
-                generator,
-                posterior,
-            } => {
-                let (pixel, kl) =
-                    vae_terms(posterior, generator, images, &c.global, &c.tokens, &c.mask);
-                let ramp = if self.cfg.beta_warmup == 0 {
-                    1.0
-                } else {
-                    (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
-                };
-                let beta = self.cfg.beta * ramp;
-                pixel.mean(Kind::Float) + kl.mean(Kind::Float) * beta
-            }
-            Body::Diffusion { unet, schedule, .. } => {
-                let b = images.size()[0];
-                let p = schedule.cfg.caption_dropout;
-                let drop = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
-                let c = self.drop_captions(c, &drop);
-                let (t, xt, target) = schedule.training_example(images);
-                let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
-                (out - target).square().mean(Kind::Float)
-            }
-            Body::Gan { .. } => {
-                bail!(
+        let aux = self.text_attribute_loss(&c, attributes);
+        Ok(aux
+            + match &self.body {
+                Body::Vae {
+                    generator,
+                    posterior,
+                } => {
+                    let (pixel, kl) =
+                        vae_terms(posterior, generator, images, &c.global, &c.tokens, &c.mask);
+                    let ramp = if self.cfg.beta_warmup == 0 {
+                        1.0
+                    } else {
+                        (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
+                    };
+                    let beta = self.cfg.beta * ramp;
+                    pixel.mean(Kind::Float) + kl.mean(Kind::Float) * beta
+                }
+                Body::Diffusion { unet, schedule, .. } => {
+                    let b = images.size()[0];
+                    let p = schedule.cfg.caption_dropout;
+                    let drop = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
+                    let c = self.drop_captions(c, &drop);
+                    let (t, xt, target) = schedule.training_example(images);
+                    let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
+                    (out - target).square().mean(Kind::Float)
+                }
+                Body::Gan { .. } => {
+                    bail!(
                     "a GAN has two losses (discriminator, generator): train it through gan_losses"
                 )
-            }
-        })
+                }
+            })
     }
 
     /// Whether this model trains through [`TextToImage::gan_losses`] (two optimizer
@@ -308,6 +356,7 @@ impl TextToImage {
         group: usize,
         images: &Tensor,
         tokens: &Tensor,
+        attributes: Option<&Tensor>,
         pad: i64,
     ) -> Option<Tensor> {
         let Body::Gan {
@@ -332,7 +381,8 @@ impl TextToImage {
         } else {
             let c = self.condition(tokens, pad, true);
             let fake = generator.forward(&z, &c.global, &c.tokens, &c.mask);
-            let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence());
+            let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence())
+                + self.text_attribute_loss(&c, attributes);
             if cfg.interpolate {
                 // GAN-INT: a caption halfway between two real ones should also give a
                 // convincing image (the discriminator scores it with the blend).
