@@ -88,6 +88,28 @@ fn overfits_one_batch() {
     assert_eq!(out[1], vec![1, 10, 11, 12, 13, 14, 15, 2]);
 }
 
+/// Decodes `x` with the KV cache and by full recomputation, asserts both give the same
+/// tokens and returns them.
+fn decoded_with_and_without_cache(
+    m: &Captioner,
+    x: &Tensor,
+    opts: &DecodeOptions,
+) -> Vec<Vec<i64>> {
+    let with = m.generate(x, opts, 1, -1, 0);
+    let without = m.generate(
+        x,
+        &DecodeOptions {
+            kv_cache: false,
+            ..opts.clone()
+        },
+        1,
+        -1,
+        0,
+    );
+    assert_eq!(with, without, "{opts:?}");
+    with
+}
+
 #[test]
 fn kv_cache_decoding_equals_full_recomputation() {
     let (_vs, m) = model(EncoderKind::Cnn, 2);
@@ -104,18 +126,7 @@ fn kv_cache_decoding_equals_full_recomputation() {
             // An end token the untrained model can never emit (-1): every sequence runs
             // to max_tokens, so the comparison covers 30 positions whatever the random
             // weights (tests share the global RNG across threads, so they vary).
-            let with = m.generate(&x, &opts, 1, -1, 0);
-            let without = m.generate(
-                &x,
-                &DecodeOptions {
-                    kv_cache: false,
-                    ..opts.clone()
-                },
-                1,
-                -1,
-                0,
-            );
-            assert_eq!(with, without, "{strategy:?} ngram {no_repeat_ngram}");
+            let with = decoded_with_and_without_cache(&m, &x, &opts);
             assert!(with.iter().all(|t| t.len() > 5), "decoded something");
         }
     }
@@ -232,18 +243,7 @@ fn attribute_heads_train_the_encoder_and_join_the_context() {
         max_tokens: 20,
         ..Default::default()
     };
-    let with = m.generate(&x, &opts, 1, -1, 0);
-    let without = m.generate(
-        &x,
-        &DecodeOptions {
-            kv_cache: false,
-            ..opts.clone()
-        },
-        1,
-        -1,
-        0,
-    );
-    assert_eq!(with, without);
+    decoded_with_and_without_cache(&m, &x, &opts);
 }
 
 #[test]
