@@ -131,6 +131,14 @@ pub fn batch_indices(n: usize, batch: usize, seed: u64, micro: u64) -> Vec<i64> 
     perm[j * batch..(j + 1) * batch].to_vec()
 }
 
+/// The rows of `rows` (one per image of a split, e.g. attribute targets) that micro-batch
+/// `micro` holds, on `device`: the same rows as [`micro_batch`] and [`Prefetcher`] pick.
+pub fn batch_rows(rows: &Tensor, batch: usize, seed: u64, micro: u64, device: Device) -> Tensor {
+    let n = rows.size()[0] as usize;
+    let idx = Tensor::from_slice(&batch_indices(n, batch, seed, micro));
+    rows.index_select(0, &idx).to_device(device)
+}
+
 /// Micro-batch `micro` of a split: float images in [-1, 1] and (when tokenized) the
 /// token rows, both on `device`.
 pub fn micro_batch(

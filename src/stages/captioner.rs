@@ -1,9 +1,7 @@
 //! The captioner stage: `train captioner` and `eval captioner`.
 
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{
-    batch_indices, load_split, random_shift, to_float, Prefetcher, SplitData,
-};
+use crate::data::loader::{batch_rows, load_split, random_shift, to_float, Prefetcher, SplitData};
 use crate::data::synth::{parse, scene_of};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::text::caption_metrics;
@@ -247,12 +245,10 @@ impl Trainable for CaptionerStage {
         let x = random_shift(&to_float(&x, self.device), self.cfg.augment_shift);
         let tokens = tokens.context("tokenized captions")?.to_device(self.device);
         let frac = self.sampled_fraction(micro);
-        // The prefetcher's rows are those of `batch_indices`, so the targets line up.
-        let attributes = self.attribute_targets.as_ref().map(|t| {
-            let n = t.size()[0] as usize;
-            let idx = Tensor::from_slice(&batch_indices(n, batch, seed, micro));
-            t.index_select(0, &idx).to_device(self.device)
-        });
+        let attributes = self
+            .attribute_targets
+            .as_ref()
+            .map(|t| batch_rows(t, batch, seed, micro, self.device));
         Ok(self.model.loss(
             &x,
             &tokens,

@@ -7,7 +7,7 @@ use super::evaluators::{
     tokenize_batch, LoadedClip, LoadedProbe,
 };
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, to_u8, SplitData};
+use crate::data::loader::{batch_rows, load_split, micro_batch, to_float, to_u8, SplitData};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
@@ -196,11 +196,10 @@ impl T2IStage {
     fn batch(&self, micro: u64) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (batch, seed) = (self.cfg.train.batch_size, self.cfg.seed);
         let (x, t) = micro_batch(&self.train, batch, seed, micro, self.device);
-        // The same rows as `micro_batch`'s: both come from `batch_indices`.
-        let a = self.attribute_targets.as_ref().map(|a| {
-            let idx = Tensor::from_slice(&batch_indices(a.size()[0] as usize, batch, seed, micro));
-            a.index_select(0, &idx).to_device(self.device)
-        });
+        let a = self
+            .attribute_targets
+            .as_ref()
+            .map(|a| batch_rows(a, batch, seed, micro, self.device));
         Ok((x, t.context("tokenized captions")?, a))
     }
 }
