@@ -18,6 +18,11 @@ pub struct GeneratorConfig {
     /// Blocks whose output side is at most this cross-attend to the caption tokens.
     #[serde(default = "d_attn")]
     pub attention_max_side: i64,
+    /// Add a learned embedding of each place to the cross-attention queries, so a place
+    /// can ask for the words that name it ("top left") before its features know where
+    /// they are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attention_positions: bool,
 }
 fn d_attn() -> i64 {
     16
@@ -62,10 +67,20 @@ struct UpBlock {
     norm2: nn::GroupNorm,
     film2: Film,
     attn: Option<(nn::LayerNorm, Attention)>,
+    /// Learned place embeddings `(H·W, C)` added to the attention queries.
+    places: Option<Tensor>,
 }
 
 impl UpBlock {
-    fn new(p: nn::Path, cin: i64, cout: i64, cond: i64, text_dim: i64, attend: bool) -> Self {
+    fn new(
+        p: nn::Path,
+        cin: i64,
+        cout: i64,
+        cond: i64,
+        text_dim: i64,
+        attend: bool,
+        places: Option<i64>,
+    ) -> Self {
         let c3 = nn::ConvConfig {
             padding: 1,
             ..Default::default()
@@ -83,6 +98,13 @@ impl UpBlock {
                     nn::layer_norm(&p / "attn_ln", vec![cout], Default::default()),
                     Attention::new(&p / "attn", cout, text_dim, heads, 0.0),
                 )
+            }),
+            places: places.filter(|_| attend).map(|n| {
+                let init = nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.5,
+                };
+                p.var("places", &[n, cout], init)
             }),
         }
     }
@@ -102,14 +124,11 @@ impl UpBlock {
         if let Some((ln, attn)) = &self.attn {
             let (_, _, hh, ww) = out.size4().expect("images are (N, C, H, W)");
             let seq = out.flatten(2, 3).transpose(1, 2); // (B, H·W, C)
-            let a = attn.forward_masked(
-                &ln.forward(&seq),
-                Some(tokens),
-                false,
-                None,
-                Some(token_mask),
-                false,
-            );
+            let q = match &self.places {
+                Some(places) => ln.forward(&seq) + places,
+                None => ln.forward(&seq),
+            };
+            let a = attn.forward_masked(&q, Some(tokens), false, None, Some(token_mask), false);
             out = (seq + a).transpose(1, 2).unflatten(2, [hh, ww]);
         }
         out
@@ -144,6 +163,7 @@ impl Generator {
                     cond,
                     text_dim,
                     side <= cfg.attention_max_side,
+                    cfg.attention_positions.then_some(side * side),
                 );
                 cin = c;
                 b

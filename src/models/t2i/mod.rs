@@ -20,7 +20,7 @@ use generator::{Generator, GeneratorConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use unet::{UNet, UNetConfig};
-use vae::{vae_terms, Posterior};
+use vae::{vae_terms, LearnedPrior, Posterior};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +28,17 @@ pub enum T2IKind {
     Vae,
     Gan,
     Diffusion,
+}
+
+/// The VAE's prior over z: see [`vae::LearnedPrior`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaePrior {
+    /// N(0, I), the textbook CVAE's.
+    #[default]
+    Standard,
+    /// p(z | t), an MLP on the caption vector (Sohn et al. 2015).
+    Learned,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -47,6 +58,9 @@ pub struct T2IConfig {
     pub beta: f64,
     #[serde(default)]
     pub beta_warmup: u64,
+    /// VAE: the prior the KL pulls toward and samples come from.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub prior: VaePrior,
     /// gan: the discriminator and the adversarial training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gan: Option<GanConfig>,
@@ -64,6 +78,9 @@ pub struct T2IConfig {
     /// embedded set).
     #[serde(default)]
     pub attribute_weight: f64,
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 fn d_enc() -> Vec<i64> {
     vec![32, 64, 128, 128]
@@ -102,6 +119,7 @@ enum Body {
     Vae {
         generator: Generator,
         posterior: Posterior,
+        prior: Option<LearnedPrior>,
     },
     Gan {
         generator: Generator,
@@ -155,18 +173,26 @@ impl TextToImage {
         if cfg.text.vocab_size <= 0 {
             bail!("t2i: vocab_size is not set (it comes from the tokenizer)");
         }
+        if cfg.prior == VaePrior::Learned && cfg.kind != T2IKind::Vae {
+            bail!("model.prior: learned is a vae's; a {:?} has none", cfg.kind);
+        }
         let text = TextEncoder::new(p / "text", &cfg.text);
         let body = match cfg.kind {
-            T2IKind::Vae => Body::Vae {
-                generator: checked_generator(p, cfg, "vae")?,
-                posterior: Posterior::new(
-                    p / "posterior",
-                    &cfg.encoder_channels,
-                    cfg.image_size,
-                    cfg.text.dim,
-                    need(&cfg.generator, "vae", "generator")?.z_dim,
-                ),
-            },
+            T2IKind::Vae => {
+                let z_dim = need(&cfg.generator, "vae", "generator")?.z_dim;
+                Body::Vae {
+                    generator: checked_generator(p, cfg, "vae")?,
+                    posterior: Posterior::new(
+                        p / "posterior",
+                        &cfg.encoder_channels,
+                        cfg.image_size,
+                        cfg.text.dim,
+                        z_dim,
+                    ),
+                    prior: (cfg.prior == VaePrior::Learned)
+                        .then(|| LearnedPrior::new(p / "prior", cfg.text.dim, z_dim)),
+                }
+            }
             T2IKind::Gan => {
                 let g = need(&cfg.gan, "gan", "gan")?;
                 let n = g.disc_channels.len() as u32;
@@ -315,9 +341,17 @@ impl TextToImage {
                 Body::Vae {
                     generator,
                     posterior,
+                    prior,
                 } => {
-                    let (pixel, kl) =
-                        vae_terms(posterior, generator, images, &c.global, &c.tokens, &c.mask);
+                    let (pixel, kl) = vae_terms(
+                        posterior,
+                        prior.as_ref(),
+                        generator,
+                        images,
+                        &c.global,
+                        &c.tokens,
+                        &c.mask,
+                    );
                     let ramp = if self.cfg.beta_warmup == 0 {
                         1.0
                     } else {
@@ -430,9 +464,9 @@ impl TextToImage {
     /// Samples one image per row of `cond` from the noise `z` of [`TextToImage::noise`].
     pub fn sample(&self, cond: &Condition, z: &Tensor) -> Tensor {
         tch::no_grad(|| match &self.body {
-            Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
-                generator.forward(z, &cond.global, &cond.tokens, &cond.mask)
-            }
+            Body::Vae { .. } | Body::Gan { .. } => self
+                .generate(cond, z)
+                .expect("vae and gan bodies generate in one pass"),
             Body::Diffusion { unet, schedule, .. } => {
                 let scale = schedule.cfg.guidance;
                 schedule.sample(z.shallow_clone(), |x, t| {
@@ -475,9 +509,18 @@ impl TextToImage {
         })
     }
 
-    /// The vae or gan generator's images for noise `z` `(B, z)`; `None` for diffusion.
+    /// The vae or gan generator's images for noise `z` `(B, z)`, standard normal (a
+    /// learned prior maps it to its latent); `None` for diffusion.
     pub fn generate(&self, cond: &Condition, z: &Tensor) -> Option<Tensor> {
         match &self.body {
+            Body::Vae {
+                generator,
+                prior: Some(prior),
+                ..
+            } => {
+                let z = prior.reparameterize(&cond.global, z);
+                Some(generator.forward(&z, &cond.global, &cond.tokens, &cond.mask))
+            }
             Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
                 Some(generator.forward(z, &cond.global, &cond.tokens, &cond.mask))
             }

@@ -11,7 +11,7 @@ const S: i64 = 16;
 fn config(kind: T2IKind) -> T2IConfig {
     let yaml = format!(
         "kind: {}\nimage_size: {S}\ntext: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 16, vocab_size: 20}}\n\
-         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8}}\nencoder_channels: [8, 16]\n\
+         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, attention_positions: true}}\nencoder_channels: [8, 16]\n\
          gan: {{disc_channels: [16, 32]}}\nunet: {{channels: [16, 32], attention_max_side: 8}}\n\
          diffusion: {{sample_steps: 5}}\n",
         match kind {
@@ -98,15 +98,7 @@ fn the_text_attribute_head_learns_the_captions_facts() {
     let vs = VarStore::new(Device::Cpu);
     let m = TextToImage::new(&vs.root(), &cfg).unwrap();
     let (_, tokens) = batch();
-    // Eight captions, eight scenes: the sky follows the caption, one object in cell 0.
-    let rows: Vec<i64> = (0..8i64)
-        .flat_map(|i| {
-            let mut r = vec![i % 4, 1, 2, i % 10, (i + 1) % 10, i % 3, -1];
-            r.extend([10, -1, -1, -1].repeat(8));
-            r
-        })
-        .collect();
-    let targets = Tensor::from_slice(&rows).view([8, 39]);
+    let targets = scene_rows();
     let aux = |m: &TextToImage| {
         let c = m.condition(&tokens, 0, false);
         m.text_attribute_loss(&c, Some(&targets)).double_value(&[])
@@ -224,4 +216,76 @@ fn missing_sections_are_config_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("disc_channels"), "{err}");
+    let mut cfg = config(T2IKind::Gan);
+    cfg.prior = VaePrior::Learned;
+    let err = TextToImage::new(&vs.root(), &cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model.prior"), "{err}");
+}
+
+#[test]
+fn kl_between_gaussians_matches_the_closed_form() {
+    let mu = Tensor::from_slice(&[0.5f32, -1.0]).view([1, 2]);
+    let lv = Tensor::from_slice(&[0.2f32, -0.3]).view([1, 2]);
+    let zero = mu.zeros_like();
+    let standard = vae::kl_to_standard_normal(&mu, &lv).double_value(&[0]);
+    let general = vae::kl_between(&mu, &lv, &zero, &zero).double_value(&[0]);
+    assert!((standard - general).abs() < 1e-6, "{standard} vs {general}");
+    assert!(vae::kl_between(&mu, &lv, &mu, &lv).double_value(&[0]).abs() < 1e-6);
+    // KL(N(0, 1) ‖ N(0, 4)) = ½ (ln 4 − 1 + ¼).
+    let four = Tensor::from_slice(&[4f32.ln()]).view([1, 1]);
+    let z = Tensor::zeros([1, 1], (Kind::Float, Device::Cpu));
+    let kl = vae::kl_between(&z, &z, &z, &four).double_value(&[0]);
+    assert!((kl - 0.5 * (4f64.ln() - 0.75)).abs() < 1e-6, "{kl}");
+}
+
+/// Eight one-object scene rows for [`batch`]'s captions (the layout of
+/// [`crate::models::probe::cell_targets`]): the sky follows the caption, one object in
+/// cell 0.
+fn scene_rows() -> Tensor {
+    let rows: Vec<i64> = (0..8i64)
+        .flat_map(|i| {
+            let mut r = vec![i % 4, 1, 2, i % 10, (i + 1) % 10, i % 3, -1];
+            r.extend([10, -1, -1, -1].repeat(8));
+            r
+        })
+        .collect();
+    Tensor::from_slice(&rows).view([8, 39])
+}
+
+#[test]
+fn a_learned_prior_paints_each_caption_from_noise() {
+    let mut cfg = config(T2IKind::Vae);
+    cfg.prior = VaePrior::Learned;
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let m = TextToImage::new(&vs.root(), &cfg).unwrap();
+    let (images, tokens) = batch();
+    let error = |m: &TextToImage| {
+        tch::manual_seed(3);
+        let c = m.condition(&tokens, 0, false);
+        let x = m.sample(&c, &m.noise(8, Device::Cpu));
+        (x - &images).square().mean(Kind::Float).double_value(&[])
+    };
+    let before = error(&m);
+    let mut o = opt(&vs, &[]);
+    for _ in 0..150 {
+        o.zero_grad();
+        m.loss(&images, &tokens, None, 0, 1000).unwrap().backward();
+        o.step(3e-3);
+    }
+    let after = error(&m);
+    assert!(
+        after < 0.25 * before,
+        "samples vs their captions' images: {before} → {after}"
+    );
+    // The prior was trained: the same noise gives another latent for another caption.
+    let Body::Vae { prior: Some(p), .. } = &m.body else {
+        unreachable!()
+    };
+    let g = m.condition(&tokens, 0, false).global;
+    let (mu, _) = p.forward(&g);
+    assert!((&mu - mu.roll([1], [0])).abs().max().double_value(&[]) > 1e-3);
 }
