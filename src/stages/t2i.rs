@@ -14,7 +14,7 @@ use crate::eval::embedding::{
 };
 use crate::models::probe::attribute_accuracy;
 use crate::models::t2i::diffusion::{DiffusionConfig, Sampler};
-use crate::models::t2i::{Condition, T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
+use crate::models::t2i::{sum_terms, Condition, T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
 use crate::train::runner::{
     self, BestMetric, Group, RunOptions, RunSummary, TrainConfig, Trainable,
 };
@@ -188,6 +188,8 @@ struct T2IStage {
     /// Targets of the text side's auxiliary attribute loss per training row, when the
     /// model has it.
     attribute_targets: Option<Tensor>,
+    /// The named terms of the last training loss.
+    last_parts: BTreeMap<String, f64>,
 }
 
 impl T2IStage {
@@ -210,13 +212,21 @@ impl Trainable for T2IStage {
     }
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
         let (x, t, a) = self.batch(micro)?;
-        self.model.loss(
+        let terms = self.model.loss_terms(
             &x,
             &t,
             a.as_ref(),
             self.tok.pad,
             micro / self.cfg.train.accumulate,
-        )
+        )?;
+        self.last_parts = terms
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.double_value(&[])))
+            .collect();
+        Ok(sum_terms(terms))
+    }
+    fn loss_parts(&self) -> BTreeMap<String, f64> {
+        self.last_parts.clone()
     }
     fn groups(&self) -> Vec<Group> {
         if !self.model.is_gan() {
@@ -370,6 +380,7 @@ pub fn train(
         device,
         run_dir: run_dir.to_path_buf(),
         attribute_targets,
+        last_parts: BTreeMap::new(),
     };
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &s)?;

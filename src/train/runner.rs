@@ -107,6 +107,11 @@ pub trait Trainable {
         let _ = g;
         self.loss(micro)
     }
+    /// The named parts of the last loss (e.g. pixel, KL, an auxiliary term), logged as
+    /// `train/<name>` and printed with each evaluation. None by default.
+    fn loss_parts(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
 }
 
 /// Which metric picks the best checkpoint.
@@ -336,6 +341,9 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                     *gnorm,
                 )?;
             }
+            for (name, v) in model.loss_parts() {
+                tb.scalar(&format!("train/{name}"), state.step as i64, v)?;
+            }
             tb.scalar("train/lr", state.step as i64, lr)?;
             tb.scalar("train/steps_per_sec", state.step as i64, sps)?;
         }
@@ -349,10 +357,20 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                 tb.scalar(&format!("val/{k}"), state.step as i64, *v)?;
             }
             let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            let parts: Vec<String> = model
+                .loss_parts()
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            let parts = if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", parts.join(", "))
+            };
             crate::util::progress::say(
                 &pb,
                 format!(
-                    "step {:>6} | train {} | {}",
+                    "step {:>6} | train {}{parts} | {}",
                     state.step,
                     loss_text.join(" "),
                     line.join(" | ")

@@ -137,7 +137,7 @@ pub fn t2i_cfg(dir: &Path, data: &Path) -> String {
     let clip = dir.join("clip_run");
     let probe = dir.join("probe_run");
     write(dir, "t2i.yaml", format!(
-        "data: {}\nseed: 0\nmodel:\n  kind: vae\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, attention_positions: true}}\n  encoder_channels: [8, 16]\n  prior: learned\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel:\n  kind: vae\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, attention_positions: true, layout_grid: 3}}\n  encoder_channels: [8, 16]\n  prior: learned\n  attribute_weight: 1.0\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
         data.display(), clip.display(), probe.display()
     ))
 }

@@ -3,8 +3,10 @@
 //! upsampling blocks double the resolution. Every block is modulated by the caption
 //! (FiLM, the channel-wise affine "fusion" of DF-GAN, Tao et al. 2022), and blocks at
 //! low resolution also cross-attend to the caption's tokens, so words like "top left"
-//! can bind to places.
+//! can bind to places. With `layout_grid`, a [`LayoutReader`] also reads a grid of place
+//! vectors off the caption and every block is modulated by it, place by place.
 
+use super::layout::{LayoutModulation, LayoutReader};
 use crate::nn::attention::Attention;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
@@ -23,6 +25,13 @@ pub struct GeneratorConfig {
     /// they are.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attention_positions: bool,
+    /// Side G of the caption's layout grid (see [`LayoutReader`]); 0: no layout. The
+    /// embedded set's scenes are laid out on 3×3.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub layout_grid: i64,
+}
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 fn d_attn() -> i64 {
     16
@@ -69,18 +78,40 @@ struct UpBlock {
     attn: Option<(nn::LayerNorm, Attention)>,
     /// Learned place embeddings `(H·W, C)` added to the attention queries.
     places: Option<Tensor>,
+    /// The layout's modulation after each convolution.
+    layout: Option<(LayoutModulation, LayoutModulation)>,
+}
+
+/// The shape of one [`UpBlock`].
+struct BlockSpec {
+    cin: i64,
+    cout: i64,
+    /// Cross-attend to the caption tokens.
+    attend: bool,
+    /// Learned place embeddings on the attention queries, for this many places.
+    places: Option<i64>,
+    /// Modulated by the caption's layout.
+    layout: bool,
+}
+
+/// What every block reads from the caption.
+struct Caption<'a> {
+    cond: &'a Tensor,
+    tokens: &'a Tensor,
+    mask: &'a Tensor,
+    /// The layout's place vectors `(B, G², D)` and G.
+    layout: Option<(Tensor, i64)>,
 }
 
 impl UpBlock {
-    fn new(
-        p: nn::Path,
-        cin: i64,
-        cout: i64,
-        cond: i64,
-        text_dim: i64,
-        attend: bool,
-        places: Option<i64>,
-    ) -> Self {
+    fn new(p: nn::Path, spec: BlockSpec, cond: i64, text_dim: i64) -> Self {
+        let BlockSpec {
+            cin,
+            cout,
+            attend,
+            places,
+            layout,
+        } = spec;
         let c3 = nn::ConvConfig {
             padding: 1,
             ..Default::default()
@@ -106,21 +137,38 @@ impl UpBlock {
                 };
                 p.var("places", &[n, cout], init)
             }),
+            layout: layout.then(|| {
+                (
+                    LayoutModulation::new(&p / "layout1", text_dim, cout),
+                    LayoutModulation::new(&p / "layout2", text_dim, cout),
+                )
+            }),
         }
     }
 
-    fn forward(&self, x: &Tensor, cond: &Tensor, tokens: &Tensor, token_mask: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, c: &Caption) -> Tensor {
         let (_, _, h, w) = x.size4().expect("images are (N, C, H, W)");
         let x = x.upsample_nearest2d([h * 2, w * 2], None, None);
-        let h1 = self
-            .film1
-            .forward(&x.apply(&self.conv1).apply(&self.norm1), cond)
-            .leaky_relu();
+        let modulate = |x: Tensor, which: usize| match (&self.layout, &c.layout) {
+            (Some(m), Some((places, grid))) => {
+                let m = if which == 0 { &m.0 } else { &m.1 };
+                m.forward(&x, places, *grid)
+            }
+            _ => x,
+        };
+        let h1 = modulate(
+            self.film1
+                .forward(&x.apply(&self.conv1).apply(&self.norm1), c.cond),
+            0,
+        )
+        .leaky_relu();
         let mut out = &h1
-            + self
-                .film2
-                .forward(&h1.apply(&self.conv2).apply(&self.norm2), cond)
-                .leaky_relu();
+            + modulate(
+                self.film2
+                    .forward(&h1.apply(&self.conv2).apply(&self.norm2), c.cond),
+                1,
+            )
+            .leaky_relu();
         if let Some((ln, attn)) = &self.attn {
             let (_, _, hh, ww) = out.size4().expect("images are (N, C, H, W)");
             let seq = out.flatten(2, 3).transpose(1, 2); // (B, H·W, C)
@@ -128,7 +176,7 @@ impl UpBlock {
                 Some(places) => ln.forward(&seq) + places,
                 None => ln.forward(&seq),
             };
-            let a = attn.forward_masked(&q, Some(tokens), false, None, Some(token_mask), false);
+            let a = attn.forward_masked(&q, Some(c.tokens), false, None, Some(c.mask), false);
             out = (seq + a).transpose(1, 2).unflatten(2, [hh, ww]);
         }
         out
@@ -142,6 +190,7 @@ pub struct Generator {
     blocks: Vec<UpBlock>,
     to_rgb: nn::Conv2D,
     c0: i64,
+    layout: Option<LayoutReader>,
 }
 
 impl Generator {
@@ -156,15 +205,14 @@ impl Generator {
             .enumerate()
             .map(|(i, &c)| {
                 side *= 2;
-                let b = UpBlock::new(
-                    &p / "blocks" / i,
+                let spec = BlockSpec {
                     cin,
-                    c,
-                    cond,
-                    text_dim,
-                    side <= cfg.attention_max_side,
-                    cfg.attention_positions.then_some(side * side),
-                );
+                    cout: c,
+                    attend: side <= cfg.attention_max_side,
+                    places: cfg.attention_positions.then_some(side * side),
+                    layout: cfg.layout_grid > 0,
+                };
+                let b = UpBlock::new(&p / "blocks" / i, spec, cond, text_dim);
                 cin = c;
                 b
             })
@@ -184,7 +232,15 @@ impl Generator {
                 },
             ),
             c0,
+            layout: (cfg.layout_grid > 0)
+                .then(|| LayoutReader::new(&p / "layout", cfg.layout_grid, text_dim)),
         }
+    }
+
+    /// The layout's place vectors `(B, G², D)` for caption tokens `(B, L, D)` and their
+    /// mask, when the generator reads a layout.
+    pub fn layout_places(&self, tokens: &Tensor, token_mask: &Tensor) -> Option<Tensor> {
+        self.layout.as_ref().map(|l| l.forward(tokens, token_mask))
     }
 
     pub fn output_side(&self) -> i64 {
@@ -205,8 +261,17 @@ impl Generator {
             .fc
             .forward(&Tensor::cat(&[z, cond], 1))
             .unflatten(1, [self.c0, 4, 4]);
+        let caption = Caption {
+            cond,
+            tokens,
+            mask: token_mask,
+            layout: self
+                .layout
+                .as_ref()
+                .map(|l| (l.forward(tokens, token_mask), l.grid)),
+        };
         for blk in &self.blocks {
-            x = blk.forward(&x, cond, tokens, token_mask);
+            x = blk.forward(&x, &caption);
         }
         x.apply(&self.to_rgb).tanh()
     }

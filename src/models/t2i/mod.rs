@@ -6,6 +6,7 @@
 pub mod diffusion;
 pub mod gan;
 pub mod generator;
+pub mod layout;
 #[cfg(test)]
 mod tests;
 pub mod unet;
@@ -141,6 +142,9 @@ pub struct TextToImage {
     pub text: TextEncoder,
     /// The text side's auxiliary attribute head, when `attribute_weight` > 0.
     text_attributes: Option<nn::Sequential>,
+    /// With a 3×3 layout, the auxiliary head that reads each cell's object off its place
+    /// vector (the text head then reads the sky, ground and style only).
+    layout_attributes: Option<nn::Sequential>,
     body: Body,
 }
 
@@ -240,24 +244,33 @@ impl TextToImage {
                 }
             }
         };
-        let text_attributes = (cfg.attribute_weight > 0.0).then(|| {
-            // Under "text." so a GAN's generator group trains it with the text encoder.
-            let q = p / "text" / "attributes";
-            let d = cfg.text.dim;
+        let grid = cfg.generator.as_ref().map_or(0, |g| g.layout_grid);
+        if cfg.attribute_weight > 0.0 && ![0, 3].contains(&grid) {
+            bail!(
+                "model.attribute_weight teaches the embedded set's 3×3 cells: model.generator.layout_grid must be 0 or 3, not {grid}"
+            );
+        }
+        let wants = cfg.attribute_weight > 0.0;
+        let d = cfg.text.dim;
+        let head = |q: nn::Path, out: i64| {
             nn::seq()
                 .add(nn::linear(&q / "fc", d, 2 * d, Default::default()))
                 .add_fn(|x| x.gelu("tanh"))
-                .add(nn::linear(
-                    &q / "out",
-                    2 * d,
-                    GLOBAL_WIDTH + 9 * CELL_WIDTH,
-                    Default::default(),
-                ))
+                .add(nn::linear(&q / "out", 2 * d, out, Default::default()))
+        };
+        let cells_on_layout = wants && grid == 3 && cfg.kind != T2IKind::Diffusion;
+        // Under "text." and "generator." so a GAN's generator group trains them.
+        let text_attributes = wants.then(|| {
+            let cells = if cells_on_layout { 0 } else { 9 * CELL_WIDTH };
+            head(p / "text" / "attributes", GLOBAL_WIDTH + cells)
         });
+        let layout_attributes =
+            cells_on_layout.then(|| head(p / "generator" / "layout" / "attributes", CELL_WIDTH));
         Ok(TextToImage {
             cfg: cfg.clone(),
             text,
             text_attributes,
+            layout_attributes,
             body,
         })
     }
@@ -309,12 +322,28 @@ impl TextToImage {
             (Some(head), Some(t)) => {
                 let out = c.global.apply(head);
                 let global = out.narrow(1, 0, GLOBAL_WIDTH);
-                let cells = out
-                    .narrow(1, GLOBAL_WIDTH, 9 * CELL_WIDTH)
-                    .unflatten(1, [9, CELL_WIDTH]);
+                let places = self
+                    .layout_attributes
+                    .as_ref()
+                    .zip(self.generator())
+                    .and_then(|(head, g)| Some((head, g.layout_places(&c.tokens, &c.mask)?)));
+                let cells = match places {
+                    Some((head, places)) => places.apply(head), // (B, 9, W)
+                    None => out
+                        .narrow(1, GLOBAL_WIDTH, 9 * CELL_WIDTH)
+                        .unflatten(1, [9, CELL_WIDTH]),
+                };
                 attribute_loss(&global, &cells, t) * self.cfg.attribute_weight
             }
             _ => Tensor::zeros([], (Kind::Float, c.global.device())),
+        }
+    }
+
+    /// The vae's or gan's generator.
+    fn generator(&self) -> Option<&Generator> {
+        match &self.body {
+            Body::Vae { generator, .. } | Body::Gan { generator, .. } => Some(generator),
+            Body::Diffusion { .. } => None,
         }
     }
 
@@ -334,47 +363,68 @@ impl TextToImage {
         pad: i64,
         step: u64,
     ) -> Result<Tensor> {
+        Ok(sum_terms(
+            self.loss_terms(images, tokens, attributes, pad, step)?,
+        ))
+    }
+
+    /// The weighted terms that [`TextToImage::loss`] sums, named for the training log:
+    /// `pixel` and `kl` (β·KL) of a VAE or `denoise` of diffusion, then `attributes`
+    /// when the model has the auxiliary heads and the batch has targets.
+    pub fn loss_terms(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+        attributes: Option<&Tensor>,
+        pad: i64,
+        step: u64,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
         let c = self.condition(tokens, pad, true);
-        let aux = self.text_attribute_loss(&c, attributes);
-        Ok(aux
-            + match &self.body {
-                Body::Vae {
-                    generator,
+        let aux = (self.wants_attributes() && attributes.is_some())
+            .then(|| self.text_attribute_loss(&c, attributes));
+        let mut terms = match &self.body {
+            Body::Vae {
+                generator,
+                posterior,
+                prior,
+            } => {
+                let (pixel, kl) = vae_terms(
                     posterior,
-                    prior,
-                } => {
-                    let (pixel, kl) = vae_terms(
-                        posterior,
-                        prior.as_ref(),
-                        generator,
-                        images,
-                        &c.global,
-                        &c.tokens,
-                        &c.mask,
-                    );
-                    let ramp = if self.cfg.beta_warmup == 0 {
-                        1.0
-                    } else {
-                        (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
-                    };
-                    let beta = self.cfg.beta * ramp;
-                    pixel.mean(Kind::Float) + kl.mean(Kind::Float) * beta
-                }
-                Body::Diffusion { unet, schedule, .. } => {
-                    let b = images.size()[0];
-                    let p = schedule.cfg.caption_dropout;
-                    let drop = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
-                    let c = self.drop_captions(c, &drop);
-                    let (t, xt, target) = schedule.training_example(images);
-                    let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
-                    (out - target).square().mean(Kind::Float)
-                }
-                Body::Gan { .. } => {
-                    bail!(
+                    prior.as_ref(),
+                    generator,
+                    images,
+                    &c.global,
+                    &c.tokens,
+                    &c.mask,
+                );
+                let ramp = if self.cfg.beta_warmup == 0 {
+                    1.0
+                } else {
+                    (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
+                };
+                let beta = self.cfg.beta * ramp;
+                vec![
+                    ("pixel", pixel.mean(Kind::Float)),
+                    ("kl", kl.mean(Kind::Float) * beta),
+                ]
+            }
+            Body::Diffusion { unet, schedule, .. } => {
+                let b = images.size()[0];
+                let p = schedule.cfg.caption_dropout;
+                let drop = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
+                let c = self.drop_captions(c, &drop);
+                let (t, xt, target) = schedule.training_example(images);
+                let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
+                vec![("denoise", (out - target).square().mean(Kind::Float))]
+            }
+            Body::Gan { .. } => {
+                bail!(
                     "a GAN has two losses (discriminator, generator): train it through gan_losses"
                 )
-                }
-            })
+            }
+        };
+        terms.extend(aux.map(|a| ("attributes", a)));
+        Ok(terms)
     }
 
     /// Whether this model trains through [`TextToImage::gan_losses`] (two optimizer
@@ -527,6 +577,15 @@ impl TextToImage {
             Body::Diffusion { .. } => None,
         }
     }
+}
+
+/// The loss of named terms from [`TextToImage::loss_terms`].
+pub fn sum_terms(terms: Vec<(&'static str, Tensor)>) -> Tensor {
+    terms
+        .into_iter()
+        .map(|(_, t)| t)
+        .reduce(|a, b| a + b)
+        .expect("every kind has a term")
 }
 
 /// The starting noise of `n` samples of a model with config `cfg`: a latent vector (vae,

@@ -11,7 +11,7 @@ const S: i64 = 16;
 fn config(kind: T2IKind) -> T2IConfig {
     let yaml = format!(
         "kind: {}\nimage_size: {S}\ntext: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 16, vocab_size: 20}}\n\
-         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, attention_positions: true}}\nencoder_channels: [8, 16]\n\
+         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, attention_positions: true, layout_grid: 3}}\nencoder_channels: [8, 16]\n\
          gan: {{disc_channels: [16, 32]}}\nunet: {{channels: [16, 32], attention_max_side: 8}}\n\
          diffusion: {{sample_steps: 5}}\n",
         match kind {
@@ -91,33 +91,83 @@ fn vae_and_diffusion_overfit_one_batch() {
 }
 
 #[test]
-fn the_text_attribute_head_learns_the_captions_facts() {
-    let mut cfg = config(T2IKind::Vae);
-    cfg.attribute_weight = 1.0;
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let m = TextToImage::new(&vs.root(), &cfg).unwrap();
-    let (_, tokens) = batch();
-    let targets = scene_rows();
-    let aux = |m: &TextToImage| {
+fn the_text_attribute_heads_learn_the_captions_facts() {
+    // With a 3×3 layout the cells' facts are read off the place vectors, without one
+    // off the caption's global vector.
+    for grid in [3, 0] {
+        let mut cfg = config(T2IKind::Vae);
+        cfg.attribute_weight = 1.0;
+        cfg.generator.as_mut().unwrap().layout_grid = grid;
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let m = TextToImage::new(&vs.root(), &cfg).unwrap();
+        assert_eq!(m.layout_attributes.is_some(), grid == 3);
+        let (_, tokens) = batch();
+        let targets = scene_rows();
+        let aux = |m: &TextToImage| {
+            let c = m.condition(&tokens, 0, false);
+            m.text_attribute_loss(&c, Some(&targets)).double_value(&[])
+        };
+        let before = aux(&m);
+        assert!(
+            before > 5.0,
+            "grid {grid}: seven heads near chance: {before}"
+        );
+        assert!(m.wants_attributes());
+        let mut o = opt(&vs, &["text.".into(), "generator.".into()]);
+        for _ in 0..80 {
+            o.zero_grad();
+            let c = m.condition(&tokens, 0, true);
+            m.text_attribute_loss(&c, Some(&targets)).backward();
+            o.step(3e-3);
+        }
+        let after = aux(&m);
+        assert!(
+            after < 0.2 * before,
+            "grid {grid}: attribute loss {before} → {after}"
+        );
+        // Without targets the term is zero, so a model off the embedded set trains as
+        // before.
         let c = m.condition(&tokens, 0, false);
-        m.text_attribute_loss(&c, Some(&targets)).double_value(&[])
-    };
-    let before = aux(&m);
-    assert!(before > 5.0, "seven heads near chance: {before}");
-    assert!(m.wants_attributes());
-    let mut o = opt(&vs, &["text.".into()]);
-    for _ in 0..80 {
+        assert_eq!(m.text_attribute_loss(&c, None).double_value(&[]), 0.0);
+    }
+}
+
+#[test]
+fn the_layout_reads_each_caption_and_steers_the_picture() {
+    let (vs, m) = build(T2IKind::Vae);
+    let g = m.generator().unwrap();
+    let (images, tokens) = batch();
+    let c = m.condition(&tokens, 0, false);
+    let places = g.layout_places(&c.tokens, &c.mask).unwrap();
+    assert_eq!(places.size(), vec![8, 9, 32]);
+    // Every caption gets its own layout.
+    assert!(
+        (&places - places.roll([1], [0]))
+            .abs()
+            .max()
+            .double_value(&[])
+            > 1e-3
+    );
+    // The modulation starts as the identity (zero projections), so at first no
+    // gradient reaches the reader; training must open that path and move both.
+    let vars = vs.variables();
+    let watched = [
+        "generator.layout.places",
+        "generator.blocks.0.layout1.weight",
+    ];
+    let start: Vec<Tensor> = watched.iter().map(|n| vars[*n].copy()).collect();
+    assert_eq!(start[1].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    let mut o = opt(&vs, &[]);
+    for _ in 0..30 {
         o.zero_grad();
-        let c = m.condition(&tokens, 0, true);
-        m.text_attribute_loss(&c, Some(&targets)).backward();
+        m.loss(&images, &tokens, None, 0, 1000).unwrap().backward();
         o.step(3e-3);
     }
-    let after = aux(&m);
-    assert!(after < 0.2 * before, "attribute loss {before} → {after}");
-    // Without targets the term is zero, so a model off the embedded set trains as before.
-    let c = m.condition(&tokens, 0, false);
-    assert_eq!(m.text_attribute_loss(&c, None).double_value(&[]), 0.0);
+    for (name, before) in watched.iter().zip(&start) {
+        let moved = (&vars[*name] - before).abs().max().double_value(&[]);
+        assert!(moved > 1e-4, "{name} did not train: {moved}");
+    }
 }
 
 #[test]
@@ -223,6 +273,15 @@ fn missing_sections_are_config_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("model.prior"), "{err}");
+    // The auxiliary heads teach 3×3 cells: another layout cannot take them.
+    let mut cfg = config(T2IKind::Vae);
+    cfg.attribute_weight = 1.0;
+    cfg.generator.as_mut().unwrap().layout_grid = 4;
+    let err = TextToImage::new(&vs.root(), &cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("layout_grid"), "{err}");
 }
 
 #[test]
