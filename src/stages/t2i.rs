@@ -188,8 +188,9 @@ struct T2IStage {
     /// Targets of the text side's auxiliary attribute loss per training row, when the
     /// model has it.
     attribute_targets: Option<Tensor>,
-    /// The named terms of the last training loss.
-    last_parts: BTreeMap<String, f64>,
+    /// The named terms of the last training loss, detached: read only when logged, so
+    /// a GPU step does not wait for them.
+    last_parts: Vec<(&'static str, Tensor)>,
 }
 
 impl T2IStage {
@@ -219,14 +220,14 @@ impl Trainable for T2IStage {
             self.tok.pad,
             micro / self.cfg.train.accumulate,
         )?;
-        self.last_parts = terms
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.double_value(&[])))
-            .collect();
+        self.last_parts = terms.iter().map(|(k, v)| (*k, v.detach())).collect();
         Ok(sum_terms(terms))
     }
     fn loss_parts(&self) -> BTreeMap<String, f64> {
-        self.last_parts.clone()
+        self.last_parts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.double_value(&[])))
+            .collect()
     }
     fn groups(&self) -> Vec<Group> {
         if !self.model.is_gan() {
@@ -380,7 +381,7 @@ pub fn train(
         device,
         run_dir: run_dir.to_path_buf(),
         attribute_targets,
-        last_parts: BTreeMap::new(),
+        last_parts: vec![],
     };
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &s)?;

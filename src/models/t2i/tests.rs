@@ -134,6 +134,41 @@ fn the_text_attribute_heads_learn_the_captions_facts() {
 }
 
 #[test]
+fn the_loss_is_the_sum_of_its_named_terms() {
+    let mut cfg = config(T2IKind::Vae);
+    cfg.attribute_weight = 1.0;
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let m = TextToImage::new(&vs.root(), &cfg).unwrap();
+    let (images, tokens) = batch();
+    let targets = scene_rows();
+    let terms = m
+        .loss_terms(&images, &tokens, Some(&targets), 0, 1000)
+        .unwrap();
+    let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["pixel", "kl", "attributes"]);
+    for (name, t) in &terms {
+        let v = t.double_value(&[]);
+        assert!(v.is_finite() && v >= 0.0, "{name}: {v}");
+    }
+    let parts: f64 = terms.iter().map(|(_, t)| t.double_value(&[])).sum();
+    let total = sum_terms(terms).double_value(&[]);
+    assert!(
+        (total - parts).abs() < 1e-3 * total.abs(),
+        "{total} vs {parts}"
+    );
+    // Without targets there is no attribute term.
+    let (_, diffusion) = build(T2IKind::Diffusion);
+    let names: Vec<&str> = diffusion
+        .loss_terms(&images, &tokens, None, 0, 0)
+        .unwrap()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(names, ["denoise"]);
+}
+
+#[test]
 fn the_layout_reads_each_caption_and_steers_the_picture() {
     let (vs, m) = build(T2IKind::Vae);
     let g = m.generator().unwrap();
