@@ -27,11 +27,8 @@ pub struct GeneratorConfig {
     pub attention_positions: bool,
     /// Side G of the caption's layout grid (see [`LayoutReader`]); 0: no layout. The
     /// embedded set's scenes are laid out on 3×3.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::is_default")]
     pub layout_grid: i64,
-}
-fn is_zero(v: &i64) -> bool {
-    *v == 0
 }
 fn d_attn() -> i64 {
     16
@@ -79,7 +76,8 @@ struct UpBlock {
     /// Learned place embeddings `(H·W, C)` added to the attention queries.
     places: Option<Tensor>,
     /// The layout's modulation after each convolution.
-    layout: Option<(LayoutModulation, LayoutModulation)>,
+    layout1: Option<LayoutModulation>,
+    layout2: Option<LayoutModulation>,
 }
 
 /// The shape of one [`UpBlock`].
@@ -137,36 +135,29 @@ impl UpBlock {
                 };
                 p.var("places", &[n, cout], init)
             }),
-            layout: layout.then(|| {
-                (
-                    LayoutModulation::new(&p / "layout1", text_dim, cout),
-                    LayoutModulation::new(&p / "layout2", text_dim, cout),
-                )
-            }),
+            layout1: layout.then(|| LayoutModulation::new(&p / "layout1", text_dim, cout)),
+            layout2: layout.then(|| LayoutModulation::new(&p / "layout2", text_dim, cout)),
         }
     }
 
     fn forward(&self, x: &Tensor, c: &Caption) -> Tensor {
         let (_, _, h, w) = x.size4().expect("images are (N, C, H, W)");
         let x = x.upsample_nearest2d([h * 2, w * 2], None, None);
-        let modulate = |x: Tensor, which: usize| match (&self.layout, &c.layout) {
-            (Some(m), Some((places, grid))) => {
-                let m = if which == 0 { &m.0 } else { &m.1 };
-                m.forward(&x, places, *grid)
-            }
+        let modulate = |m: &Option<LayoutModulation>, x: Tensor| match (m, &c.layout) {
+            (Some(m), Some((places, grid))) => m.forward(&x, places, *grid),
             _ => x,
         };
         let h1 = modulate(
+            &self.layout1,
             self.film1
                 .forward(&x.apply(&self.conv1).apply(&self.norm1), c.cond),
-            0,
         )
         .leaky_relu();
         let mut out = &h1
             + modulate(
+                &self.layout2,
                 self.film2
                     .forward(&h1.apply(&self.conv2).apply(&self.norm2), c.cond),
-                1,
             )
             .leaky_relu();
         if let Some((ln, attn)) = &self.attn {

@@ -80,7 +80,7 @@ pub struct T2IConfig {
     #[serde(default)]
     pub attribute_weight: f64,
 }
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+pub(super) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 fn d_enc() -> Vec<i64> {
