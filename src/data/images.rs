@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::imageops::FilterType;
+use rayon::prelude::*;
 use std::path::Path;
 
 /// Largest image (in pixels) we agree to decode; larger files are rejected, not decoded.
@@ -73,6 +74,36 @@ pub fn to_square_rgb(img: image::DynamicImage, size: u32) -> Vec<u8> {
     resized.into_raw()
 }
 
+/// Resizes a uint8 batch `(N, 3, H, W)` to `(N, 3, size, size)` the way dataset images
+/// are loaded ([`to_square_rgb`]), so an image drawn or rendered at another size reaches an
+/// evaluator exactly as a dataset image of that size would.
+pub fn resize_batch(images: &tch::Tensor, size: u32) -> tch::Tensor {
+    let dims = images.size();
+    let (n, h, w) = (dims[0], dims[2] as u32, dims[3] as u32);
+    if h == size && w == size {
+        return images.shallow_clone();
+    }
+    let hwc = images
+        .to_device(tch::Device::Cpu)
+        .to_kind(tch::Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous();
+    let flat: Vec<u8> = Vec::try_from(hwc.view([-1])).expect("a uint8 tensor");
+    let per = (h * w * 3) as usize;
+    let pixels: Vec<u8> = flat
+        .par_chunks(per.max(1))
+        .flat_map_iter(|px| {
+            let img = image::RgbImage::from_raw(w, h, px.to_vec()).expect("sized from the tensor");
+            to_square_rgb(image::DynamicImage::ImageRgb8(img), size)
+        })
+        .collect();
+    let s = size as i64;
+    tch::Tensor::from_slice(&pixels)
+        .view([n, s, s, 3])
+        .permute([0, 3, 1, 2])
+        .contiguous()
+}
+
 /// Decodes image files into one uint8 batch `(N, 3, size, size)`.
 pub fn load_batch(paths: &[std::path::PathBuf], size: u32) -> Result<tch::Tensor> {
     let mut pixels = Vec::with_capacity(paths.len() * (size * size * 3) as usize);
@@ -84,4 +115,41 @@ pub fn load_batch(paths: &[std::path::PathBuf], size: u32) -> Result<tch::Tensor
         .view([paths.len() as i64, s, s, 3])
         .permute([0, 3, 1, 2])
         .contiguous())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A drawn image resized for an evaluator must be byte for byte the image a dataset
+    /// of that size would hold: the probe is trained on the latter and grades the former.
+    #[test]
+    fn a_resized_batch_matches_the_dataset_loader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (side, n) = (64u32, 3usize);
+        let pixels: Vec<u8> = (0..n * (side * side * 3) as usize)
+            .map(|i| ((i * 7919) % 251) as u8)
+            .collect();
+        let per = (side * side * 3) as usize;
+        for (i, px) in pixels.chunks(per).enumerate() {
+            image::RgbImage::from_raw(side, side, px.to_vec())
+                .unwrap()
+                .save(dir.path().join(format!("{i}.png")))
+                .unwrap();
+        }
+        let batch = tch::Tensor::from_slice(&pixels)
+            .view([n as i64, side as i64, side as i64, 3])
+            .permute([0, 3, 1, 2])
+            .contiguous();
+        for size in [48u32, 32, 80] {
+            let paths: Vec<_> = (0..n)
+                .map(|i| dir.path().join(format!("{i}.png")))
+                .collect();
+            let loaded = load_batch(&paths, size).unwrap();
+            let resized = resize_batch(&batch, size);
+            assert_eq!(resized.size(), [n as i64, 3, size as i64, size as i64]);
+            assert!(resized.equal(&loaded), "size {size}");
+        }
+        assert!(resize_batch(&batch, side).equal(&batch));
+    }
 }

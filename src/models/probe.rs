@@ -21,6 +21,16 @@ pub struct ProbeConfig {
     pub image_size: i64,
     pub channels: Vec<i64>,
     pub hidden: i64,
+    /// Downsampling of the first stage: 2 (a 3×3 convolution, the default) or a larger
+    /// patchify stride.
+    #[serde(default = "d_stem", skip_serializing_if = "is_default_stem")]
+    pub stem: i64,
+}
+fn d_stem() -> i64 {
+    2
+}
+fn is_default_stem(s: &i64) -> bool {
+    *s == 2
 }
 
 /// Number of detail classes per kind (0: the kind has no detail).
@@ -131,18 +141,21 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(p: &nn::Path, cfg: &ProbeConfig) -> Result<Self> {
-        let down = 1i64 << cfg.channels.len();
+        if cfg.stem < 2 {
+            bail!("probe: stem {} must be at least 2", cfg.stem);
+        }
+        let down = cfg.stem << cfg.channels.len().saturating_sub(1);
         if cfg.channels.is_empty() || cfg.image_size % down != 0 || cfg.image_size / down < 3 {
             bail!(
-                "probe: image_size {} must be divisible by 2^{} and leave a grid of at least 3×3",
+                "probe: image_size {} must be divisible by {down} (stem {} then 2 per further stage) and leave a grid of at least 3×3",
                 cfg.image_size,
-                cfg.channels.len()
+                cfg.stem,
             );
         }
         let c = *cfg.channels.last().expect("channels checked non-empty");
         Ok(Probe {
             cfg: cfg.clone(),
-            conv: ConvEncoder::new(p / "cnn", &cfg.channels),
+            conv: ConvEncoder::with_stem(p / "cnn", &cfg.channels, cfg.stem),
             heads: AttributeHeads::new(p, c, cfg.hidden, true),
         })
     }
@@ -329,6 +342,7 @@ mod tests {
                 image_size: 32,
                 channels: vec![8, 16],
                 hidden: 16,
+                stem: 2,
             },
         )
         .unwrap();
@@ -343,6 +357,45 @@ mod tests {
             (Kind::Float, tch::Device::Cpu),
         ));
         assert!((post.sum(Kind::Float).double_value(&[]) - 2.0).abs() < 1e-4);
+    }
+}
+
+#[cfg(test)]
+mod stem_tests {
+    use super::*;
+
+    fn config(image_size: i64, stem: i64) -> ProbeConfig {
+        ProbeConfig {
+            image_size,
+            channels: vec![8, 16],
+            hidden: 16,
+            stem,
+        }
+    }
+
+    #[test]
+    fn a_patchify_stem_reads_the_grid_and_impossible_strides_are_refused() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let p = Probe::new(&vs.root(), &config(48, 4)).unwrap();
+        let (global, cells) = p.head_logits(&Tensor::zeros(
+            [2, 3, 48, 48],
+            (Kind::Float, tch::Device::Cpu),
+        ));
+        assert_eq!(global.size(), [2, 12]);
+        assert_eq!(cells.size(), [2, 9, 34]);
+        // The stem is one 4×4 patchify convolution, not a 3×3 one.
+        let stem = vs
+            .variables()
+            .into_iter()
+            .find(|(n, _)| n == "cnn.stage0.down.weight")
+            .unwrap()
+            .1;
+        assert_eq!(stem.size(), [8, 3, 4, 4]);
+        for (size, stem, why) in [(48, 1, "stem 1"), (44, 4, "divisible by 8"), (16, 4, "3×3")] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let err = Probe::new(&vs.root(), &config(size, stem)).err().unwrap();
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
     }
 }
 

@@ -383,13 +383,20 @@ pub fn train_probe(
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
     let mut rows = scene_rows(&ds, &train.ids, cell_targets)?;
     if cfg.extra_renders > 0 {
+        // Rendered at the dataset's own size and resized like its images, so the renders
+        // and the split look alike at any probe resolution.
+        let first = train.ids.first().context("the training split is empty")?;
+        let path = ds.image_path(first)?;
+        let (native, _) = image::image_dimensions(&path)
+            .with_context(|| format!("reading the size of {}", path.display()))?;
         let (scenes, pixels) =
-            crate::data::synth::render_extra(cfg.seed, cfg.extra_renders, size as usize);
-        let s = size as i64;
+            crate::data::synth::render_extra(cfg.seed, cfg.extra_renders, native as usize);
+        let s = native as i64;
         let extra = Tensor::from_slice(&pixels)
             .view([scenes.len() as i64, s, s, 3])
             .permute([0, 3, 1, 2])
             .contiguous();
+        let extra = crate::data::images::resize_batch(&extra, size);
         train.images = Tensor::cat(&[&train.images, &extra], 0);
         rows.extend(scenes.iter().map(cell_targets));
         println!(

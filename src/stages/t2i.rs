@@ -124,14 +124,11 @@ pub fn paint_tokens(
     })
 }
 
-/// uint8 images `(N, 3, S, S)` resized (bilinear) to side `side`, for an evaluator
-/// trained at another resolution than the generator draws.
+/// uint8 images `(N, 3, S, S)` resized to side `side` for an evaluator trained at another
+/// resolution than the generator draws, by the same filter that loads dataset images
+/// (area averaging when shrinking): a drawn image and a real one reach it alike.
 pub fn resized(x: &Tensor, side: i64) -> Tensor {
-    if x.size()[2] == side {
-        x.shallow_clone()
-    } else {
-        to_u8(&to_float(x, Device::Cpu).upsample_bilinear2d([side, side], false, None, None))
-    }
+    crate::data::images::resize_batch(x, side as u32)
 }
 
 #[allow(clippy::too_many_arguments)] // each input is a distinct role; a struct would only rename them
