@@ -10,7 +10,7 @@ use crate::data::synth::scene::{
 use crate::models::attribute_heads::{
     AttributeHeads, AttributeLogits, CELL_HEADS, CELL_KINDS, GLOBAL_HEADS,
 };
-use crate::nn::conv::ConvEncoder;
+use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -23,14 +23,8 @@ pub struct ProbeConfig {
     pub hidden: i64,
     /// Downsampling of the first stage: 2 (a 3×3 convolution, the default) or a larger
     /// patchify stride.
-    #[serde(default = "d_stem", skip_serializing_if = "is_default_stem")]
+    #[serde(default = "default_stem", skip_serializing_if = "is_default_stem")]
     pub stem: i64,
-}
-fn d_stem() -> i64 {
-    2
-}
-fn is_default_stem(s: &i64) -> bool {
-    *s == 2
 }
 
 /// Number of detail classes per kind (0: the kind has no detail).
@@ -144,7 +138,7 @@ impl Probe {
         if cfg.stem < 2 {
             bail!("probe: stem {} must be at least 2", cfg.stem);
         }
-        let down = cfg.stem << cfg.channels.len().saturating_sub(1);
+        let down = total_stride(cfg.channels.len(), cfg.stem);
         if cfg.channels.is_empty() || cfg.image_size % down != 0 || cfg.image_size / down < 3 {
             bail!(
                 "probe: image_size {} must be divisible by {down} (stem {} then 2 per further stage) and leave a grid of at least 3×3",

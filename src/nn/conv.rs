@@ -61,6 +61,22 @@ impl DownStage {
     }
 }
 
+/// The first stage's default downsampling: a stride-2 3×3 convolution.
+pub fn default_stem() -> i64 {
+    2
+}
+
+/// Whether a config's `stem` is the default (left out when a config is written, so the
+/// architecture of runs made before the option existed still matches on resume).
+pub fn is_default_stem(stem: &i64) -> bool {
+    *stem == default_stem()
+}
+
+/// How many times a [`ConvEncoder`] of `stages` stages with this `stem` shrinks an image.
+pub fn total_stride(stages: usize, stem: i64) -> i64 {
+    stem << stages.saturating_sub(1)
+}
+
 /// A stack of [`DownStage`]s: `(B, 3, S, S)` → `(B, C, S/2^n, S/2^n)`, or with a patchify
 /// stem of stride s, `S/(s·2^(n-1))`.
 #[derive(Debug)]
