@@ -97,11 +97,7 @@ pub fn resize_batch(images: &tch::Tensor, size: u32) -> tch::Tensor {
             to_square_rgb(image::DynamicImage::ImageRgb8(img), size)
         })
         .collect();
-    let s = size as i64;
-    tch::Tensor::from_slice(&pixels)
-        .view([n, s, s, 3])
-        .permute([0, 3, 1, 2])
-        .contiguous()
+    nchw_batch(&pixels, n, size)
 }
 
 /// Decodes image files into one uint8 batch `(N, 3, size, size)`.
@@ -110,11 +106,17 @@ pub fn load_batch(paths: &[std::path::PathBuf], size: u32) -> Result<tch::Tensor
     for p in paths {
         pixels.extend(load_rgb(p, size)?);
     }
+    Ok(nchw_batch(&pixels, paths.len() as i64, size))
+}
+
+/// `n` images of `size`² RGB bytes, concatenated (HWC, as decoded), as one uint8 batch
+/// `(n, 3, size, size)`.
+pub fn nchw_batch(pixels: &[u8], n: i64, size: u32) -> tch::Tensor {
     let s = size as i64;
-    Ok(tch::Tensor::from_slice(&pixels)
-        .view([paths.len() as i64, s, s, 3])
+    tch::Tensor::from_slice(pixels)
+        .view([n, s, s, 3])
         .permute([0, 3, 1, 2])
-        .contiguous())
+        .contiguous()
 }
 
 #[cfg(test)]

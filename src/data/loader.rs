@@ -50,13 +50,7 @@ pub fn image_tensor(ds: &Dataset, split: Split, ids: &[String], size: u32) -> Re
         })
         .collect::<Result<_>>()?;
     pb.finish_and_clear();
-    let flat: Vec<u8> = pixels.concat();
-    let n = ids.len() as i64;
-    let s = size as i64;
-    let t = Tensor::from_slice(&flat)
-        .view([n, s, s, 3])
-        .permute([0, 3, 1, 2])
-        .contiguous();
+    let t = super::images::nchw_batch(&pixels.concat(), ids.len() as i64, size);
     crate::util::fsio::atomic_write_with(&cache, |tmp| {
         Tensor::write_safetensors(&[("images", &t)], tmp).map_err(|e| anyhow::anyhow!("{e}"))
     })?;

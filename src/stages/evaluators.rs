@@ -391,11 +391,7 @@ pub fn train_probe(
             .with_context(|| format!("reading the size of {}", path.display()))?;
         let (scenes, pixels) =
             crate::data::synth::render_extra(cfg.seed, cfg.extra_renders, native as usize);
-        let s = native as i64;
-        let extra = Tensor::from_slice(&pixels)
-            .view([scenes.len() as i64, s, s, 3])
-            .permute([0, 3, 1, 2])
-            .contiguous();
+        let extra = crate::data::images::nchw_batch(&pixels, scenes.len() as i64, native);
         let extra = crate::data::images::resize_batch(&extra, size);
         train.images = Tensor::cat(&[&train.images, &extra], 0);
         rows.extend(scenes.iter().map(cell_targets));
