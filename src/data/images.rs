@@ -139,10 +139,7 @@ mod tests {
                 .save(dir.path().join(format!("{i}.png")))
                 .unwrap();
         }
-        let batch = tch::Tensor::from_slice(&pixels)
-            .view([n as i64, side as i64, side as i64, 3])
-            .permute([0, 3, 1, 2])
-            .contiguous();
+        let batch = nchw_batch(&pixels, n as i64, side);
         for size in [48u32, 32, 80] {
             let paths: Vec<_> = (0..n)
                 .map(|i| dir.path().join(format!("{i}.png")))

@@ -86,7 +86,7 @@ pub struct ConvEncoder {
 
 impl ConvEncoder {
     pub fn new(p: nn::Path, channels: &[i64]) -> Self {
-        Self::with_stem(p, channels, 2)
+        Self::with_stem(p, channels, default_stem())
     }
 
     /// The first stage downsamples by `stem` (see [`DownStage::with_stride`]): a stem of 4
