@@ -23,7 +23,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CAPTIONER = os.path.join(ROOT, "experiments/demo/captioner.yaml")
+CAPTIONER = os.path.join(ROOT, "experiments/bench/captioner.yaml")
 GAN = os.path.join(ROOT, "experiments/demo/t2i-gan.yaml")
 
 

@@ -364,7 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
         }) => {
-            let path = require_config(&cli, "experiments/demo/captioner.yaml")?;
+            let path = require_config(&cli, "experiments/bench/captioner.yaml")?;
             let raw: serde_yaml::Value = config::load(&path, &cli.overrides)?;
             let timing = if raw["model"]["kind"].as_str() == Some("gan") {
                 let c: t2i::T2IStageConfig = config::load(&path, &cli.overrides)?;
@@ -385,7 +385,7 @@ pub fn run(cli: Cli) -> Result<()> {
             tokens,
             repeats,
         }) => {
-            let path = require_config(&cli, "experiments/demo/captioner.yaml")?;
+            let path = require_config(&cli, "experiments/bench/captioner.yaml")?;
             let c: captioner::CaptionerStageConfig = config::load(&path, &cli.overrides)?;
             let t =
                 crate::stages::bench::greedy_decoding(&c.model, *vocab, *batch, *tokens, *repeats)?;

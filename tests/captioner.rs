@@ -10,6 +10,7 @@ fn config(encoder: EncoderKind) -> CaptionerConfig {
     CaptionerConfig {
         encoder,
         channels: vec![8, 16],
+        stem: 2,
         patch: 8,
         vit_layers: 1,
         dim: 32,
@@ -23,7 +24,9 @@ fn config(encoder: EncoderKind) -> CaptionerConfig {
         contrastive_weight: 0.0,
         attribute_weight: 0.0,
         attribute_hidden: 16,
+        attribute_mix: false,
         attribute_context: false,
+        attribute_words: false,
     }
 }
 

@@ -2,7 +2,8 @@
 //! so a GPU config nobody can run in CI still cannot rot into a typo or a shape mismatch.
 
 use ekphrasis::models::{
-    captioner::Captioner, clip::Clip, probe::Probe, t2i::TextToImage, unified::Unified,
+    captioner::Captioner, clip::Clip, fact_words::FactWords, probe::Probe, t2i::TextToImage,
+    unified::Unified,
 };
 use ekphrasis::stages::{
     captioner::CaptionerStageConfig,
@@ -36,7 +37,13 @@ fn build(path: &Path) -> anyhow::Result<usize> {
     if name.starts_with("captioner") {
         let mut c: CaptionerStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.vocab_size = VOCAB;
-        Captioner::new(&root, &c.model)?;
+        // A stand-in word table: the real one comes from the dataset's tokenizer.
+        let words = c
+            .model
+            .attribute_words
+            .then(|| FactWords::new(|t| Ok(vec![t.len() as i64]), VOCAB, tch::Device::Cpu))
+            .transpose()?;
+        Captioner::with_words(&root, &c.model, words)?;
     } else if name.starts_with("clip") {
         let mut c: ClipStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.text.vocab_size = VOCAB;

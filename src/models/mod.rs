@@ -3,6 +3,7 @@
 pub mod attribute_heads;
 pub mod captioner;
 pub mod clip;
+pub mod fact_words;
 pub mod invertible;
 pub mod probe;
 pub mod t2i;

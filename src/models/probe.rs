@@ -173,69 +173,7 @@ impl Probe {
 
     /// Predictions in the evaluation layout of [`targets`], one row per image.
     pub fn predict_rows(&self, images: &Tensor) -> Vec<Vec<i64>> {
-        let l = tch::no_grad(|| self.logits(images, false));
-        let b = images.size()[0];
-        let global: Vec<Vec<i64>> = Vec::try_from(
-            Tensor::stack(
-                &GLOBAL_HEADS.map(|(o, w)| l.global.narrow(1, o, w).argmax(1, false)),
-                1,
-            )
-            .to_device(tch::Device::Cpu),
-        )
-        .expect("argmax gives int64");
-        let kind_p = l
-            .cells
-            .narrow(2, 0, CELL_KINDS)
-            .softmax(2, Kind::Float)
-            .to_device(tch::Device::Cpu); // (B, 9, 11)
-        let kind_p: Vec<Vec<Vec<f32>>> =
-            Vec::try_from(kind_p).expect("a tensor of the kind we made");
-        let arg = |j: usize| -> Vec<Vec<i64>> {
-            let (o, w) = CELL_HEADS[j];
-            Vec::try_from(
-                l.cells
-                    .narrow(2, o, w)
-                    .argmax(2, false)
-                    .to_device(tch::Device::Cpu),
-            )
-            .expect("a tensor of the kind we made")
-        };
-        let (colour, size) = (arg(1), arg(2));
-        let binary: Vec<Vec<i64>> = Vec::try_from(
-            l.cells
-                .narrow(2, CELL_HEADS[3].0, 2)
-                .argmax(2, false)
-                .to_device(tch::Device::Cpu),
-        )
-        .expect("a tensor of the kind we made");
-        let detail_colour = arg(3);
-        (0..b as usize)
-            .map(|i| {
-                let mut row = global[i].clone();
-                for k in 0..KINDS.len() {
-                    // The cell most confident that it holds kind k, if any cell's best guess is k.
-                    let best = (0..9)
-                        .filter(|&c| {
-                            let p = &kind_p[i][c];
-                            (0..CELL_KINDS as usize).max_by(|&a, &b| p[a].total_cmp(&p[b]))
-                                == Some(k)
-                        })
-                        .max_by(|&a, &b| kind_p[i][a][k].total_cmp(&kind_p[i][b][k]));
-                    match best {
-                        Some(c) => {
-                            let detail = match detail_classes(k) {
-                                0 => -1,
-                                2 => binary[i][c],
-                                _ => detail_colour[i][c],
-                            };
-                            row.extend([1, colour[i][c], size[i][c], c as i64, detail]);
-                        }
-                        None => row.extend([0, -1, -1, -1, -1]),
-                    }
-                }
-                row
-            })
-            .collect()
+        rows_from_logits(&tch::no_grad(|| self.logits(images, false)))
     }
 
     /// Kind posteriors `(B, 10)`: for each kind the largest probability any cell gives
@@ -250,6 +188,71 @@ impl Probe {
         let p = p.amax([1i64].as_slice(), false); // (B, 10)
         &p / p.sum_dim_intlist(1, true, Kind::Float).clamp_min(1e-8)
     }
+}
+
+/// Heads' logits read as predictions in the evaluation layout of [`targets`], one row
+/// per image: what the probe grades with, and how the captioner's own heads are checked.
+pub fn rows_from_logits(l: &AttributeLogits) -> Vec<Vec<i64>> {
+    let b = l.global.size()[0];
+    let global: Vec<Vec<i64>> = Vec::try_from(
+        Tensor::stack(
+            &GLOBAL_HEADS.map(|(o, w)| l.global.narrow(1, o, w).argmax(1, false)),
+            1,
+        )
+        .to_device(tch::Device::Cpu),
+    )
+    .expect("argmax gives int64");
+    let kind_p = l
+        .cells
+        .narrow(2, 0, CELL_KINDS)
+        .softmax(2, Kind::Float)
+        .to_device(tch::Device::Cpu); // (B, 9, 11)
+    let kind_p: Vec<Vec<Vec<f32>>> = Vec::try_from(kind_p).expect("a tensor of the kind we made");
+    let arg = |j: usize| -> Vec<Vec<i64>> {
+        let (o, w) = CELL_HEADS[j];
+        Vec::try_from(
+            l.cells
+                .narrow(2, o, w)
+                .argmax(2, false)
+                .to_device(tch::Device::Cpu),
+        )
+        .expect("a tensor of the kind we made")
+    };
+    let (colour, size) = (arg(1), arg(2));
+    let binary: Vec<Vec<i64>> = Vec::try_from(
+        l.cells
+            .narrow(2, CELL_HEADS[3].0, 2)
+            .argmax(2, false)
+            .to_device(tch::Device::Cpu),
+    )
+    .expect("a tensor of the kind we made");
+    let detail_colour = arg(3);
+    (0..b as usize)
+        .map(|i| {
+            let mut row = global[i].clone();
+            for k in 0..KINDS.len() {
+                // The cell most confident that it holds kind k, if any cell's best guess is k.
+                let best = (0..9)
+                    .filter(|&c| {
+                        let p = &kind_p[i][c];
+                        (0..CELL_KINDS as usize).max_by(|&a, &b| p[a].total_cmp(&p[b])) == Some(k)
+                    })
+                    .max_by(|&a, &b| kind_p[i][a][k].total_cmp(&kind_p[i][b][k]));
+                match best {
+                    Some(c) => {
+                        let detail = match detail_classes(k) {
+                            0 => -1,
+                            2 => binary[i][c],
+                            _ => detail_colour[i][c],
+                        };
+                        row.extend([1, colour[i][c], size[i][c], c as i64, detail]);
+                    }
+                    None => row.extend([0, -1, -1, -1, -1]),
+                }
+            }
+            row
+        })
+        .collect()
 }
 
 /// Slot accuracy of predictions against truth targets (rows of [`targets`]): every image

@@ -1,13 +1,19 @@
 //! The captioner stage: `train captioner` and `eval captioner`.
 
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_rows, load_split, random_shift, to_float, Prefetcher, SplitData};
+use crate::data::loader::{
+    batch_indices, batch_rows, load_split, random_shift, to_float, Prefetcher, SplitData,
+};
 use crate::data::synth::{parse, scene_of};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::text::caption_metrics;
 use crate::models::captioner::decode::DecodeOptions;
-use crate::models::captioner::{Captioner, CaptionerConfig};
-use crate::train::runner::{self, BestMetric, RunOptions, TrainConfig, Trainable};
+use crate::models::captioner::{Captioner, CaptionerConfig, ENCODER_PREFIXES};
+use crate::models::fact_words::FactWords;
+use crate::models::probe::{attribute_accuracy, facts_of_row, is_probe_fact, rows_from_logits};
+use crate::stages::evaluators::{attribute_training_set, scene_targets};
+use crate::train::checkpoint;
+use crate::train::runner::{self, BestMetric, Group, RunOptions, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -40,6 +46,21 @@ pub struct EvalConfig {
     pub decode: DecodeOptions,
 }
 
+/// `pretrain:`: the CNN and its attribute heads first learn the scene's facts alone,
+/// then are frozen while the decoder learns to write them. An encoder-only step costs a
+/// fraction of a captioning step (no 150-token decoder), so the encoder sees many more
+/// images for the same time; the decoder then attends to features that already hold
+/// the facts. Needs `model.attribute_weight` > 0 (the heads) and the embedded set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    pub train: TrainConfig,
+    /// Scenes rendered in memory beside the training split for this phase only (their
+    /// facts, never their paragraphs), as the probe does; 0 keeps to the split.
+    #[serde(default)]
+    pub extra_renders: usize,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptionerStageConfig {
@@ -56,6 +77,9 @@ pub struct CaptionerStageConfig {
     /// Use only this many training images (tests use tiny runs).
     #[serde(default)]
     pub limit_train: Option<usize>,
+    /// Pretrain the encoder on the attribute facts, then freeze it (see [`PretrainConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainConfig>,
 }
 
 /// Ground-truth attribute facts per id, when the dataset is the embedded one.
@@ -77,9 +101,22 @@ pub fn attribute_scores(
     ids: &[String],
     truth: &HashMap<String, Vec<String>>,
 ) -> BTreeMap<String, f64> {
+    let (precision, recall, f1) = fact_scores(captions.iter().map(|c| parse::parse(c)), ids, truth);
+    BTreeMap::from([
+        ("attr_precision".into(), precision),
+        ("attr_recall".into(), recall),
+        ("attr_f1".into(), f1),
+    ])
+}
+
+/// Micro precision, recall and F1 of predicted fact lists (one per id) against the truth.
+fn fact_scores(
+    predicted: impl Iterator<Item = Vec<String>>,
+    ids: &[String],
+    truth: &HashMap<String, Vec<String>>,
+) -> (f64, f64, f64) {
     let (mut hit, mut pred, mut gold) = (0usize, 0usize, 0usize);
-    for (c, id) in captions.iter().zip(ids) {
-        let p = parse::parse(c);
+    for (p, id) in predicted.zip(ids) {
         let t = &truth[id];
         hit += p.iter().filter(|f| t.contains(f)).count();
         pred += p.len();
@@ -92,11 +129,55 @@ pub fn attribute_scores(
     } else {
         0.0
     };
-    BTreeMap::from([
-        ("attr_precision".into(), precision),
-        ("attr_recall".into(), recall),
-        ("attr_f1".into(), f1),
-    ])
+    (precision, recall, f1)
+}
+
+/// What the encoder knows against what the paragraph says, when the model has attribute
+/// heads: the fact F1 of the heads' own reading of the images (`heads_fact_f1`) and of the
+/// captions (`caption_fact_f1`), both without details (the facts a head row can assert).
+/// The gap between them is what the decoder loses while writing.
+fn heads_vs_caption(
+    model: &Captioner,
+    captions: &[String],
+    data: &SplitData,
+    truth: &HashMap<String, Vec<String>>,
+    device: Device,
+) -> Result<Option<BTreeMap<String, f64>>> {
+    if !model.wants_attributes() {
+        return Ok(None);
+    }
+    let mut rows = vec![];
+    let n = data.images.size()[0];
+    for start in (0..n).step_by(128) {
+        let x = to_float(&data.images.narrow(0, start, 128.min(n - start)), device);
+        let logits = model.attribute_logits(&x).context("attribute heads")?;
+        rows.extend(rows_from_logits(&logits));
+    }
+    let plain: HashMap<String, Vec<String>> = truth
+        .iter()
+        .map(|(id, f)| {
+            (
+                id.clone(),
+                f.iter().filter(|x| is_probe_fact(x)).cloned().collect(),
+            )
+        })
+        .collect();
+    let heads = fact_scores(rows.iter().map(|r| facts_of_row(r)), &data.ids, &plain).2;
+    let written = fact_scores(
+        captions.iter().map(|c| {
+            parse::parse(c)
+                .into_iter()
+                .filter(|x| is_probe_fact(x))
+                .collect()
+        }),
+        &data.ids,
+        &plain,
+    )
+    .2;
+    Ok(Some(BTreeMap::from([
+        ("heads_fact_f1".into(), heads),
+        ("caption_fact_f1".into(), written),
+    ])))
 }
 
 pub struct CaptionerStage {
@@ -122,7 +203,16 @@ pub fn build_model(
     let mut mcfg = cfg.clone();
     mcfg.vocab_size = tok.vocab_size() as i64;
     let vs = nn::VarStore::new(device);
-    let model = Captioner::new(&vs.root(), &mcfg)?;
+    let words = if cfg.attribute_words {
+        let encode = |text: &str| -> Result<Vec<i64>> {
+            let ids = tok.encode(text, 64)?;
+            Ok(ids[1..ids.len() - 1].to_vec())
+        };
+        Some(FactWords::new(encode, mcfg.vocab_size, device)?)
+    } else {
+        None
+    };
+    let model = Captioner::with_words(&vs.root(), &mcfg, words)?;
     Ok((vs, model))
 }
 
@@ -308,9 +398,12 @@ pub fn train(
         best: cfg.best.clone(),
         config_yaml,
     };
+    if let Some(pre) = &cfg.pretrain {
+        pretrain_encoder(&mut stage, pre, &opts, resume)?;
+    }
     let params = runner::parameters(&stage.vs);
     eprintln!(
-        "captioner: {:.2}M parameters, {} training images, {} steps of {} on {:?}",
+        "captioner: {:.2}M trainable parameters, {} training images, {} steps of {} on {:?}",
         params as f64 / 1e6,
         stage.train.ids.len(),
         cfg.train.steps,
@@ -320,6 +413,124 @@ pub fn train(
     let summary = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &summary)?;
     Ok(summary)
+}
+
+/// The encoder pretraining phase: the CNN and the attribute heads on the facts alone.
+struct EncoderPretrain<'a> {
+    vs: &'a nn::VarStore,
+    model: &'a Captioner,
+    images: Tensor,
+    targets: Tensor,
+    val_images: &'a Tensor,
+    val_targets: Vec<Vec<i64>>,
+    batch: usize,
+    seed: u64,
+    device: Device,
+}
+
+impl Trainable for EncoderPretrain<'_> {
+    fn var_store(&self) -> &nn::VarStore {
+        self.vs
+    }
+
+    fn groups(&self) -> Vec<Group> {
+        vec![Group {
+            name: "encoder".into(),
+            prefixes: ENCODER_PREFIXES.iter().map(|p| p.to_string()).collect(),
+            lr_scale: 1.0,
+        }]
+    }
+
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let n = self.images.size()[0] as usize;
+        let idx = Tensor::from_slice(&batch_indices(n, self.batch, self.seed, micro));
+        let x = to_float(&self.images.index_select(0, &idx), self.device);
+        let t = self.targets.index_select(0, &idx).to_device(self.device);
+        self.model
+            .attribute_only_loss(&x, &t, true)
+            .context("pretrain needs model.attribute_weight > 0 and the CNN encoder")
+    }
+
+    fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        let mut pred = vec![];
+        let n = self.val_images.size()[0];
+        for start in (0..n).step_by(128) {
+            let x = to_float(
+                &self.val_images.narrow(0, start, 128.min(n - start)),
+                self.device,
+            );
+            let logits = self.model.attribute_logits(&x).context("attribute heads")?;
+            pred.extend(rows_from_logits(&logits));
+        }
+        Ok(BTreeMap::from([(
+            "attr_accuracy".into(),
+            attribute_accuracy(&pred, &self.val_targets),
+        )]))
+    }
+}
+
+/// Runs (or, on resume, reloads) the encoder pretraining in `<run>/encoder`, then freezes
+/// the encoder for the decoder's phase.
+fn pretrain_encoder(
+    stage: &mut CaptionerStage,
+    pre: &PretrainConfig,
+    opts: &RunOptions,
+    resume: bool,
+) -> Result<()> {
+    if !stage.model.wants_attributes() || stage.truth.is_none() {
+        bail!("pretrain needs model.attribute_weight > 0 and the embedded set (its scene facts are the targets)");
+    }
+    let dir = opts.run_dir.join("encoder");
+    if resume && dir.join("done.json").exists() {
+        let (_, tensors) = checkpoint::load(&dir, "latest")?;
+        checkpoint::load_into(&stage.vs, &tensors, "model.")?;
+    } else {
+        let ds = Dataset::open(&stage.cfg.data)?;
+        let (images, targets) = attribute_training_set(
+            &ds,
+            &stage.train,
+            stage.cfg.seed,
+            pre.extra_renders,
+            "captioner encoder",
+        )?;
+        let mut phase = EncoderPretrain {
+            vs: &stage.vs,
+            model: &stage.model,
+            images,
+            targets,
+            val_images: &stage.val.images,
+            val_targets: scene_targets(&ds, &stage.val.ids)?,
+            batch: pre.train.batch_size,
+            seed: stage.cfg.seed,
+            device: stage.device,
+        };
+        let phase_opts = RunOptions {
+            run_dir: dir.clone(),
+            resume: resume && checkpoint::exists(&dir, "latest"),
+            best: BestMetric {
+                name: "attr_accuracy".into(),
+                higher_is_better: true,
+            },
+            config_yaml: serde_yaml::to_string(pre)?,
+            arch: opts.arch.clone(),
+            tokenizer_hash: opts.tokenizer_hash.clone(),
+            seed: opts.seed,
+        };
+        eprintln!(
+            "captioner encoder: {} steps of {} on the attribute facts",
+            pre.train.steps, pre.train.batch_size
+        );
+        let summary = runner::run(&mut phase, &pre.train, &phase_opts)?;
+        super::write_done(&dir, &summary)?;
+        eprintln!(
+            "captioner encoder trained: {} steps in {:.1} s",
+            summary.steps, summary.seconds
+        );
+    }
+    stage.model.freeze_encoder(&stage.vs);
+    // The heads are frozen: their loss would only cost time.
+    stage.attribute_targets = None;
+    Ok(())
 }
 
 /// A trained captioner read back from its run folder (config + chosen checkpoint; EMA
@@ -371,6 +582,9 @@ pub fn evaluate(
     m.insert("images_per_sec".into(), captions.len() as f64 / secs);
     if let Some(truth) = synth_facts(&ds)? {
         m.extend(attribute_scores(&captions, &data.ids, &truth));
+        if let Some(heads) = heads_vs_caption(&lc.model, &captions, &data, &truth, device)? {
+            m.extend(heads);
+        }
     }
     let out = run_dir.join(format!("eval_{}", split.name()));
     crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;

@@ -322,6 +322,41 @@ pub fn cell_target_tensor(ds: &Dataset, ids: &[String]) -> Result<Tensor> {
     Ok(rows_tensor(&scene_rows(ds, ids, cell_targets)?))
 }
 
+/// The images (uint8, the split's size) and [`cell_targets`] rows an attribute reader
+/// trains on: the training split, then `extra` scenes from
+/// [`crate::data::synth::render_extra`]. The renders are drawn at the dataset's own size
+/// and resized like its images, so they look alike at any resolution (drawn directly at
+/// 48 px they cost the probe 0.02 test accuracy).
+pub fn attribute_training_set(
+    ds: &Dataset,
+    train: &SplitData,
+    seed: u64,
+    extra: usize,
+    who: &str,
+) -> Result<(Tensor, Tensor)> {
+    let mut rows = scene_rows(ds, &train.ids, cell_targets)?;
+    if extra == 0 {
+        return Ok((train.images.shallow_clone(), rows_tensor(&rows)));
+    }
+    let first = train.ids.first().context("the training split is empty")?;
+    let path = ds.image_path(first)?;
+    let (native, _) = image::image_dimensions(&path)
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+    let (scenes, pixels) = crate::data::synth::render_extra(seed, extra, native as usize);
+    let rendered = crate::data::images::nchw_batch(&pixels, scenes.len() as i64, native);
+    let rendered = crate::data::images::resize_batch(&rendered, train.images.size()[2] as u32);
+    rows.extend(scenes.iter().map(cell_targets));
+    println!(
+        "{who}: {} training images + {} rendered scenes",
+        train.ids.len(),
+        scenes.len()
+    );
+    Ok((
+        Tensor::cat(&[&train.images, &rendered], 0),
+        rows_tensor(&rows),
+    ))
+}
+
 fn rows_tensor(rows: &[Vec<i64>]) -> Tensor {
     Tensor::from_slice(&rows.concat()).view([rows.len() as i64, -1])
 }
@@ -381,27 +416,9 @@ pub fn train_probe(
     let size = cfg.model.image_size as u32;
     let mut train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
-    let mut rows = scene_rows(&ds, &train.ids, cell_targets)?;
-    if cfg.extra_renders > 0 {
-        // Rendered at the dataset's own size and resized like its images, so the renders
-        // and the split look alike at any probe resolution.
-        let first = train.ids.first().context("the training split is empty")?;
-        let path = ds.image_path(first)?;
-        let (native, _) = image::image_dimensions(&path)
-            .with_context(|| format!("reading the size of {}", path.display()))?;
-        let (scenes, pixels) =
-            crate::data::synth::render_extra(cfg.seed, cfg.extra_renders, native as usize);
-        let extra = crate::data::images::nchw_batch(&pixels, scenes.len() as i64, native);
-        let extra = crate::data::images::resize_batch(&extra, size);
-        train.images = Tensor::cat(&[&train.images, &extra], 0);
-        rows.extend(scenes.iter().map(cell_targets));
-        println!(
-            "probe: {} training images + {} rendered scenes",
-            train.ids.len(),
-            scenes.len()
-        );
-    }
-    let train_targets = rows_tensor(&rows);
+    let (images, train_targets) =
+        attribute_training_set(&ds, &train, cfg.seed, cfg.extra_renders, "probe")?;
+    train.images = images;
     let val_targets = scene_targets(&ds, &val.ids)?;
     let hash = if ds.tokenizer_path().exists() {
         crate::util::fsio::sha256_file(&ds.tokenizer_path())?

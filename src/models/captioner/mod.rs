@@ -6,7 +6,8 @@
 pub mod decode;
 
 use crate::models::attribute_heads::{attribute_loss, AttributeHeads, AttributeLogits};
-use crate::nn::conv::ConvEncoder;
+use crate::models::fact_words::FactWords;
+use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
 use crate::nn::transformer::{DecoderLayer, EncoderLayer, LayerCache};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,10 @@ pub struct CaptionerConfig {
     /// CNN: channels of each stride-2 stage; the grid is image/2^stages.
     #[serde(default = "default_channels")]
     pub channels: Vec<i64>,
+    /// CNN: downsampling of the first stage, 2 (a 3×3 convolution) or a larger patchify
+    /// stride (the probe's cheap stem); the grid is then image/(stem·2^(stages-1)).
+    #[serde(default = "default_stem", skip_serializing_if = "is_default_stem")]
+    pub stem: i64,
     /// ViT: patch side in pixels, and number of encoder layers.
     #[serde(default = "default_patch")]
     pub patch: i64,
@@ -59,11 +64,20 @@ pub struct CaptionerConfig {
     /// Hidden width of those heads.
     #[serde(default = "default_attribute_hidden")]
     pub attribute_hidden: i64,
+    /// A residual 3×3 convolution in the heads before pooling (the probe's heads), so an
+    /// object that overflows its cell is still seen whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attribute_mix: bool,
     /// The heads' hidden states (one for the scene, one per grid cell) join the grid the
     /// decoder attends to: ten object-level memory tokens, what the paragraph's sentences
     /// are about. Needs `attribute_weight` > 0.
     #[serde(default)]
     pub attribute_context: bool,
+    /// The heads' reading also joins the context as words ([`FactWords`]): per cell the
+    /// embeddings of its position and of its likely kind, colour and size, for the scene
+    /// its sky, ground and style. Needs `attribute_context` and a tokenizer at build time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attribute_words: bool,
 }
 fn default_attribute_hidden() -> i64 {
     256
@@ -104,10 +118,32 @@ pub struct Captioner {
     /// `attribute_context` the projection and positions of their hidden states.
     attributes: Option<AttributeHeads>,
     attribute_tokens: Option<(nn::Linear, Tensor)>,
+    /// With `attribute_words`: the word table and the ten tokens' positions.
+    fact_words: Option<(FactWords, Tensor)>,
+    /// Set by [`Captioner::freeze_encoder`]: the CNN and the heads run in inference mode
+    /// without gradients, and only the decoder side learns.
+    encoder_frozen: bool,
 }
+
+/// Variable-name prefixes of the CNN encoder and of the attribute heads: what
+/// [`Captioner::freeze_encoder`] freezes and the encoder pretraining optimises.
+pub const ENCODER_PREFIXES: [&str; 2] = ["cnn.", "aux_attributes."];
 
 impl Captioner {
     pub fn new(p: &nn::Path, cfg: &CaptionerConfig) -> Result<Self> {
+        Self::with_words(p, cfg, None)
+    }
+
+    /// A captioner whose config may ask for `attribute_words`: `words` is then the table
+    /// built from its tokenizer.
+    pub fn with_words(
+        p: &nn::Path,
+        cfg: &CaptionerConfig,
+        words: Option<FactWords>,
+    ) -> Result<Self> {
+        if cfg.attribute_words && (!cfg.attribute_context || words.is_none()) {
+            bail!("model.attribute_words needs model.attribute_context and the tokenizer's word table");
+        }
         if cfg.vocab_size <= 0 {
             bail!("captioner: vocab_size is not set (it comes from the tokenizer)");
         }
@@ -128,11 +164,14 @@ impl Captioner {
         }
         let (encoder, grid) = match cfg.encoder {
             EncoderKind::Cnn => {
-                let down = 1i64 << cfg.channels.len();
-                if cfg.channels.is_empty() || cfg.image_size % down != 0 {
-                    bail!("model.image_size {} must be divisible by 2^{} (one halving per channel stage)", cfg.image_size, cfg.channels.len());
+                if cfg.stem < 2 {
+                    bail!("model.stem {} must be at least 2", cfg.stem);
                 }
-                let conv = ConvEncoder::new(p / "cnn", &cfg.channels);
+                let down = total_stride(cfg.channels.len(), cfg.stem);
+                if cfg.channels.is_empty() || cfg.image_size % down != 0 {
+                    bail!("model.image_size {} must be divisible by {down} (the stem's {}, then 2 per further channel stage)", cfg.image_size, cfg.stem);
+                }
+                let conv = ConvEncoder::with_stem(p / "cnn", &cfg.channels, cfg.stem);
                 let proj = nn::linear(
                     p / "cnn_proj",
                     *cfg.channels.last().expect("channels checked non-empty"),
@@ -206,9 +245,12 @@ impl Captioner {
             }),
             attributes: (cfg.attribute_weight > 0.0).then(|| {
                 let c = *cfg.channels.last().expect("channels checked non-empty");
-                // No mixing convolution: the CNN's last stage already ends in a 3×3
-                // residual convolution, and the step's time is the captioner's budget.
-                AttributeHeads::new(&(p / "aux_attributes"), c, cfg.attribute_hidden, false)
+                AttributeHeads::new(
+                    &(p / "aux_attributes"),
+                    c,
+                    cfg.attribute_hidden,
+                    cfg.attribute_mix,
+                )
             }),
             attribute_tokens: cfg.attribute_context.then(|| {
                 (
@@ -221,7 +263,51 @@ impl Captioner {
                     p.var("attribute_pos", &[10, cfg.dim], init),
                 )
             }),
+            fact_words: words
+                .filter(|_| cfg.attribute_words)
+                .map(|w| (w, p.var("fact_word_pos", &[10, cfg.dim], init))),
+            encoder_frozen: false,
         })
+    }
+
+    /// Freezes the CNN and the attribute heads of `vs` (this model's store): they stop
+    /// requiring gradients, so an optimizer built afterwards leaves them out, and they
+    /// run in inference mode. What the decoder phase of a pretrained encoder trains on.
+    pub fn freeze_encoder(&mut self, vs: &nn::VarStore) {
+        for (name, t) in vs.variables() {
+            if ENCODER_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        self.encoder_frozen = true;
+    }
+
+    /// The auxiliary attribute loss alone (the encoder pretraining's objective); None
+    /// when the model has no attribute heads.
+    pub fn attribute_only_loss(
+        &self,
+        images: &Tensor,
+        targets: &Tensor,
+        train: bool,
+    ) -> Option<Tensor> {
+        let heads = self.attributes.as_ref()?;
+        match &self.encoder {
+            ImageEncoder::Cnn { conv, .. } => {
+                Some(heads.loss(&conv.forward(images, train), targets, train))
+            }
+            ImageEncoder::Vit { .. } => None,
+        }
+    }
+
+    /// The attribute heads' logits for images, without gradients (to grade them).
+    pub fn attribute_logits(&self, images: &Tensor) -> Option<AttributeLogits> {
+        let heads = self.attributes.as_ref()?;
+        match &self.encoder {
+            ImageEncoder::Cnn { conv, .. } => Some(tch::no_grad(|| {
+                heads.logits(&conv.forward(images, false), false)
+            })),
+            ImageEncoder::Vit { .. } => None,
+        }
     }
 
     /// Symmetric InfoNCE between the mean of the image grid and the mean of the
@@ -273,16 +359,30 @@ impl Captioner {
     ) -> (Tensor, Option<AttributeLogits>) {
         match &self.encoder {
             ImageEncoder::Cnn { conv, proj } => {
-                let f = conv.forward(images, train); // (B, C, g, g)
+                let frozen = self.encoder_frozen;
+                let wanted = want_attributes || self.attribute_tokens.is_some();
+                let features = || {
+                    let f = conv.forward(images, train && !frozen); // (B, C, g, g)
+                    let logits = self
+                        .attributes
+                        .as_ref()
+                        .filter(|_| wanted)
+                        .map(|heads| heads.logits(&f, train && !frozen));
+                    (f, logits)
+                };
+                let (f, logits) = if frozen {
+                    tch::no_grad(features)
+                } else {
+                    features()
+                };
                 let h = f.flatten(2, 3).transpose(1, 2).apply(proj) + &self.grid_pos; // (B, G, D)
-                let logits = self
-                    .attributes
-                    .as_ref()
-                    .filter(|_| want_attributes || self.attribute_tokens.is_some())
-                    .map(|heads| heads.logits(&f, train));
                 let ctx = match (&self.attribute_tokens, &logits) {
                     (Some((proj, pos)), Some(l)) => {
-                        Tensor::cat(&[h, l.hidden.apply(proj) + pos], 1)
+                        let mut parts = vec![h, l.hidden.apply(proj) + pos];
+                        if let Some((words, word_pos)) = &self.fact_words {
+                            parts.push(words.weights(l).matmul(&self.tok_emb.ws) + word_pos);
+                        }
+                        Tensor::cat(&parts, 1)
                     }
                     _ => h,
                 };
