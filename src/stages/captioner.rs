@@ -132,6 +132,19 @@ fn fact_scores(
     (precision, recall, f1)
 }
 
+/// The captioner's attribute heads read uint8 `images` in batches, as rows in the probe's
+/// evaluation layout.
+fn head_rows(model: &Captioner, images: &Tensor, device: Device) -> Result<Vec<Vec<i64>>> {
+    let mut rows = vec![];
+    let n = images.size()[0];
+    for start in (0..n).step_by(128) {
+        let x = to_float(&images.narrow(0, start, 128.min(n - start)), device);
+        let logits = model.attribute_logits(&x).context("attribute heads")?;
+        rows.extend(rows_from_logits(&logits));
+    }
+    Ok(rows)
+}
+
 /// What the encoder knows against what the paragraph says, when the model has attribute
 /// heads: the fact F1 of the heads' own reading of the images (`heads_fact_f1`) and of the
 /// captions (`caption_fact_f1`), both without details (the facts a head row can assert).
@@ -146,13 +159,7 @@ fn heads_vs_caption(
     if !model.wants_attributes() {
         return Ok(None);
     }
-    let mut rows = vec![];
-    let n = data.images.size()[0];
-    for start in (0..n).step_by(128) {
-        let x = to_float(&data.images.narrow(0, start, 128.min(n - start)), device);
-        let logits = model.attribute_logits(&x).context("attribute heads")?;
-        rows.extend(rows_from_logits(&logits));
-    }
+    let rows = head_rows(model, &data.images, device)?;
     let plain: HashMap<String, Vec<String>> = truth
         .iter()
         .map(|(id, f)| {
@@ -452,16 +459,7 @@ impl Trainable for EncoderPretrain<'_> {
     }
 
     fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
-        let mut pred = vec![];
-        let n = self.val_images.size()[0];
-        for start in (0..n).step_by(128) {
-            let x = to_float(
-                &self.val_images.narrow(0, start, 128.min(n - start)),
-                self.device,
-            );
-            let logits = self.model.attribute_logits(&x).context("attribute heads")?;
-            pred.extend(rows_from_logits(&logits));
-        }
+        let pred = head_rows(self.model, self.val_images, self.device)?;
         Ok(BTreeMap::from([(
             "attr_accuracy".into(),
             attribute_accuracy(&pred, &self.val_targets),
