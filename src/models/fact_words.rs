@@ -75,10 +75,12 @@ impl FactWords {
     pub fn weights(&self, l: &AttributeLogits) -> Tensor {
         let expected =
             |logits: &Tensor, table: &Tensor| logits.softmax(-1, Kind::Float).matmul(table);
-        let mut scene = Tensor::zeros_like(&self.global.get(0)).unsqueeze(0);
-        for (off, w) in GLOBAL_HEADS {
-            scene += expected(&l.global.narrow(1, off, w), &self.global.narrow(0, off, w));
-        }
+        // Summed out of place: a scene row broadcasts over the batch.
+        let scene = GLOBAL_HEADS
+            .iter()
+            .map(|&(off, w)| expected(&l.global.narrow(1, off, w), &self.global.narrow(0, off, w)))
+            .reduce(|a, b| a + b)
+            .expect("three global heads");
         let kind = l
             .cells
             .narrow(2, CELL_HEADS[0].0, CELL_HEADS[0].1)
