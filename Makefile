@@ -27,7 +27,9 @@ LIBTORCH_DEP :=
 endif
 
 # An interrupted run (a checkpoint but no done.json) is resumed, not restarted.
-resume = $(if $(wildcard $(1)/checkpoints/latest.json),--resume,)
+# A two-phase run (captioner, facts VAE) may have stopped in its first phase, whose
+# checkpoints live in a subfolder.
+resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \

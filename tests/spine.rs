@@ -22,14 +22,32 @@ fn other_generators(d: &Path, data: &Path) {
         "kind: diffusion\n  image_size: 16\n  unet: {channels: [8, 16], attention_max_side: 8}\n  diffusion: {sample_steps: 3}\n",
     ).replace("  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, attention_positions: true, layout_grid: 3}\n", "")
         .replace("  prior: learned\n", "");
+    let facts = std::fs::read_to_string(t2i_facts_cfg(d, data)).unwrap();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
-    for (name, cfg) in [("gan", gan), ("diffusion", diffusion)] {
+    for (name, cfg) in [("gan", gan), ("diffusion", diffusion), ("facts", facts)] {
         let cfg_path = write(d, &format!("{name}.yaml"), cfg);
         let run = p(&format!("{name}_run"));
         let args = [
             "train", "t2i", "-c", &cfg_path, "--run", &run, "--device", "cpu",
         ];
-        if name == "gan" {
+        if name == "facts" {
+            // Stopped in the text side's phase, then resumed: both phases finish, and
+            // the second starts after the first.
+            let out = bin()
+                .args(args)
+                .env("EKPHRASIS_STOP_AFTER_STEP", "2")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("interrupted at step 2"),
+                "{err}"
+            );
+            let mut resumed = args.to_vec();
+            resumed.push("--resume");
+            ok(&resumed);
+            assert!(Path::new(&run).join("text/done.json").exists());
+        } else if name == "gan" {
             // Stop after step 2, then resume: both optimizers' moments come back.
             let out = bin()
                 .args(args)
@@ -51,6 +69,11 @@ fn other_generators(d: &Path, data: &Path) {
             "eval", "t2i", "--run", &run, "--split", "test", "--device", "cpu",
         ]);
         assert!(out.contains("r_precision"), "{name}: {out}");
+        assert_eq!(
+            out.contains("reader_fact_accuracy"),
+            name == "facts",
+            "{out}"
+        );
     }
     let out_dir = p("drawn_diffusion");
     ok(&[

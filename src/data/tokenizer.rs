@@ -101,6 +101,16 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The ids of the vocabulary's tokens that end a sentence: ".", "!" and "?" where
+    /// they are tokens of their own (byte-level vocabularies spell them the same).
+    pub fn sentence_end_ids(&self) -> Vec<i64> {
+        [".", "!", "?"]
+            .iter()
+            .filter_map(|t| self.inner.token_to_id(t))
+            .map(|i| i as i64)
+            .collect()
+    }
+
     /// `<s> tokens… </s>`, truncated to `max_len` (the end token is kept).
     pub fn encode(&self, text: &str, max_len: usize) -> Result<Vec<i64>> {
         let enc = self

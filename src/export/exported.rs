@@ -282,8 +282,15 @@ impl Painter for ExportedPainter {
                 tokens.size()
             );
         }
-        let mask = tokens.ne(self.tok.pad);
-        Ok(condition_from(&self.text.call(&[tokens])?, mask))
+        let states = self.text.call(&[tokens])?;
+        let mask = if self.cfg.facts.is_some() {
+            // The condition's tokens are the nine cells' facts, all present.
+            let cells = states.size()[1] - 1;
+            Tensor::ones([tokens.size()[0], cells], (Kind::Bool, tokens.device()))
+        } else {
+            tokens.ne(self.tok.pad)
+        };
+        Ok(condition_from(&states, mask))
     }
 
     fn noise_of(&self, n: i64, device: Device) -> Tensor {

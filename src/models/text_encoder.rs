@@ -2,6 +2,7 @@
 //! embeddings + learned positions + pre-norm encoder layers. It returns the token
 //! sequence (for cross-attention) and a mean-pooled global vector. The contrastive model
 //! and each generator own separate instances: the models are independent by design.
+//! With `local_layers`, the first layers attend only within each token's sentence.
 
 use crate::nn::transformer::EncoderLayer;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,49 @@ pub struct TextEncoderConfig {
     /// Set from the tokenizer at build time.
     #[serde(default)]
     pub vocab_size: i64,
+    /// The first `local_layers` layers attend only within each token's sentence.
+    ///
+    /// Why: a paragraph states each fact in one sentence ("A big pink sun hangs in the
+    /// top right"). Learned absolute positions must discover from scratch that the
+    /// words to bind sit together; a sentence-local layer binds them from the first
+    /// step, and the global layers after it read the bound phrases.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub local_layers: i64,
+    /// Token ids that end a sentence (".", "!", "?"), set from the tokenizer at build
+    /// time when `local_layers` > 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sentence_ends: Vec<i64>,
+}
+
+impl TextEncoderConfig {
+    /// Fills in what comes from the tokenizer: the vocabulary size and, for
+    /// sentence-local layers, the ids that end a sentence.
+    pub fn set_tokenizer(
+        &mut self,
+        tok: &crate::data::tokenizer::TextTokenizer,
+    ) -> anyhow::Result<()> {
+        self.vocab_size = tok.vocab_size() as i64;
+        if self.local_layers > 0 {
+            self.sentence_ends = tok.sentence_end_ids();
+            if self.sentence_ends.is_empty() {
+                anyhow::bail!(
+                    "text.local_layers needs sentence ends, but the tokenizer has no \".\", \"!\" or \"?\" token"
+                );
+            }
+        }
+        if self.local_layers > self.layers {
+            anyhow::bail!(
+                "text.local_layers is {}, but the encoder has {} layers",
+                self.local_layers,
+                self.layers
+            );
+        }
+        Ok(())
+    }
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 pub struct TextEncoder {
@@ -73,8 +117,13 @@ impl TextEncoder {
         let mask = tokens.ne(pad);
         let mut x = tokens.apply(&self.emb) + self.pos.narrow(0, 0, l);
         x = x.dropout(self.cfg.dropout, train);
-        for layer in &self.layers {
-            x = layer.forward(&x, Some(&mask), train);
+        let local = (self.cfg.local_layers > 0).then(|| self.sentence_mask(&tokens, &mask));
+        for (i, layer) in self.layers.iter().enumerate() {
+            let m = match &local {
+                Some(local) if (i as i64) < self.cfg.local_layers => local,
+                _ => &mask,
+            };
+            x = layer.forward(&x, Some(m), train);
         }
         let seq = self.ln.forward(&x);
         // `to_dtype`, not `to_kind`: a trace records `to_kind`'s device, which would pin an
@@ -83,5 +132,64 @@ impl TextEncoder {
         let pooled = (&seq * &m).sum_dim_intlist(1, false, Kind::Float)
             / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
         Encoded { seq, mask, pooled }
+    }
+
+    /// `(B, L, L)`: true where query token i may see key token j, i.e. j is a real
+    /// token of i's sentence (a sentence's closing mark belongs to it). Every token also
+    /// sees itself, so no row is empty (padding included).
+    fn sentence_mask(&self, tokens: &Tensor, mask: &Tensor) -> Tensor {
+        let l = tokens.size()[1];
+        let mut ends = tokens.zeros_like().to_kind(Kind::Bool);
+        for &id in &self.cfg.sentence_ends {
+            ends = ends.logical_or(&tokens.eq(id));
+        }
+        let ends = ends.to_kind(Kind::Int64);
+        let sentence = ends.cumsum(1, Kind::Int64) - &ends; // (B, L)
+        let same = sentence.unsqueeze(2).eq_tensor(&sentence.unsqueeze(1));
+        let eye = Tensor::eye(l, (Kind::Bool, tokens.device())).unsqueeze(0);
+        same.logical_and(&mask.unsqueeze(1)).logical_or(&eye)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn a_sentence_local_layer_reads_each_sentence_alone() {
+        // Token 9 ends a sentence; 0 pads.
+        let cfg = TextEncoderConfig {
+            dim: 16,
+            layers: 1,
+            heads: 2,
+            mlp: 32,
+            max_len: 12,
+            dropout: 0.0,
+            vocab_size: 12,
+            local_layers: 1,
+            sentence_ends: vec![9],
+        };
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = TextEncoder::new(vs.root(), &cfg);
+        let a = Tensor::from_slice(&[3i64, 4, 9, 5, 6, 9, 0, 0]).view([1, 8]);
+        // The second sentence changed: the first one's states must not move.
+        let b = Tensor::from_slice(&[3i64, 4, 9, 7, 8, 2, 9, 0]).view([1, 8]);
+        let (ea, eb) = (enc.forward(&a, 0, false), enc.forward(&b, 0, false));
+        let first = |e: &Encoded| e.seq.narrow(1, 0, 3);
+        assert!(first(&ea).allclose(&first(&eb), 1e-6, 1e-6, false));
+        // A global encoder (no local layers) lets them see each other.
+        let mut global = cfg.clone();
+        global.local_layers = 0;
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = TextEncoder::new(vs.root(), &global);
+        let (ea, eb) = (enc.forward(&a, 0, false), enc.forward(&b, 0, false));
+        assert!(!first(&ea).allclose(&first(&eb), 1e-6, 1e-6, false));
+        assert!(
+            ea.seq.isfinite().all().int64_value(&[]) == 1,
+            "padding rows stay finite"
+        );
     }
 }

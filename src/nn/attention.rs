@@ -115,7 +115,8 @@ impl Attention {
         self.forward_masked(x, context, causal, cache, None, train)
     }
 
-    /// As [`Attention::forward`], with `key_mask` `(B, S)` (true = attend) hiding padding.
+    /// As [`Attention::forward`], with `key_mask` (true = attend): `(B, S)` hides padding
+    /// from every query; `(B, T, S)` says, per query, which keys it may see.
     pub fn forward_masked(
         &self,
         x: &Tensor,
@@ -173,7 +174,10 @@ impl Attention {
             None
         };
         if let Some(km) = key_mask {
-            let km = km.unsqueeze(1).unsqueeze(1); // (B, 1, 1, S): broadcast over heads and queries
+            let km = match km.dim() {
+                3 => km.unsqueeze(1),              // (B, 1, T, S): broadcast over heads
+                _ => km.unsqueeze(1).unsqueeze(1), // (B, 1, 1, S): over heads and queries
+            };
             mask = Some(match mask {
                 Some(m) => m.logical_and(&km),
                 None => km,

@@ -398,7 +398,8 @@ pub fn train(
     let mut stage = CaptionerStage::new(cfg.clone(), device)?;
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
-        resume,
+        // A run stopped between its two phases resumes its second from the start.
+        resume: resume && (cfg.pretrain.is_none() || checkpoint::exists(run_dir, "latest")),
         seed: cfg.seed,
         arch: serde_json::to_value(&stage.model.cfg)?,
         tokenizer_hash: stage.tok.hash.clone(),

@@ -158,7 +158,7 @@ pub fn build_clip(
     device: Device,
 ) -> Result<(nn::VarStore, Clip)> {
     let mut c = cfg.clone();
-    c.text.vocab_size = tok.vocab_size() as i64;
+    c.text.set_tokenizer(tok)?;
     let vs = nn::VarStore::new(device);
     let m = Clip::new(&vs.root(), &c)?;
     Ok((vs, m))

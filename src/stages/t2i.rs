@@ -46,6 +46,19 @@ pub struct T2IStageConfig {
     pub best: BestMetric,
     #[serde(default)]
     pub limit_train: Option<usize>,
+    /// `pretrain:` (with `model.facts`): the text side first learns the facts alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<TextPretrainConfig>,
+}
+
+/// `pretrain:`: the text encoder and the fact reader learn the paragraphs' facts
+/// before the generator trains, then are frozen. A text-only step costs a fraction of
+/// a generator step, and the generator then paints from facts that are already right
+/// instead of from a reader that is still learning (docs/results.md, session 10).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextPretrainConfig {
+    pub train: TrainConfig,
 }
 
 pub fn build(
@@ -54,7 +67,7 @@ pub fn build(
     device: Device,
 ) -> Result<(nn::VarStore, TextToImage)> {
     let mut c = cfg.clone();
-    c.text.vocab_size = tok.vocab_size() as i64;
+    c.text.set_tokenizer(tok)?;
     let vs = nn::VarStore::new(device);
     let m = TextToImage::new(&vs.root(), &c)?;
     Ok((vs, m))
@@ -200,7 +213,8 @@ impl T2IStage {
             .attribute_targets
             .as_ref()
             .map(|a| batch_rows(a, batch, seed, micro, self.device));
-        Ok((x, t.context("tokenized captions")?, a))
+        let t = trim_padding(&t.context("tokenized captions")?, self.tok.pad);
+        Ok((x, t, a))
     }
 }
 
@@ -349,7 +363,9 @@ pub fn train(
     };
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
-        resume,
+        // A run stopped between its two phases resumes its second from the start.
+        resume: resume
+            && (cfg.pretrain.is_none() || crate::train::checkpoint::exists(run_dir, "latest")),
         seed: cfg.seed,
         arch: serde_json::to_value(&model.cfg)?,
         tokenizer_hash: tok.hash.clone(),
@@ -380,9 +396,160 @@ pub fn train(
         attribute_targets,
         last_parts: vec![],
     };
+    if let Some(pre) = &cfg.pretrain {
+        pretrain_text(&mut stage, pre, &opts, resume)?;
+    }
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &s)?;
     Ok(s)
+}
+
+/// The text side's pretraining phase: the encoder and the fact reader on the facts.
+struct TextPretrain<'a> {
+    vs: &'a nn::VarStore,
+    model: &'a TextToImage,
+    tokens: &'a Tensor,
+    targets: &'a Tensor,
+    val_tokens: &'a Tensor,
+    val_truth: Vec<Vec<i64>>,
+    pad: i64,
+    batch: usize,
+    seed: u64,
+    device: Device,
+}
+
+impl Trainable for TextPretrain<'_> {
+    fn var_store(&self) -> &nn::VarStore {
+        self.vs
+    }
+
+    fn groups(&self) -> Vec<Group> {
+        vec![Group {
+            name: "text".into(),
+            prefixes: vec!["text.".into()],
+            lr_scale: 1.0,
+        }]
+    }
+
+    fn loss(&mut self, micro: u64) -> Result<Tensor> {
+        let t = trim_padding(
+            &batch_rows(self.tokens, self.batch, self.seed, micro, self.device),
+            self.pad,
+        );
+        let a = batch_rows(self.targets, self.batch, self.seed, micro, self.device);
+        self.model
+            .fact_loss(&t, &a, self.pad)
+            .context("pretrain needs model.facts")
+    }
+
+    fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
+        let pred = read_facts(self.model, self.val_tokens, self.pad, self.device)?;
+        Ok(BTreeMap::from([(
+            "fact_accuracy".into(),
+            attribute_accuracy(&pred, &self.val_truth),
+        )]))
+    }
+}
+
+/// Caption token rows cut after the batch's longest caption: the padding beyond it is
+/// masked anyway, and a text step costs in proportion to the length it runs over.
+fn trim_padding(tokens: &Tensor, pad: i64) -> Tensor {
+    let longest = tokens
+        .ne(pad)
+        .sum_dim_intlist(1, false, Kind::Int64)
+        .max()
+        .int64_value(&[]);
+    tokens.narrow(1, 0, longest.max(1))
+}
+
+/// The facts a model's reader takes from caption token rows, as prediction rows in the
+/// probe's evaluation layout.
+pub fn read_facts(
+    model: &TextToImage,
+    tokens: &Tensor,
+    pad: i64,
+    device: Device,
+) -> Result<Vec<Vec<i64>>> {
+    let mut rows = vec![];
+    let n = tokens.size()[0];
+    for start in (0..n).step_by(128) {
+        let t = trim_padding(
+            &tokens
+                .narrow(0, start, 128.min(n - start))
+                .to_device(device),
+            pad,
+        );
+        let (global, cells) = tch::no_grad(|| model.fact_logits(&t, pad, false))
+            .context("the model has no fact reader (model.facts)")?;
+        rows.extend(crate::models::probe::rows_from_logits(
+            &crate::models::attribute_heads::AttributeLogits {
+                hidden: global.zeros_like(),
+                global,
+                cells,
+            },
+        ));
+    }
+    Ok(rows)
+}
+
+/// Runs (or, on resume, reloads) the text side's pretraining in `<run>/text`, then
+/// freezes it for the generator's phase.
+fn pretrain_text(
+    stage: &mut T2IStage,
+    pre: &TextPretrainConfig,
+    opts: &RunOptions,
+    resume: bool,
+) -> Result<()> {
+    if !stage.model.reads_facts() {
+        bail!("pretrain: trains the fact reader of model.facts, which this model has not");
+    }
+    let targets = stage
+        .attribute_targets
+        .as_ref()
+        .context("pretrain needs the embedded set's scene facts")?;
+    let dir = opts.run_dir.join("text");
+    if resume && dir.join("done.json").exists() {
+        let (_, tensors) = crate::train::checkpoint::load(&dir, "latest")?;
+        crate::train::checkpoint::load_into(&stage.vs, &tensors, "model.")?;
+    } else {
+        let val_tokens = stage.val.tokens.as_ref().context("tokenized captions")?;
+        let mut phase = TextPretrain {
+            vs: &stage.vs,
+            model: &stage.model,
+            tokens: stage.train.tokens.as_ref().context("tokenized captions")?,
+            targets,
+            val_tokens,
+            val_truth: scene_targets(&stage.ds, &stage.val.ids)?,
+            pad: stage.tok.pad,
+            batch: pre.train.batch_size,
+            seed: stage.cfg.seed,
+            device: stage.device,
+        };
+        let phase_opts = RunOptions {
+            run_dir: dir.clone(),
+            resume: resume && crate::train::checkpoint::exists(&dir, "latest"),
+            best: BestMetric {
+                name: "fact_accuracy".into(),
+                higher_is_better: true,
+            },
+            config_yaml: serde_yaml::to_string(pre)?,
+            arch: opts.arch.clone(),
+            tokenizer_hash: opts.tokenizer_hash.clone(),
+            seed: opts.seed,
+        };
+        eprintln!(
+            "t2i text side: {} steps of {} on the paragraphs' facts",
+            pre.train.steps, pre.train.batch_size
+        );
+        let summary = runner::run(&mut phase, &pre.train, &phase_opts)?;
+        super::write_done(&dir, &summary)?;
+        eprintln!(
+            "t2i text side trained: {} steps in {:.1} s",
+            summary.steps, summary.seconds
+        );
+    }
+    stage.model.freeze_text(&stage.vs);
+    Ok(())
 }
 
 pub struct LoadedT2I {
@@ -450,6 +617,15 @@ pub fn evaluate(
         device,
     )?;
     m.insert("images_per_sec".into(), data.ids.len() as f64 / secs);
+    if lt.model.reads_facts() {
+        // What the generator was told: the ceiling of its probe accuracy.
+        let read = read_facts(&lt.model, tokens, lt.tok.pad, device)?;
+        let truth = scene_targets(&ds, &data.ids)?;
+        m.insert(
+            "reader_fact_accuracy".into(),
+            attribute_accuracy(&read, &truth),
+        );
+    }
     // Diversity: 5 noises for each of the first 20 captions, mean pairwise distance of
     // their contrastive features (0 means the noise is ignored: mode collapse).
     let k = 20.min(tokens.size()[0]);

@@ -4,7 +4,9 @@
 //! (FiLM, the channel-wise affine "fusion" of DF-GAN, Tao et al. 2022), and blocks at
 //! low resolution also cross-attend to the caption's tokens, so words like "top left"
 //! can bind to places. With `layout_grid`, a [`LayoutReader`] also reads a grid of place
-//! vectors off the caption and every block is modulated by it, place by place.
+//! vectors off the caption and every block is modulated by it, place by place. A
+//! generator built [`Generator::painting_from_places`] takes its condition's tokens as
+//! those place vectors (the facts of [`super::facts`]).
 
 use super::layout::{LayoutModulation, LayoutReader};
 use crate::nn::attention::Attention;
@@ -182,11 +184,37 @@ pub struct Generator {
     to_rgb: nn::Conv2D,
     c0: i64,
     layout: Option<LayoutReader>,
+    /// The side of the grid the condition's tokens are laid out on, when they are the
+    /// place vectors themselves.
+    given_layout: Option<i64>,
 }
 
 impl Generator {
     /// `cond` is the width of the caption vector, `text_dim` of its tokens.
     pub fn new(p: nn::Path, cfg: &GeneratorConfig, cond: i64, text_dim: i64) -> Self {
+        Self::build(p, cfg, cond, text_dim, None)
+    }
+
+    /// A generator whose condition tokens `(B, G², D)` are the place vectors of a
+    /// `grid`×`grid` layout, row-major from the top left: every block is modulated by
+    /// them place by place (and attends to them where `attention_max_side` allows).
+    pub fn painting_from_places(
+        p: nn::Path,
+        cfg: &GeneratorConfig,
+        cond: i64,
+        dim: i64,
+        grid: i64,
+    ) -> Self {
+        Self::build(p, cfg, cond, dim, Some(grid))
+    }
+
+    fn build(
+        p: nn::Path,
+        cfg: &GeneratorConfig,
+        cond: i64,
+        text_dim: i64,
+        given_layout: Option<i64>,
+    ) -> Self {
         let c0 = cfg.channels[0];
         let mut cin = c0;
         let mut side = 4;
@@ -201,7 +229,7 @@ impl Generator {
                     cout: c,
                     attend: side <= cfg.attention_max_side,
                     places: cfg.attention_positions.then_some(side * side),
-                    layout: cfg.layout_grid > 0,
+                    layout: cfg.layout_grid > 0 || given_layout.is_some(),
                 };
                 let b = UpBlock::new(&p / "blocks" / i, spec, cond, text_dim);
                 cin = c;
@@ -223,8 +251,9 @@ impl Generator {
                 },
             ),
             c0,
-            layout: (cfg.layout_grid > 0)
+            layout: (cfg.layout_grid > 0 && given_layout.is_none())
                 .then(|| LayoutReader::new(&p / "layout", cfg.layout_grid, text_dim)),
+            given_layout,
         }
     }
 
@@ -256,10 +285,11 @@ impl Generator {
             cond,
             tokens,
             mask: token_mask,
-            layout: self
-                .layout
-                .as_ref()
-                .map(|l| (l.forward(tokens, token_mask), l.grid)),
+            layout: match (self.given_layout, &self.layout) {
+                (Some(grid), _) => Some((tokens.shallow_clone(), grid)),
+                (None, Some(l)) => Some((l.forward(tokens, token_mask), l.grid)),
+                (None, None) => None,
+            },
         };
         for blk in &self.blocks {
             x = blk.forward(&x, &caption);

@@ -4,6 +4,7 @@
 //! guidance).
 
 pub mod diffusion;
+pub mod facts;
 pub mod gan;
 pub mod generator;
 pub mod layout;
@@ -16,6 +17,7 @@ use super::attribute_heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
 use anyhow::{bail, Result};
 use diffusion::{DiffusionConfig, Schedule};
+use facts::{FactEmbedding, FactReader, Facts};
 use gan::{Discriminator, GanConfig};
 use generator::{Generator, GeneratorConfig};
 use serde::{Deserialize, Serialize};
@@ -79,7 +81,23 @@ pub struct T2IConfig {
     /// embedded set).
     #[serde(default)]
     pub attribute_weight: f64,
+    /// Paint from the scene's facts read off the caption (see [`facts`]; vae, embedded
+    /// set): the text encoder feeds a fact reader taught by the paragraph's facts, and
+    /// the generator paints from the reader's facts, never from the text directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<FactsConfig>,
 }
+
+/// `model.facts`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FactsConfig {
+    /// Train the generator on each training paragraph's true facts (teacher forcing)
+    /// instead of the reader's reading of it. Drawing always uses the reader's.
+    #[serde(default)]
+    pub teacher_forcing: bool,
+}
+
 pub(super) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -145,6 +163,10 @@ pub struct TextToImage {
     /// With a 3×3 layout, the auxiliary head that reads each cell's object off its place
     /// vector (the text head then reads the sky, ground and style only).
     layout_attributes: Option<nn::Sequential>,
+    /// With `facts`: the reader of the caption's facts and their embedding.
+    facts: Option<(FactReader, FactEmbedding)>,
+    /// The text side (encoder and fact reader) was trained first and is frozen.
+    text_frozen: bool,
     body: Body,
 }
 
@@ -160,7 +182,12 @@ fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a T> {
 
 fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
     let gcfg = need(&cfg.generator, kind, "generator")?;
-    let g = Generator::new(p / "generator", gcfg, cfg.text.dim, cfg.text.dim);
+    let d = cfg.text.dim;
+    let g = match cfg.facts {
+        // The nine cells' fact vectors are the layout.
+        Some(_) => Generator::painting_from_places(p / "generator", gcfg, d, d, 3),
+        None => Generator::new(p / "generator", gcfg, d, d),
+    };
     if g.output_side() != cfg.image_size {
         bail!(
             "model.generator.channels has {} upsampling blocks: images of {} px, but model.image_size is {}",
@@ -179,6 +206,19 @@ impl TextToImage {
         }
         if cfg.prior == VaePrior::Learned && cfg.kind != T2IKind::Vae {
             bail!("model.prior: learned is a vae's; a {:?} has none", cfg.kind);
+        }
+        if cfg.facts.is_some() {
+            if cfg.kind != T2IKind::Vae {
+                bail!(
+                    "model.facts is implemented for the vae; a {:?} paints from the text",
+                    cfg.kind
+                );
+            }
+            if cfg.attribute_weight > 0.0
+                || cfg.generator.as_ref().is_some_and(|g| g.layout_grid > 0)
+            {
+                bail!("model.facts has its own fact reader and layout: leave model.attribute_weight and model.generator.layout_grid unset");
+            }
         }
         let text = TextEncoder::new(p / "text", &cfg.text);
         let body = match cfg.kind {
@@ -266,22 +306,115 @@ impl TextToImage {
         });
         let layout_attributes =
             cells_on_layout.then(|| head(p / "generator" / "layout" / "attributes", CELL_WIDTH));
+        // The reader under "text." (it is the text side), the embedding under
+        // "generator." (it is what the generator paints from).
+        let facts = cfg.facts.as_ref().map(|_| {
+            (
+                FactReader::new(p / "text" / "facts", d),
+                FactEmbedding::new(p / "generator" / "facts", d),
+            )
+        });
         Ok(TextToImage {
             cfg: cfg.clone(),
             text,
             text_attributes,
             layout_attributes,
+            facts,
+            text_frozen: false,
             body,
         })
     }
 
     pub fn condition(&self, tokens: &Tensor, pad: i64, train: bool) -> Condition {
         let e = self.text.forward(tokens, pad, train);
-        Condition {
-            global: e.pooled,
-            tokens: e.seq,
-            mask: e.mask,
+        match &self.facts {
+            Some((reader, _)) => {
+                let (global, cells) = reader.logits(&e);
+                self.fact_condition(&Facts::from_logits(&global, &cells))
+            }
+            None => Condition {
+                global: e.pooled,
+                tokens: e.seq,
+                mask: e.mask,
+            },
         }
+    }
+
+    /// The generator's condition for facts: the global vector, and the nine cells'
+    /// vectors as the tokens (all present). Panics without `facts` (callers check).
+    fn fact_condition(&self, facts: &Facts) -> Condition {
+        let (_, embedding) = self.facts.as_ref().expect("a model with facts");
+        let (global, cells) = embedding.forward(facts);
+        // `to_dtype`, not `to_kind`: a trace must not pin the device.
+        let mask = cells
+            .select(2, 0)
+            .ones_like()
+            .to_dtype(Kind::Bool, false, false);
+        Condition {
+            global,
+            tokens: cells,
+            mask,
+        }
+    }
+
+    /// Whether the model paints from facts read off the caption (`model.facts`).
+    pub fn reads_facts(&self) -> bool {
+        self.facts.is_some()
+    }
+
+    /// The fact reader's logits `(B, 12)`, `(B, 9, 34)` for caption tokens; `None`
+    /// without `facts`.
+    pub fn fact_logits(&self, tokens: &Tensor, pad: i64, train: bool) -> Option<(Tensor, Tensor)> {
+        let (reader, _) = self.facts.as_ref()?;
+        Some(reader.logits(&self.text.forward(tokens, pad, train)))
+    }
+
+    /// The fact reader's loss against target rows `(B, 39)` (the text side's pretraining
+    /// objective); `None` without `facts`.
+    pub fn fact_loss(&self, tokens: &Tensor, targets: &Tensor, pad: i64) -> Option<Tensor> {
+        let (global, cells) = self.fact_logits(tokens, pad, true)?;
+        Some(attribute_loss(&global, &cells, targets))
+    }
+
+    /// Stops training the text side (encoder and fact reader): it was trained first.
+    pub fn freeze_text(&mut self, vs: &nn::VarStore) {
+        for (name, t) in vs.variables() {
+            if name.starts_with("text.") {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        self.text_frozen = true;
+    }
+
+    /// The condition a facts model trains its generator on, and, while the text side
+    /// still trains, the reader's loss. The generator never passes gradients to the
+    /// text: it paints from the true facts (teacher forcing) or from the reader's,
+    /// detached.
+    fn fact_training_condition(
+        &self,
+        tokens: &Tensor,
+        targets: Option<&Tensor>,
+        pad: i64,
+    ) -> Result<(Condition, Option<Tensor>)> {
+        let Some(t) = targets else {
+            bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
+        };
+        let teacher = self.cfg.facts.as_ref().is_some_and(|f| f.teacher_forcing);
+        let read = if self.text_frozen {
+            (!teacher).then(|| tch::no_grad(|| self.fact_logits(tokens, pad, false)))
+        } else {
+            Some(self.fact_logits(tokens, pad, true))
+        }
+        .flatten();
+        let loss = match (&read, self.text_frozen) {
+            (Some((global, cells)), false) => Some(attribute_loss(global, cells, t)),
+            _ => None,
+        };
+        let facts = match (&read, teacher) {
+            (Some((global, cells)), false) => Facts::from_logits(&global.detach(), &cells.detach()),
+            _ => Facts::one_hot(t),
+        };
+        Ok((self.fact_condition(&facts), loss))
     }
 
     /// The diffusion model's null condition for `b` rows (one token).
@@ -347,9 +480,10 @@ impl TextToImage {
         }
     }
 
-    /// Whether the model trains with the auxiliary attribute loss (and so needs targets).
+    /// Whether the model trains with the scene facts (the auxiliary attribute loss, or
+    /// `facts`), and so needs targets.
     pub fn wants_attributes(&self) -> bool {
-        self.text_attributes.is_some()
+        self.text_attributes.is_some() || self.facts.is_some()
     }
 
     /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens,
@@ -379,9 +513,14 @@ impl TextToImage {
         pad: i64,
         step: u64,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        let c = self.condition(tokens, pad, true);
-        let aux = (self.wants_attributes() && attributes.is_some())
-            .then(|| self.text_attribute_loss(&c, attributes));
+        let (c, aux) = if self.reads_facts() {
+            self.fact_training_condition(tokens, attributes, pad)?
+        } else {
+            let c = self.condition(tokens, pad, true);
+            let aux = (self.wants_attributes() && attributes.is_some())
+                .then(|| self.text_attribute_loss(&c, attributes));
+            (c, aux)
+        };
         let mut terms = match &self.body {
             Body::Vae {
                 generator,
@@ -423,7 +562,12 @@ impl TextToImage {
                 )
             }
         };
-        terms.extend(aux.map(|a| ("attributes", a)));
+        let name = if self.reads_facts() {
+            "facts"
+        } else {
+            "attributes"
+        };
+        terms.extend(aux.map(|a| (name, a)));
         Ok(terms)
     }
 

@@ -383,3 +383,81 @@ fn a_learned_prior_paints_each_caption_from_noise() {
     let (mu, _) = p.forward(&g);
     assert!((&mu - mu.roll([1], [0])).abs().max().double_value(&[]) > 1e-3);
 }
+
+fn facts_model() -> (VarStore, TextToImage) {
+    let mut cfg = config(T2IKind::Vae);
+    cfg.generator.as_mut().unwrap().layout_grid = 0;
+    cfg.text.local_layers = 1;
+    cfg.text.sentence_ends = vec![19];
+    cfg.facts = Some(FactsConfig::default());
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let m = TextToImage::new(&vs.root(), &cfg).unwrap();
+    (vs, m)
+}
+
+#[test]
+fn a_facts_vae_paints_from_the_nine_cells_its_reader_finds() {
+    let (vs, mut m) = facts_model();
+    let (images, tokens) = batch();
+    let targets = scene_rows();
+    let c = m.condition(&tokens, 0, false);
+    assert_eq!(c.tokens.size(), [8, 9, 32], "one condition token per cell");
+    assert_eq!(c.mask.size(), [8, 9]);
+    let x = m.sample(&c.repeat(2), &m.noise(16, Device::Cpu));
+    assert_eq!(x.size(), [16, 3, S, S]);
+    // The facts come from the training paragraph: a batch without them is refused.
+    let err = m.loss(&images, &tokens, None, 0, 10).err().unwrap();
+    assert!(err.to_string().contains("scene facts"), "{err}");
+    // While the text side trains, the reader's loss is a term of its own, and it
+    // learns the captions' facts.
+    let names = |m: &TextToImage| -> Vec<&str> {
+        m.loss_terms(&images, &tokens, Some(&targets), 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert_eq!(names(&m), ["pixel", "kl", "facts"]);
+    let read = |m: &TextToImage| m.fact_loss(&tokens, &targets, 0).unwrap().double_value(&[]);
+    let before = read(&m);
+    let mut o = opt(&vs, &["text.".into()]);
+    for _ in 0..60 {
+        o.zero_grad();
+        m.fact_loss(&tokens, &targets, 0).unwrap().backward();
+        o.step(3e-3);
+    }
+    let after = read(&m);
+    assert!(after < 0.2 * before, "fact loss {before} → {after}");
+    // Frozen, the text side gets no gradient from the generator's loss.
+    o.zero_grad();
+    m.freeze_text(&vs);
+    assert_eq!(names(&m), ["pixel", "kl"]);
+    let mut o = opt(&vs, &[]);
+    o.zero_grad();
+    m.loss(&images, &tokens, Some(&targets), 0, 10)
+        .unwrap()
+        .backward();
+    for (name, t) in vs.variables() {
+        if name.starts_with("text.") {
+            assert!(
+                !t.grad().defined() || t.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn facts_are_the_vaes_alone_and_replace_the_older_text_options() {
+    let mut cfg = config(T2IKind::Gan);
+    cfg.generator.as_mut().unwrap().layout_grid = 0;
+    cfg.facts = Some(FactsConfig::default());
+    let vs = VarStore::new(Device::Cpu);
+    let err = TextToImage::new(&vs.root(), &cfg).err().unwrap();
+    assert!(err.to_string().contains("implemented for the vae"), "{err}");
+    let mut cfg = config(T2IKind::Vae);
+    cfg.facts = Some(FactsConfig::default());
+    let err = TextToImage::new(&vs.root(), &cfg).err().unwrap();
+    assert!(err.to_string().contains("layout_grid"), "{err}");
+}
