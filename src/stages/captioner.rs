@@ -479,53 +479,35 @@ fn pretrain_encoder(
     if !stage.model.wants_attributes() || stage.truth.is_none() {
         bail!("pretrain needs model.attribute_weight > 0 and the embedded set (its scene facts are the targets)");
     }
-    let dir = opts.run_dir.join("encoder");
-    if resume && dir.join("done.json").exists() {
-        let (_, tensors) = checkpoint::load(&dir, "latest")?;
-        checkpoint::load_into(&stage.vs, &tensors, "model.")?;
-    } else {
-        let ds = Dataset::open(&stage.cfg.data)?;
+    let ds = Dataset::open(&stage.cfg.data)?;
+    let phase = super::FirstPhase {
+        folder: "encoder",
+        name: "captioner encoder",
+        metric: "attr_accuracy",
+        train: &pre.train,
+        config_yaml: serde_yaml::to_string(pre)?,
+    };
+    let s = &*stage;
+    super::run_first_phase(&s.vs, opts, resume, phase, || {
         let (images, targets) = attribute_training_set(
             &ds,
-            &stage.train,
-            stage.cfg.seed,
+            &s.train,
+            s.cfg.seed,
             pre.extra_renders,
             "captioner encoder",
         )?;
-        let mut phase = EncoderPretrain {
-            vs: &stage.vs,
-            model: &stage.model,
+        Ok(EncoderPretrain {
+            vs: &s.vs,
+            model: &s.model,
             images,
             targets,
-            val_images: &stage.val.images,
-            val_targets: scene_targets(&ds, &stage.val.ids)?,
+            val_images: &s.val.images,
+            val_targets: scene_targets(&ds, &s.val.ids)?,
             batch: pre.train.batch_size,
-            seed: stage.cfg.seed,
-            device: stage.device,
-        };
-        let phase_opts = RunOptions {
-            run_dir: dir.clone(),
-            resume: resume && checkpoint::exists(&dir, "latest"),
-            best: BestMetric {
-                name: "attr_accuracy".into(),
-                higher_is_better: true,
-            },
-            config_yaml: serde_yaml::to_string(pre)?,
-            arch: opts.arch.clone(),
-            tokenizer_hash: opts.tokenizer_hash.clone(),
-            seed: opts.seed,
-        };
-        eprintln!(
-            "captioner encoder: {} steps of {} on the attribute facts",
-            pre.train.steps, pre.train.batch_size
-        );
-        let summary = runner::run(&mut phase, &pre.train, &phase_opts)?;
-        super::write_done(&dir, &summary)?;
-        eprintln!(
-            "captioner encoder trained: {} steps in {:.1} s",
-            summary.steps, summary.seconds
-        );
-    }
+            seed: s.cfg.seed,
+            device: s.device,
+        })
+    })?;
     stage.model.freeze_encoder(&stage.vs);
     // The heads are frozen: their loss would only cost time.
     stage.attribute_targets = None;

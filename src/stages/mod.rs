@@ -14,6 +14,62 @@ use anyhow::Result;
 use std::path::Path;
 
 /// Writes `runs/<stage>/<run>/done.json` with the run's last metrics; `make` depends on it.
+/// The first phase of a two-phase stage (the captioner's encoder, the facts VAE's text
+/// side): what it is called, where it runs, what it keeps its best checkpoint by.
+pub struct FirstPhase<'a> {
+    /// The subfolder of the run it lives in.
+    pub folder: &'a str,
+    /// What the progress lines call it ("captioner encoder").
+    pub name: &'a str,
+    /// The validation metric (higher is better) of its best checkpoint.
+    pub metric: &'a str,
+    pub train: &'a crate::train::runner::TrainConfig,
+    /// Its section of the config, kept beside its checkpoints.
+    pub config_yaml: String,
+}
+
+/// Runs a first phase in `<run>/<folder>` (resuming it where it stopped), or, on
+/// `resume` once it has finished, only loads its weights into `vs`. `build` makes the
+/// trainable phase, and is not called when the phase is only reloaded.
+pub fn run_first_phase<P: crate::train::runner::Trainable>(
+    vs: &tch::nn::VarStore,
+    opts: &crate::train::runner::RunOptions,
+    resume: bool,
+    phase: FirstPhase,
+    build: impl FnOnce() -> Result<P>,
+) -> Result<()> {
+    use crate::train::{checkpoint, runner};
+    let dir = opts.run_dir.join(phase.folder);
+    if resume && dir.join("done.json").exists() {
+        let (_, tensors) = checkpoint::load(&dir, "latest")?;
+        return checkpoint::load_into(vs, &tensors, "model.");
+    }
+    let mut trainable = build()?;
+    let phase_opts = runner::RunOptions {
+        run_dir: dir.clone(),
+        resume: resume && checkpoint::exists(&dir, "latest"),
+        best: runner::BestMetric {
+            name: phase.metric.into(),
+            higher_is_better: true,
+        },
+        config_yaml: phase.config_yaml,
+        arch: opts.arch.clone(),
+        tokenizer_hash: opts.tokenizer_hash.clone(),
+        seed: opts.seed,
+    };
+    eprintln!(
+        "{}: {} steps of {}",
+        phase.name, phase.train.steps, phase.train.batch_size
+    );
+    let summary = runner::run(&mut trainable, phase.train, &phase_opts)?;
+    write_done(&dir, &summary)?;
+    eprintln!(
+        "{} trained: {} steps in {:.1} s",
+        phase.name, summary.steps, summary.seconds
+    );
+    Ok(())
+}
+
 pub fn write_done(run_dir: &Path, summary: &crate::train::runner::RunSummary) -> Result<()> {
     let v = serde_json::json!({
         "steps": summary.steps,

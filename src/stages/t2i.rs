@@ -507,47 +507,28 @@ fn pretrain_text(
         .attribute_targets
         .as_ref()
         .context("pretrain needs the embedded set's scene facts")?;
-    let dir = opts.run_dir.join("text");
-    if resume && dir.join("done.json").exists() {
-        let (_, tensors) = crate::train::checkpoint::load(&dir, "latest")?;
-        crate::train::checkpoint::load_into(&stage.vs, &tensors, "model.")?;
-    } else {
-        let val_tokens = stage.val.tokens.as_ref().context("tokenized captions")?;
-        let mut phase = TextPretrain {
-            vs: &stage.vs,
-            model: &stage.model,
-            tokens: stage.train.tokens.as_ref().context("tokenized captions")?,
+    let phase = super::FirstPhase {
+        folder: "text",
+        name: "t2i text side",
+        metric: "fact_accuracy",
+        train: &pre.train,
+        config_yaml: serde_yaml::to_string(pre)?,
+    };
+    let s = &*stage;
+    super::run_first_phase(&s.vs, opts, resume, phase, || {
+        Ok(TextPretrain {
+            vs: &s.vs,
+            model: &s.model,
+            tokens: s.train.tokens.as_ref().context("tokenized captions")?,
             targets,
-            val_tokens,
-            val_truth: scene_targets(&stage.ds, &stage.val.ids)?,
-            pad: stage.tok.pad,
+            val_tokens: s.val.tokens.as_ref().context("tokenized captions")?,
+            val_truth: scene_targets(&s.ds, &s.val.ids)?,
+            pad: s.tok.pad,
             batch: pre.train.batch_size,
-            seed: stage.cfg.seed,
-            device: stage.device,
-        };
-        let phase_opts = RunOptions {
-            run_dir: dir.clone(),
-            resume: resume && crate::train::checkpoint::exists(&dir, "latest"),
-            best: BestMetric {
-                name: "fact_accuracy".into(),
-                higher_is_better: true,
-            },
-            config_yaml: serde_yaml::to_string(pre)?,
-            arch: opts.arch.clone(),
-            tokenizer_hash: opts.tokenizer_hash.clone(),
-            seed: opts.seed,
-        };
-        eprintln!(
-            "t2i text side: {} steps of {} on the paragraphs' facts",
-            pre.train.steps, pre.train.batch_size
-        );
-        let summary = runner::run(&mut phase, &pre.train, &phase_opts)?;
-        super::write_done(&dir, &summary)?;
-        eprintln!(
-            "t2i text side trained: {} steps in {:.1} s",
-            summary.steps, summary.seconds
-        );
-    }
+            seed: s.cfg.seed,
+            device: s.device,
+        })
+    })?;
     stage.model.freeze_text(&stage.vs);
     Ok(())
 }

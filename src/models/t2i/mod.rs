@@ -328,32 +328,15 @@ impl TextToImage {
     pub fn condition(&self, tokens: &Tensor, pad: i64, train: bool) -> Condition {
         let e = self.text.forward(tokens, pad, train);
         match &self.facts {
-            Some((reader, _)) => {
+            Some((reader, embedding)) => {
                 let (global, cells) = reader.logits(&e);
-                self.fact_condition(&Facts::from_logits(&global, &cells))
+                fact_condition(embedding, &Facts::from_logits(&global, &cells))
             }
             None => Condition {
                 global: e.pooled,
                 tokens: e.seq,
                 mask: e.mask,
             },
-        }
-    }
-
-    /// The generator's condition for facts: the global vector, and the nine cells'
-    /// vectors as the tokens (all present). Panics without `facts` (callers check).
-    fn fact_condition(&self, facts: &Facts) -> Condition {
-        let (_, embedding) = self.facts.as_ref().expect("a model with facts");
-        let (global, cells) = embedding.forward(facts);
-        // `to_dtype`, not `to_kind`: a trace must not pin the device.
-        let mask = cells
-            .select(2, 0)
-            .ones_like()
-            .to_dtype(Kind::Bool, false, false);
-        Condition {
-            global,
-            tokens: cells,
-            mask,
         }
     }
 
@@ -396,6 +379,9 @@ impl TextToImage {
         targets: Option<&Tensor>,
         pad: i64,
     ) -> Result<(Condition, Option<Tensor>)> {
+        let Some((_, embedding)) = &self.facts else {
+            bail!("model.facts is not set: this model paints from the text");
+        };
         let Some(t) = targets else {
             bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
         };
@@ -414,7 +400,7 @@ impl TextToImage {
             (Some((global, cells)), false) => Facts::from_logits(&global.detach(), &cells.detach()),
             _ => Facts::one_hot(t),
         };
-        Ok((self.fact_condition(&facts), loss))
+        Ok((fact_condition(embedding, &facts), loss))
     }
 
     /// The diffusion model's null condition for `b` rows (one token).
@@ -720,6 +706,22 @@ impl TextToImage {
             }
             Body::Diffusion { .. } => None,
         }
+    }
+}
+
+/// The generator's condition for facts: the global vector, and the nine cells' vectors
+/// as the tokens (all present).
+fn fact_condition(embedding: &FactEmbedding, facts: &Facts) -> Condition {
+    let (global, cells) = embedding.forward(facts);
+    // `to_dtype`, not `to_kind`: a trace must not pin the device.
+    let mask = cells
+        .select(2, 0)
+        .ones_like()
+        .to_dtype(Kind::Bool, false, false);
+    Condition {
+        global,
+        tokens: cells,
+        mask,
     }
 }
 
