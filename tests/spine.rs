@@ -30,9 +30,9 @@ fn other_generators(d: &Path, data: &Path) {
         let args = [
             "train", "t2i", "-c", &cfg_path, "--run", &run, "--device", "cpu",
         ];
-        if name == "facts" {
-            // Stopped in the text side's phase, then resumed: both phases finish, and
-            // the second starts after the first.
+        if name == "gan" || name == "facts" {
+            // Stop after step 2, then resume. The GAN gets both optimizers' moments
+            // back; the facts VAE stops in its text side's phase, and both phases finish.
             let out = bin()
                 .args(args)
                 .env("EKPHRASIS_STOP_AFTER_STEP", "2")
@@ -46,22 +46,9 @@ fn other_generators(d: &Path, data: &Path) {
             let mut resumed = args.to_vec();
             resumed.push("--resume");
             ok(&resumed);
-            assert!(Path::new(&run).join("text/done.json").exists());
-        } else if name == "gan" {
-            // Stop after step 2, then resume: both optimizers' moments come back.
-            let out = bin()
-                .args(args)
-                .env("EKPHRASIS_STOP_AFTER_STEP", "2")
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                !out.status.success() && err.contains("interrupted at step 2"),
-                "{err}"
-            );
-            let mut resumed = args.to_vec();
-            resumed.push("--resume");
-            ok(&resumed);
+            if name == "facts" {
+                assert!(Path::new(&run).join("text/done.json").exists());
+            }
         } else {
             ok(&args);
         }
