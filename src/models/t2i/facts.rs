@@ -34,23 +34,11 @@ impl Facts {
             let valid = t.ge(0);
             t.clamp_min(0).one_hot(width).to_kind(Kind::Float) * valid.unsqueeze(-1)
         };
-        let global = Tensor::cat(
-            &GLOBAL_HEADS
-                .iter()
-                .enumerate()
-                .map(|(i, (_, w))| one_hot(&targets.select(1, i as i64), *w))
-                .collect::<Vec<_>>(),
-            1,
-        );
+        let global = per_head(&GLOBAL_HEADS, 1, |i, _, w| {
+            one_hot(&targets.select(1, i), w)
+        });
         let cell_t = targets.narrow(1, 3, 36).unflatten(1, [9, 4]);
-        let cells = Tensor::cat(
-            &CELL_HEADS
-                .iter()
-                .enumerate()
-                .map(|(j, (_, w))| one_hot(&cell_t.select(2, j as i64), *w))
-                .collect::<Vec<_>>(),
-            2,
-        );
+        let cells = per_head(&CELL_HEADS, 2, |j, _, w| one_hot(&cell_t.select(2, j), w));
         Facts { global, cells }
     }
 
@@ -59,13 +47,9 @@ impl Facts {
     /// one-hot facts of an empty cell carry none.
     pub fn from_logits(global: &Tensor, cells: &Tensor) -> Facts {
         let softmax = |x: &Tensor, dim: i64, heads: &[(i64, i64)]| {
-            Tensor::cat(
-                &heads
-                    .iter()
-                    .map(|(o, w)| x.narrow(dim, *o, *w).softmax(-1, Kind::Float))
-                    .collect::<Vec<_>>(),
-                dim,
-            )
+            per_head(heads, dim, |_, o, w| {
+                x.narrow(dim, o, w).softmax(-1, Kind::Float)
+            })
         };
         let global = softmax(global, 1, &GLOBAL_HEADS);
         let cells = softmax(cells, 2, &CELL_HEADS);
@@ -81,6 +65,16 @@ impl Facts {
         );
         Facts { global, cells }
     }
+}
+
+/// One piece per head `(index, offset, width)`, joined along `dim` in the heads' order.
+fn per_head(heads: &[(i64, i64)], dim: i64, piece: impl Fn(i64, i64, i64) -> Tensor) -> Tensor {
+    let pieces: Vec<Tensor> = heads
+        .iter()
+        .enumerate()
+        .map(|(i, &(o, w))| piece(i as i64, o, w))
+        .collect();
+    Tensor::cat(&pieces, dim)
 }
 
 /// The text side's fact reader: the caption's pooled vector gives the global facts, and
