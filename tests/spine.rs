@@ -168,13 +168,14 @@ fn invertible_bridge(d: &Path, data: &Path) {
     assert!(d.join("inv_run/eval_test/grid.png").exists());
 }
 
-/// Seed 001's unified generator: trains, evaluates its prior samples, and generates the
-/// same image and caption for the same seed, alone or in a batch.
+/// Seed 001's unified generator (the shipped kind: both decoders told the latent's
+/// facts): trains, evaluates its prior samples, and generates the same image and caption
+/// for the same seed, alone or in a batch.
 fn unified_generator(d: &Path, data: &Path) {
     use ekphrasis::stages::unified::MultimodalGenerator;
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let cfg = write(d, "unified.yaml", format!(
-        "data: {}\nseed: 0\nmodel:\n  latent_dim: 32\n  memory_tokens: 4\n  captioner: {{encoder: cnn, channels: [8, 16], dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32}}\n  generator: {{z_dim: 32, channels: [16, 16, 8], attention_max_side: 8}}\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval:\n  clip: {}\n  probe: {}\n  samples: 6\n  decode: {{strategy: greedy, max_tokens: 24}}\nbest: {{name: attribute_agreement, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel:\n  latent_dim: 32\n  memory_tokens: 4\n  captioner: {{encoder: cnn, channels: [8, 16], dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32}}\n  generator: {{z_dim: 32, channels: [16, 16, 8], attention_max_side: 8}}\n  beta_warmup: 2\n  facts: true\n  fact_weight: 10\n  caption_memory: false\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval:\n  clip: {}\n  probe: {}\n  samples: 6\n  decode: {{strategy: greedy, max_tokens: 24}}\nbest: {{name: attribute_agreement, higher_is_better: true}}\n",
         data.display(), p("clip_run"), p("probe_run")
     ));
     ok(&[
@@ -204,6 +205,8 @@ fn unified_generator(d: &Path, data: &Path) {
         "degenerate_fraction",
         "diversity",
         "distinct_2",
+        "image_objects",
+        "caption_objects",
     ] {
         assert!(out.contains(key), "eval unified prints {key}: {out}");
     }

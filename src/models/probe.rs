@@ -36,7 +36,7 @@ fn detail_classes(kind: usize) -> i64 {
     }
 }
 
-fn detail_index(d: Detail) -> Option<i64> {
+pub(crate) fn detail_index(d: Detail) -> Option<i64> {
     Some(match d {
         Detail::None => return None,
         Detail::Door(c) | Detail::Sail(c) | Detail::Flag(c) => c as i64,

@@ -6,8 +6,16 @@
 //! token by token), and its MSE image decoder drew dark gradients (here: the t2i
 //! generator's FiLM + cross-attention blocks, and a summed pixel likelihood that keeps its
 //! weight against the KL).
+//!
+//! With `facts` (embedded set) the latent is read as a scene first: a head reads the
+//! facts (sky, ground, style, each 3×3 cell's object) off the latent, and both decoders
+//! are told those facts beside the latent, so the picture and the paragraph of one seed
+//! describe the same scene. Without it the two decoders each read the latent their own
+//! way, and agree on 9 % of the facts (docs/results.md).
 
+use super::attribute_heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use super::captioner::{Captioner, CaptionerConfig};
+use super::t2i::facts::{most_likely_rows, FactEmbedding, Facts};
 use super::t2i::generator::{Generator, GeneratorConfig};
 use super::t2i::vae::kl_to_standard_normal;
 use anyhow::{bail, Result};
@@ -35,6 +43,23 @@ pub struct UnifiedConfig {
     /// Weight of the caption's summed log-likelihood against the image's.
     #[serde(default = "d_beta")]
     pub caption_weight: f64,
+    /// Read the scene's facts off the latent and tell both decoders (embedded set).
+    /// Training tells them the image's true facts (teacher forcing) and teaches the head
+    /// by cross-entropy; sampling tells them the head's most likely scene.
+    #[serde(default)]
+    pub facts: bool,
+    /// Weight of the fact head's cross-entropy. It must outweigh the KL the facts cost
+    /// in the latent (β × some 30 nats), or the posterior drops them.
+    #[serde(default = "d_beta")]
+    pub fact_weight: f64,
+    /// With `facts`: whether the caption decoder also attends to the latent's memory
+    /// tokens. Without them it writes from the facts alone, and cannot pick up, from a
+    /// prior sample's latent, a scene other than the one the painter is told.
+    #[serde(default = "d_true")]
+    pub caption_memory: bool,
+}
+fn d_true() -> bool {
+    true
 }
 fn d_latent() -> i64 {
     1024
@@ -54,6 +79,9 @@ pub struct Unified {
     memory_pos: Tensor,
     cond: nn::Linear,
     generator: Generator,
+    /// With `facts`: the head that reads the facts off the latent, and the facts'
+    /// embedding both decoders are told.
+    facts: Option<(nn::Sequential, FactEmbedding)>,
 }
 
 /// The loss terms of a batch, each a scalar.
@@ -61,6 +89,8 @@ pub struct UnifiedLoss {
     pub pixel: Tensor,
     pub caption: Tensor,
     pub kl: Tensor,
+    /// The fact head's cross-entropy (with `facts`).
+    pub facts: Option<Tensor>,
 }
 
 impl Unified {
@@ -80,7 +110,12 @@ impl Unified {
         let g = c.image_size >> c.channels.len();
         let mut gcfg = cfg.generator.clone();
         gcfg.z_dim = cfg.latent_dim;
-        let generator = Generator::new(p / "generator", &gcfg, c.dim, c.dim);
+        let generator = if cfg.facts {
+            // The nine cells' fact vectors are the layout it paints from.
+            Generator::painting_from_places(p / "generator", &gcfg, c.dim, c.dim, 3)
+        } else {
+            Generator::new(p / "generator", &gcfg, c.dim, c.dim)
+        };
         if generator.output_side() != c.image_size {
             bail!(
                 "model.generator.channels draws {} px images but model.captioner.image_size is {}",
@@ -112,6 +147,24 @@ impl Unified {
             cond: nn::linear(p / "cond", cfg.latent_dim, c.dim, Default::default()),
             generator,
             captioner,
+            facts: cfg.facts.then(|| {
+                let hidden = 2 * c.dim;
+                let head = nn::seq()
+                    .add(nn::linear(
+                        p / "fact_head" / "fc",
+                        cfg.latent_dim,
+                        hidden,
+                        Default::default(),
+                    ))
+                    .add_fn(|x| x.gelu("tanh"))
+                    .add(nn::linear(
+                        p / "fact_head" / "out",
+                        hidden,
+                        GLOBAL_WIDTH + 9 * CELL_WIDTH,
+                        Default::default(),
+                    ));
+                (head, FactEmbedding::new(p / "facts", c.dim))
+            }),
             cfg: cfg.clone(),
         })
     }
@@ -135,36 +188,106 @@ impl Unified {
         self.memory.forward(z).view([b, k, d]) + &self.memory_pos
     }
 
-    /// Images in [-1, 1] from latents.
-    pub fn paint(&self, z: &Tensor) -> Tensor {
-        let mem = self.memory(z);
-        let mask = Tensor::ones(
-            [z.size()[0], self.cfg.memory_tokens],
-            (Kind::Bool, z.device()),
-        );
-        self.generator
-            .forward(z, &self.cond.forward(z), &mem, &mask)
+    /// The fact head's logits `(B, 12)` and `(B, 9, 34)` for latents; `None` without
+    /// `facts`.
+    pub fn fact_logits(&self, z: &Tensor) -> Option<(Tensor, Tensor)> {
+        let (head, _) = self.facts.as_ref()?;
+        let out = z.apply(head);
+        Some((
+            out.narrow(1, 0, GLOBAL_WIDTH),
+            out.narrow(1, GLOBAL_WIDTH, 9 * CELL_WIDTH)
+                .unflatten(1, [9, CELL_WIDTH]),
+        ))
     }
 
-    /// The three terms for images in [-1, 1] and their caption tokens.
-    pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64) -> UnifiedLoss {
+    /// The scene a latent stands for, as target rows `(B, 39)`: the fact head's most
+    /// likely facts; `None` without `facts`.
+    pub fn latent_facts(&self, z: &Tensor) -> Option<Tensor> {
+        let (global, cells) = self.fact_logits(z)?;
+        Some(most_likely_rows(&global, &cells))
+    }
+
+    /// The facts' embedding, global `(B, D)` and per cell `(B, 9, D)`, for target rows
+    /// (`None` without `facts`).
+    fn told(&self, rows: Option<&Tensor>) -> Option<(Tensor, Tensor)> {
+        let (_, embedding) = self.facts.as_ref()?;
+        Some(embedding.forward(&Facts::one_hot(rows?)))
+    }
+
+    /// Images in [-1, 1] from latents (and, with `facts`, the scene they stand for).
+    pub fn paint(&self, z: &Tensor) -> Tensor {
+        self.paint_told(z, self.told(self.latent_facts(z).as_ref()))
+    }
+
+    fn paint_told(&self, z: &Tensor, told: Option<(Tensor, Tensor)>) -> Tensor {
+        let (cond, tokens) = match told {
+            Some((global, cells)) => (global, cells),
+            None => (self.cond.forward(z), self.memory(z)),
+        };
+        let mask = tokens.select(2, 0).ones_like().to_kind(Kind::Bool);
+        self.generator.forward(z, &cond, &tokens, &mask)
+    }
+
+    /// The tokens `(B, K', D)` the caption decoder attends to: the memory tokens, or with
+    /// `facts` the facts' tokens (global, then the nine cells), before the memory tokens
+    /// when `caption_memory`.
+    pub fn caption_context(&self, z: &Tensor) -> Tensor {
+        self.context_told(z, self.told(self.latent_facts(z).as_ref()))
+    }
+
+    fn context_told(&self, z: &Tensor, told: Option<(Tensor, Tensor)>) -> Tensor {
+        let Some((global, cells)) = told else {
+            return self.memory(z);
+        };
+        let facts = Tensor::cat(&[global.unsqueeze(1), cells], 1);
+        if self.cfg.caption_memory {
+            Tensor::cat(&[facts, self.memory(z)], 1)
+        } else {
+            facts
+        }
+    }
+
+    /// The loss terms for images in [-1, 1], their caption tokens and, with `facts`,
+    /// their scenes' target rows `(B, 39)`.
+    pub fn loss(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+        pad: i64,
+        facts: Option<&Tensor>,
+    ) -> Result<UnifiedLoss> {
+        if self.facts.is_some() && facts.is_none() {
+            bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
+        }
         let (mu, logvar) = self.posterior(images, true);
         let z = &mu + (&logvar * 0.5).exp() * mu.randn_like();
+        // Both decoders are told the true facts (teacher forcing); the head learns them.
+        let fact_loss = self
+            .fact_logits(&z)
+            .zip(facts)
+            .map(|((global, cells), t)| attribute_loss(&global, &cells, t));
+        let told = || self.told(facts);
         // Summed squared error per image (a Gaussian likelihood), as in the t2i VAE.
-        let pixel = (self.paint(&z) - images)
+        let pixel = (self.paint_told(&z, told()) - images)
             .square()
             .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
             .mean(Kind::Float);
         // The decoder's mean cross-entropy, scaled to a summed log-likelihood per caption.
-        let ce = self
-            .captioner
-            .loss_from_context(&self.memory(&z), tokens, pad, 0.0, 0.0, true);
+        let ce = self.captioner.loss_from_context(
+            &self.context_told(&z, told()),
+            tokens,
+            pad,
+            0.0,
+            0.0,
+            true,
+        );
         let per_caption = tokens.ne(pad).sum(Kind::Float) / tokens.size()[0] as f64 - 1.0;
-        UnifiedLoss {
+        Ok(UnifiedLoss {
             pixel,
             caption: ce * per_caption.clamp_min(1.0),
             kl: kl_to_standard_normal(&mu, &logvar).mean(Kind::Float),
-        }
+            facts: fact_loss,
+        })
     }
 
     /// The training objective at `step` (β warmed up).
@@ -174,22 +297,33 @@ impl Unified {
         } else {
             (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
         };
-        &l.pixel + &l.caption * self.cfg.caption_weight + &l.kl * (self.cfg.beta * ramp)
+        let total =
+            &l.pixel + &l.caption * self.cfg.caption_weight + &l.kl * (self.cfg.beta * ramp);
+        match &l.facts {
+            Some(f) => total + f * self.cfg.fact_weight,
+            None => total,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{nn::OptimizerConfig, Device};
+
+    const TINY: &str = "latent_dim: 24\nmemory_tokens: 3\ncaptioner: {encoder: cnn, channels: [8, 16], dim: 16, layers: 1, heads: 2, mlp: 32, max_len: 16, image_size: 16, vocab_size: 20}\ngenerator: {z_dim: 0, channels: [16, 8], attention_max_side: 8}\n";
+
+    fn tiny(extra: &str) -> (nn::VarStore, Unified) {
+        let cfg: UnifiedConfig = serde_yaml::from_str(&format!("{TINY}{extra}")).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Unified::new(&vs.root(), &cfg).unwrap();
+        (vs, m)
+    }
 
     #[test]
     fn shapes_and_a_finite_kl() {
         tch::manual_seed(0);
-        let yaml = "latent_dim: 24\nmemory_tokens: 3\ncaptioner: {encoder: cnn, channels: [8, 16], dim: 16, layers: 1, heads: 2, mlp: 32, max_len: 16, image_size: 16, vocab_size: 20}\ngenerator: {z_dim: 0, channels: [16, 8], attention_max_side: 8}\n";
-        let cfg: UnifiedConfig = serde_yaml::from_str(yaml).unwrap();
-        let vs = nn::VarStore::new(Device::Cpu);
-        let m = Unified::new(&vs.root(), &cfg).unwrap();
+        let (_vs, m) = tiny("");
         let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2 - 1;
         let (mu, logvar) = m.posterior(&x, false);
         assert_eq!(mu.size(), vec![2, 24]);
@@ -197,11 +331,72 @@ mod tests {
         assert_eq!(m.memory(&mu).size(), vec![2, 3, 16]);
         assert_eq!(m.paint(&mu).size(), vec![2, 3, 16, 16]);
         let tokens = Tensor::from_slice(&[1i64, 5, 6, 2, 0, 1, 7, 8, 9, 2]).view([2, 5]);
-        let l = m.loss(&x, &tokens, 0);
+        let l = m.loss(&x, &tokens, 0, None).unwrap();
         for (name, t) in [("pixel", &l.pixel), ("caption", &l.caption), ("kl", &l.kl)] {
             let v = t.double_value(&[]);
             assert!(v.is_finite() && v >= 0.0, "{name}: {v}");
         }
+        assert!(l.facts.is_none());
         assert!(m.objective(&l, 0).double_value(&[]).is_finite());
+    }
+
+    /// A scene's target row: sky, ground, style, then a sun with rays in cell 1 and a
+    /// red boat with a sail in cell 7.
+    fn scene_row(sky: i64) -> Vec<i64> {
+        let mut row = vec![sky, 1, 2];
+        for cell in 0..9 {
+            row.extend(match cell {
+                1 => [0, 3, 1, 1],
+                7 => [6, 0, 2, 4],
+                _ => [10, -1, -1, -1],
+            });
+        }
+        row
+    }
+
+    #[test]
+    fn a_facts_model_tells_both_decoders_the_scene() {
+        tch::manual_seed(0);
+        let (vs, m) = tiny("facts: true\nfact_weight: 5\n");
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2 - 1;
+        let tokens = Tensor::from_slice(&[1i64, 5, 6, 2, 0, 1, 7, 8, 9, 2]).view([2, 5]);
+        let err = m.loss(&x, &tokens, 0, None).err().unwrap().to_string();
+        assert!(err.contains("scene facts"), "{err}");
+
+        let z = Tensor::randn([2, 24], (Kind::Float, Device::Cpu));
+        let rows = m.latent_facts(&z).unwrap();
+        assert_eq!(rows.size(), vec![2, 39]);
+        // The caption decoder attends to the global fact, the nine cells and the memory.
+        assert_eq!(m.caption_context(&z).size(), vec![2, 1 + 9 + 3, 16]);
+        assert_eq!(m.paint(&z).size(), vec![2, 3, 16, 16]);
+        // The decoders are told the scene: other facts, another picture and context.
+        let (a, b) = (
+            Tensor::from_slice(&scene_row(0)).view([1, 39]),
+            Tensor::from_slice(&scene_row(3)).view([1, 39]),
+        );
+        let z1 = z.narrow(0, 0, 1);
+        let diff = (m.paint_told(&z1, m.told(Some(&a))) - m.paint_told(&z1, m.told(Some(&b))))
+            .abs()
+            .sum(Kind::Float);
+        assert!(diff.double_value(&[]) > 0.0);
+
+        // The loss has the head's term, and the head can learn the facts of a batch.
+        let targets = Tensor::cat(&[&a, &b], 0);
+        let l = m.loss(&x, &tokens, 0, Some(&targets)).unwrap();
+        assert!(l.facts.as_ref().unwrap().double_value(&[]).is_finite());
+        let fact_loss = || {
+            let (global, cells) = m.fact_logits(&m.posterior(&x, false).0).unwrap();
+            attribute_loss(&global, &cells, &targets)
+        };
+        let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
+        let f0 = fact_loss().double_value(&[]);
+        for _ in 0..40 {
+            opt.backward_step(&fact_loss());
+        }
+        let f1 = fact_loss().double_value(&[]);
+        assert!(f1 < 0.1 * f0, "fact loss {f0} -> {f1}");
+        let z = m.posterior(&x, false).0;
+        let got = m.latent_facts(&z).unwrap();
+        assert!(got.equal(&targets), "{got} vs {targets}");
     }
 }

@@ -7,14 +7,14 @@ use super::evaluators::{
 };
 use super::t2i::resized;
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{load_split, micro_batch, to_u8, SplitData};
+use crate::data::loader::{batch_rows, load_split, micro_batch, to_u8, SplitData};
 use crate::data::synth::parse::{fact_scores, parse};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{clip_score, frechet_distance, kid, mean_pairwise_distance};
 use crate::eval::text::{distinct_n, repeated_trigram_rate, words};
 use crate::models::captioner::decode::DecodeOptions;
 use crate::models::probe::{facts_of_row, is_probe_fact};
-use crate::models::unified::{Unified, UnifiedConfig};
+use crate::models::unified::{Unified, UnifiedConfig, UnifiedLoss};
 use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
@@ -157,7 +157,7 @@ impl Sampler<'_> {
         let (images, ids) = tch::no_grad(|| {
             let images = to_u8(&self.model.paint(&z));
             let ids = self.model.captioner.generate_from_context(
-                &self.model.memory(&z),
+                &self.model.caption_context(&z),
                 self.decode,
                 self.tok.bos,
                 self.tok.eos,
@@ -186,6 +186,22 @@ struct UnifiedStage {
     train: SplitData,
     device: Device,
     reference: Tensor,
+    /// The training scenes' target rows (with `model.facts`).
+    facts: Option<Tensor>,
+}
+
+impl UnifiedStage {
+    /// The loss terms of micro-batch `micro` drawn with `seed`.
+    fn batch_loss(&self, seed: u64, micro: u64) -> Result<UnifiedLoss> {
+        let (b, device) = (self.cfg.train.batch_size, self.device);
+        let (x, t) = micro_batch(&self.train, b, seed, micro, device);
+        let t = t.context("tokenized captions")?;
+        let facts = self
+            .facts
+            .as_ref()
+            .map(|rows| batch_rows(rows, b, seed, micro, device));
+        self.model.loss(&x, &t, self.tok.pad, facts.as_ref())
+    }
 }
 
 impl Trainable for UnifiedStage {
@@ -193,32 +209,19 @@ impl Trainable for UnifiedStage {
         &self.vs
     }
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
-        let (x, t) = micro_batch(
-            &self.train,
-            self.cfg.train.batch_size,
-            self.cfg.seed,
-            micro,
-            self.device,
-        );
-        let t = t.context("tokenized captions")?;
-        let l = self.model.loss(&x, &t, self.tok.pad);
+        let l = self.batch_loss(self.cfg.seed, micro)?;
         Ok(self.model.objective(&l, micro / self.cfg.train.accumulate))
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
-        let (x, t) = micro_batch(
-            &self.train,
-            self.cfg.train.batch_size,
-            self.cfg.seed ^ 0xe7a1,
-            0,
-            self.device,
-        );
-        let t = t.context("tokenized captions")?;
-        let l = tch::no_grad(|| self.model.loss(&x, &t, self.tok.pad));
+        let l = tch::no_grad(|| self.batch_loss(self.cfg.seed ^ 0xe7a1, 0))?;
         let mut m = BTreeMap::from([
             ("pixel".to_string(), l.pixel.double_value(&[])),
             ("caption_nll".to_string(), l.caption.double_value(&[])),
             ("kl".to_string(), l.kl.double_value(&[])),
         ]);
+        if let Some(f) = &l.facts {
+            m.insert("fact_loss".into(), f.double_value(&[]));
+        }
         let sampler = Sampler {
             model: &self.model,
             tok: &self.tok,
@@ -312,6 +315,7 @@ pub fn prior_scores(
             device,
         );
         let (mut sum, mut count) = (0.0, 0);
+        let (mut seen_objects, mut said_objects) = (0, 0);
         for (row, caption) in rows.iter().zip(&captions) {
             let seen = facts_of_row(row);
             let said: Vec<String> = parse(caption)
@@ -320,10 +324,33 @@ pub fn prior_scores(
                 .collect();
             sum += fact_scores(&said, &seen).2;
             count += 1;
+            seen_objects += objects_named(&seen);
+            said_objects += objects_named(&said);
         }
         m.insert("attribute_agreement".into(), sum / count.max(1) as f64);
+        // How full the sampled scenes are (the dataset's hold 1 to 4 objects, 2.5 on
+        // average): a prior that collapses to near-empty scenes agrees easily.
+        m.insert(
+            "image_objects".into(),
+            seen_objects as f64 / count.max(1) as f64,
+        );
+        m.insert(
+            "caption_objects".into(),
+            said_objects as f64 / count.max(1) as f64,
+        );
     }
     Ok(m)
+}
+
+/// How many kinds of object a list of facts (`kind.attribute=value`, sorted or not)
+/// names.
+fn objects_named(facts: &[String]) -> usize {
+    let kinds: std::collections::BTreeSet<&str> = facts
+        .iter()
+        .filter_map(|f| f.split_once('.'))
+        .map(|(k, _)| k)
+        .collect();
+    kinds.len()
 }
 
 pub fn train(
@@ -346,6 +373,14 @@ pub fn train(
         );
     }
     let reference = load_split(&ds, Split::Val, size, Some(cfg.eval.samples.max(2)))?.images;
+    let facts = if cfg.model.facts {
+        Some(
+            super::evaluators::cell_target_tensor(&ds, &train.ids)
+                .context("model.facts needs the embedded set's scene metadata")?,
+        )
+    } else {
+        None
+    };
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
         resume,
@@ -372,6 +407,7 @@ pub fn train(
         train,
         device,
         reference,
+        facts,
     };
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &s)?;

@@ -35,6 +35,16 @@ pub fn is_sky_kind(kind: usize) -> bool {
     kind < 4
 }
 
+/// How many values a kind's detail takes: a colour (house door, boat sail, tower flag),
+/// a yes/no (tree crown, mountain snow cap, sun rays, moon phase), or none.
+pub fn detail_classes(kind: usize) -> usize {
+    match KINDS.get(kind).copied() {
+        Some("house" | "boat" | "tower") => COLOURS.len(),
+        Some("tree" | "mountain" | "sun" | "moon") => 2,
+        _ => 0,
+    }
+}
+
 /// A per-kind detail, the one attribute that is not colour, size or position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Detail {
@@ -208,6 +218,11 @@ mod tests {
             for o in &s.objects {
                 let rows = if is_sky_kind(o.kind) { 0..2 } else { 1..3 };
                 assert!(rows.contains(&o.row()));
+                let classes = detail_classes(o.kind);
+                match crate::models::probe::detail_index(o.detail) {
+                    Some(d) => assert!((0..classes as i64).contains(&d), "{o:?}"),
+                    None => assert_eq!(classes, 0, "{o:?}"),
+                }
             }
         }
     }

@@ -12,7 +12,10 @@
 //! generator paints from a small, exact, spatially arranged condition.
 
 use super::layout::LayoutReader;
-use crate::models::attribute_heads::{CELL_HEADS, CELL_WIDTH, GLOBAL_HEADS, GLOBAL_WIDTH};
+use crate::data::synth::scene::detail_classes;
+use crate::models::attribute_heads::{
+    CELL_HEADS, CELL_KINDS, CELL_WIDTH, DETAIL_WIDTH, GLOBAL_HEADS, GLOBAL_WIDTH,
+};
 use crate::models::text_encoder::Encoded;
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -65,6 +68,52 @@ impl Facts {
         );
         Facts { global, cells }
     }
+}
+
+/// The most likely facts of logits `(B, 12)` and `(B, 9, 34)`, as target rows `(B, 39)`
+/// (the layout [`Facts::one_hot`] reads): each head's argmax, with -1 where a head does
+/// not apply (the colour, size and detail of an empty cell, the detail of a kind without
+/// one), a kind's detail chosen among that kind's own values only, and a kind read in
+/// two cells kept only in the cell more sure of it (a scene holds each kind once).
+/// Sampling a scene this way gives the decoders facts of the kind they were trained on.
+pub fn most_likely_rows(global: &Tensor, cells: &Tensor) -> Tensor {
+    let device = global.device();
+    let global = per_head(&GLOBAL_HEADS, 1, |_, o, w| {
+        global.narrow(1, o, w).argmax(1, true)
+    });
+    let head = |j: usize| {
+        let (o, w) = CELL_HEADS[j];
+        cells.narrow(2, o, w)
+    };
+    let (sure, kind) = head(0).softmax(-1, Kind::Float).max_dim(2, false); // (B, 9)
+                                                                           // A cell gives way to another that reads the same kind more surely (or as surely,
+                                                                           // earlier in reading order).
+    let same = kind.unsqueeze(2).eq_tensor(&kind.unsqueeze(1)); // (B, 9 this, 9 other)
+    let (this, other) = (sure.unsqueeze(2), sure.unsqueeze(1));
+    let earlier = Tensor::ones([9, 9], (Kind::Bool, device)).tril(-1);
+    let beaten = other
+        .gt_tensor(&this)
+        .logical_or(&other.eq_tensor(&this).logical_and(&earlier));
+    let repeated = same.logical_and(&beaten).any_dim(2, false);
+    let kind = kind.masked_fill(&repeated, CELL_KINDS - 1);
+    let empty = kind.eq(CELL_KINDS - 1);
+    // Detail classes per kind class; "empty" has none.
+    let classes: Vec<i64> = (0..CELL_KINDS as usize)
+        .map(|k| detail_classes(k) as i64)
+        .collect();
+    let n = Tensor::from_slice(&classes)
+        .to_device(device)
+        .index_select(0, &kind.flatten(0, -1))
+        .view_as(&kind);
+    let valid = Tensor::arange(DETAIL_WIDTH, (Kind::Int64, device)).lt_tensor(&n.unsqueeze(-1));
+    let detail = head(3)
+        .masked_fill(&valid.logical_not(), f64::NEG_INFINITY)
+        .argmax(2, false)
+        .masked_fill(&n.eq(0), -1);
+    let colour = head(1).argmax(2, false).masked_fill(&empty, -1);
+    let size = head(2).argmax(2, false).masked_fill(&empty, -1);
+    let cells = Tensor::stack(&[kind, colour, size, detail], 2).flatten(1, 2);
+    Tensor::cat(&[global, cells], 1)
 }
 
 /// One piece per head `(index, offset, width)`, joined along `dim` in the heads' order.
@@ -176,6 +225,50 @@ mod tests {
             "an empty cell is its kind only"
         );
         assert_eq!(c1[10], 1.0);
+    }
+
+    #[test]
+    fn most_likely_rows_keep_to_facts_a_scene_can_have() {
+        // Sky 2, ground 0, style 1; cell 0 holds a sun (kind 0, detail yes/no) whose
+        // detail logits favour class 7, which a sun's detail cannot take; cell 4 holds a
+        // cloud (kind 2, no detail); the other cells are empty but favour colour 3.
+        let global = Tensor::zeros([1, GLOBAL_WIDTH], (Kind::Float, tch::Device::Cpu));
+        for (i, c) in [(0, 2), (1, 0), (2, 1)] {
+            let _ = global.narrow(1, GLOBAL_HEADS[i].0 + c, 1).fill_(5.0);
+        }
+        let cells = Tensor::zeros([1, 9, CELL_WIDTH], (Kind::Float, tch::Device::Cpu));
+        let set = |cell: i64, head: usize, class: i64, v: f64| {
+            let _ = cells
+                .get(0)
+                .get(cell)
+                .narrow(0, CELL_HEADS[head].0 + class, 1)
+                .fill_(v);
+        };
+        for cell in 0..9 {
+            set(cell, 0, CELL_KINDS - 1, 1.0);
+            set(cell, 1, 3, 1.0);
+        }
+        set(0, 0, 0, 5.0);
+        set(0, 1, 6, 5.0);
+        set(0, 2, 2, 5.0);
+        set(0, 3, 7, 9.0);
+        set(0, 3, 1, 2.0);
+        set(4, 0, 2, 5.0);
+        set(4, 3, 4, 9.0);
+        // A second, less sure cloud in cell 8 and an equally sure sun in cell 6: each
+        // kind is kept once.
+        set(8, 0, 2, 4.0);
+        set(6, 0, 0, 5.0);
+        let rows: Vec<i64> = Vec::try_from(most_likely_rows(&global, &cells).view([-1])).unwrap();
+        let mut want = vec![2i64, 0, 1, 0, 6, 2, 1];
+        for cell in 1..9 {
+            if cell == 4 {
+                want.extend([2, 3, 0, -1]);
+            } else {
+                want.extend([CELL_KINDS - 1, -1, -1, -1]);
+            }
+        }
+        assert_eq!(rows, want);
     }
 
     #[test]
