@@ -224,12 +224,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 args.run.display()
             );
         }
-        Command::Eval(EvalCommand::Unified { run, n }) => {
+        Command::Eval(EvalCommand::Unified { run, n, scene }) => {
             if *n < 2 {
                 bail!("--n must be at least 2");
             }
-            print_metrics(&crate::stages::unified::evaluate(run, *n, device)?);
-            println!("wrote {}", run.join("eval_prior/metrics.json").display());
+            let (m, out) = crate::stages::unified::evaluate(run, *n, *scene, device)?;
+            print_metrics(&m);
+            println!("wrote {}", out.join("metrics.json").display());
         }
         Command::Generate(a) => {
             use crate::stages::unified::{generate, parse_seeds};
@@ -237,7 +238,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(spec) => parse_seeds(spec)?,
                 None => vec![cli.seed.unwrap_or(0)],
             };
-            for s in generate(&a.run, &seeds, &a.out, device)? {
+            for s in generate(&a.run, &seeds, &a.out, a.scene, device)? {
                 println!("seed {}: {}", s.seed, s.caption);
             }
             println!(

@@ -124,6 +124,10 @@ pub struct GenerateArgs {
     /// Output folder: seed<N>.png per sample and metadata.json.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// How a facts model reads each sample's scene off its latent (default: the run's
+    /// `eval.scene`).
+    #[arg(long, value_enum)]
+    pub scene: Option<crate::stages::unified::SceneChoice>,
 }
 
 #[derive(Args, Debug)]
@@ -507,6 +511,10 @@ pub enum EvalCommand {
         /// Prior samples (seeds 0..N).
         #[arg(long, default_value_t = 100)]
         n: usize,
+        /// How a facts model reads each sample's scene off its latent (default: the
+        /// run's `eval.scene`); the scores go to eval_prior/ or eval_prior_<scene>/.
+        #[arg(long, value_enum)]
+        scene: Option<crate::stages::unified::SceneChoice>,
     },
     /// Attribute accuracy of the probe on real images of a split.
     Probe {

@@ -172,7 +172,7 @@ fn invertible_bridge(d: &Path, data: &Path) {
 /// facts): trains, evaluates its prior samples, and generates the same image and caption
 /// for the same seed, alone or in a batch.
 fn unified_generator(d: &Path, data: &Path) {
-    use ekphrasis::stages::unified::MultimodalGenerator;
+    use ekphrasis::stages::unified::{MultimodalGenerator, SceneChoice};
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let cfg = write(d, "unified.yaml", format!(
         "data: {}\nseed: 0\nmodel:\n  latent_dim: 32\n  memory_tokens: 4\n  captioner: {{encoder: cnn, channels: [8, 16], dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32}}\n  generator: {{z_dim: 32, channels: [16, 16, 8], attention_max_side: 8}}\n  beta_warmup: 2\n  facts: true\n  fact_weight: 10\n  caption_memory: false\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval:\n  clip: {}\n  probe: {}\n  samples: 6\n  decode: {{strategy: greedy, max_tokens: 24}}\nbest: {{name: attribute_agreement, higher_is_better: true}}\n",
@@ -241,27 +241,49 @@ fn unified_generator(d: &Path, data: &Path) {
         "--seeds",
     );
 
-    // The library API: per-seed determinism, and a batch equals single calls.
-    let g = MultimodalGenerator::load(Path::new(&p("unified_run")), tch::Device::Cpu).unwrap();
-    let a = g.generate(7);
-    let b = g.generate(7);
-    assert!(a.image.equal(&b.image) && a.caption == b.caption);
-    assert_eq!(a.image.size(), vec![3, 32, 32]);
-    let batch = g.generate_batch(&[7, 8]);
-    let single8 = g.generate(8);
-    let close = |x: &tch::Tensor, y: &tch::Tensor| {
-        (x.to_kind(tch::Kind::Float) - y.to_kind(tch::Kind::Float))
-            .abs()
-            .max()
-            .double_value(&[])
-            <= 1.0
-    };
-    assert!(close(&batch[0].image, &a.image) && close(&batch[1].image, &single8.image));
-    assert_eq!(batch[0].caption, a.caption);
-    assert_eq!(batch[1].caption, single8.caption);
-    let (s, meta) = g.generate_with_metadata(7);
-    assert_eq!(meta["seed"], 7);
-    assert_eq!(meta["caption"], s.caption.as_str());
+    // Scenes drawn from the fact heads instead of their most likely values.
+    ok(&[
+        "eval",
+        "unified",
+        "--run",
+        &p("unified_run"),
+        "--n",
+        "6",
+        "--scene",
+        "sampled",
+        "--device",
+        "cpu",
+    ]);
+    assert!(d
+        .join("unified_run/eval_prior_sampled/metrics.json")
+        .exists());
+
+    // The library API, for either scene choice: per-seed determinism, and a batch equals
+    // single calls.
+    let mut g = MultimodalGenerator::load(Path::new(&p("unified_run")), tch::Device::Cpu).unwrap();
+    for scene in [SceneChoice::MostLikely, SceneChoice::Sampled] {
+        g.scene = scene;
+        let a = g.generate(7);
+        let b = g.generate(7);
+        assert!(a.image.equal(&b.image) && a.caption == b.caption);
+        assert_eq!(a.image.size(), vec![3, 32, 32]);
+        let batch = g.generate_batch(&[7, 8]);
+        let single8 = g.generate(8);
+        let close = |x: &tch::Tensor, y: &tch::Tensor| {
+            (x.to_kind(tch::Kind::Float) - y.to_kind(tch::Kind::Float))
+                .abs()
+                .max()
+                .double_value(&[])
+                <= 1.0
+        };
+        assert!(close(&batch[0].image, &a.image) && close(&batch[1].image, &single8.image));
+        assert_eq!(batch[0].caption, a.caption);
+        assert_eq!(batch[1].caption, single8.caption);
+        let (s, meta) = g.generate_with_metadata(7);
+        assert_eq!(meta["seed"], 7);
+        assert_eq!(meta["caption"], s.caption.as_str());
+        assert_eq!(meta["scene"], serde_json::to_value(scene).unwrap());
+    }
 }
 
 fn ok(args: &[&str]) -> String {

@@ -84,6 +84,11 @@ pub struct Unified {
     facts: Option<(nn::Sequential, FactEmbedding)>,
 }
 
+/// Gumbel noise from uniform noise in [0, 1).
+pub fn gumbel(uniform: &Tensor) -> Tensor {
+    -(-uniform.clamp(1e-9, 1.0 - 1e-9).log()).log()
+}
+
 /// The loss terms of a batch, each a scalar.
 pub struct UnifiedLoss {
     pub pixel: Tensor,
@@ -200,10 +205,24 @@ impl Unified {
         ))
     }
 
+    /// Width of the noise [`Unified::latent_facts`] draws a scene with: one Gumbel
+    /// variable per logit of the fact head.
+    pub const SCENE_NOISE: i64 = GLOBAL_WIDTH + 9 * CELL_WIDTH;
+
     /// The scene a latent stands for, as target rows `(B, 39)`: the fact head's most
-    /// likely facts; `None` without `facts`.
-    pub fn latent_facts(&self, z: &Tensor) -> Option<Tensor> {
+    /// likely facts, or, given Gumbel noise `(B, SCENE_NOISE)`, a draw from its
+    /// distributions (the Gumbel-max trick, head by head); `None` without `facts`.
+    pub fn latent_facts(&self, z: &Tensor, gumbel: Option<&Tensor>) -> Option<Tensor> {
         let (global, cells) = self.fact_logits(z)?;
+        let (global, cells) = match gumbel {
+            Some(g) => (
+                global + g.narrow(1, 0, GLOBAL_WIDTH),
+                cells
+                    + g.narrow(1, GLOBAL_WIDTH, 9 * CELL_WIDTH)
+                        .unflatten(1, [9, CELL_WIDTH]),
+            ),
+            None => (global, cells),
+        };
         Some(most_likely_rows(&global, &cells))
     }
 
@@ -214,9 +233,18 @@ impl Unified {
         Some(embedding.forward(&Facts::one_hot(rows?)))
     }
 
-    /// Images in [-1, 1] from latents (and, with `facts`, the scene they stand for).
-    pub fn paint(&self, z: &Tensor) -> Tensor {
-        self.paint_told(z, self.told(self.latent_facts(z).as_ref()))
+    /// Images in [-1, 1] from latents and, with `facts`, the scenes' rows (their most
+    /// likely scenes when `None`).
+    pub fn paint(&self, z: &Tensor, scene: Option<&Tensor>) -> Tensor {
+        self.paint_told(z, self.told_scene(z, scene))
+    }
+
+    /// The embedding of `scene`, or of the latent's most likely scene.
+    fn told_scene(&self, z: &Tensor, scene: Option<&Tensor>) -> Option<(Tensor, Tensor)> {
+        match scene {
+            Some(rows) => self.told(Some(rows)),
+            None => self.told(self.latent_facts(z, None).as_ref()),
+        }
     }
 
     fn paint_told(&self, z: &Tensor, told: Option<(Tensor, Tensor)>) -> Tensor {
@@ -230,9 +258,9 @@ impl Unified {
 
     /// The tokens `(B, K', D)` the caption decoder attends to: the memory tokens, or with
     /// `facts` the facts' tokens (global, then the nine cells), before the memory tokens
-    /// when `caption_memory`.
-    pub fn caption_context(&self, z: &Tensor) -> Tensor {
-        self.context_told(z, self.told(self.latent_facts(z).as_ref()))
+    /// when `caption_memory`. `scene` as for [`Unified::paint`].
+    pub fn caption_context(&self, z: &Tensor, scene: Option<&Tensor>) -> Tensor {
+        self.context_told(z, self.told_scene(z, scene))
     }
 
     fn context_told(&self, z: &Tensor, told: Option<(Tensor, Tensor)>) -> Tensor {
@@ -329,7 +357,7 @@ mod tests {
         assert_eq!(mu.size(), vec![2, 24]);
         assert_eq!(logvar.size(), vec![2, 24]);
         assert_eq!(m.memory(&mu).size(), vec![2, 3, 16]);
-        assert_eq!(m.paint(&mu).size(), vec![2, 3, 16, 16]);
+        assert_eq!(m.paint(&mu, None).size(), vec![2, 3, 16, 16]);
         let tokens = Tensor::from_slice(&[1i64, 5, 6, 2, 0, 1, 7, 8, 9, 2]).view([2, 5]);
         let l = m.loss(&x, &tokens, 0, None).unwrap();
         for (name, t) in [("pixel", &l.pixel), ("caption", &l.caption), ("kl", &l.kl)] {
@@ -364,11 +392,24 @@ mod tests {
         assert!(err.contains("scene facts"), "{err}");
 
         let z = Tensor::randn([2, 24], (Kind::Float, Device::Cpu));
-        let rows = m.latent_facts(&z).unwrap();
+        let rows = m.latent_facts(&z, None).unwrap();
         assert_eq!(rows.size(), vec![2, 39]);
+        // Drawn scenes differ from the most likely one, and each is a scene.
+        let drawn = (0..4)
+            .map(|_| {
+                let u = Tensor::rand([2, Unified::SCENE_NOISE], (Kind::Float, Device::Cpu));
+                m.latent_facts(&z, Some(&gumbel(&u))).unwrap()
+            })
+            .collect::<Vec<_>>();
+        assert!(drawn.iter().any(|d| !d.equal(&rows)));
+        for d in &drawn {
+            assert_eq!(d.size(), vec![2, 39]);
+            let kinds = d.narrow(1, 3, 36).unflatten(1, [9, 4]).select(2, 0);
+            assert!(kinds.ge(0).all().int64_value(&[]) == 1);
+        }
         // The caption decoder attends to the global fact, the nine cells and the memory.
-        assert_eq!(m.caption_context(&z).size(), vec![2, 1 + 9 + 3, 16]);
-        assert_eq!(m.paint(&z).size(), vec![2, 3, 16, 16]);
+        assert_eq!(m.caption_context(&z, None).size(), vec![2, 1 + 9 + 3, 16]);
+        assert_eq!(m.paint(&z, Some(&drawn[0])).size(), vec![2, 3, 16, 16]);
         // The decoders are told the scene: other facts, another picture and context.
         let (a, b) = (
             Tensor::from_slice(&scene_row(0)).view([1, 39]),
@@ -396,7 +437,7 @@ mod tests {
         let f1 = fact_loss().double_value(&[]);
         assert!(f1 < 0.1 * f0, "fact loss {f0} -> {f1}");
         let z = m.posterior(&x, false).0;
-        let got = m.latent_facts(&z).unwrap();
+        let got = m.latent_facts(&z, None).unwrap();
         assert!(got.equal(&targets), "{got} vs {targets}");
     }
 }

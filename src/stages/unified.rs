@@ -14,7 +14,7 @@ use crate::eval::embedding::{clip_score, frechet_distance, kid, mean_pairwise_di
 use crate::eval::text::{distinct_n, repeated_trigram_rate, words};
 use crate::models::captioner::decode::DecodeOptions;
 use crate::models::probe::{facts_of_row, is_probe_fact};
-use crate::models::unified::{Unified, UnifiedConfig, UnifiedLoss};
+use crate::models::unified::{gumbel, Unified, UnifiedConfig, UnifiedLoss};
 use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
@@ -31,6 +31,22 @@ pub struct UnifiedEvalConfig {
     /// Prior samples drawn at each evaluation.
     pub samples: usize,
     pub decode: DecodeOptions,
+    /// How a facts model reads a sample's scene off its latent.
+    #[serde(default)]
+    pub scene: SceneChoice,
+}
+
+/// How a facts model reads a prior sample's scene off its latent (`eval.scene`,
+/// `--scene`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SceneChoice {
+    /// Each fact head's most likely value: "empty" wins an uncertain cell, so scenes
+    /// come out sparse.
+    #[default]
+    MostLikely,
+    /// A draw from each fact head's distribution, with noise from the sample's seed.
+    Sampled,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +85,7 @@ pub struct MultimodalGenerator {
     pub model: Unified,
     pub tok: TextTokenizer,
     pub decode: DecodeOptions,
+    pub scene: SceneChoice,
     pub run: PathBuf,
     device: Device,
     _vs: nn::VarStore,
@@ -85,6 +102,7 @@ impl MultimodalGenerator {
             model,
             tok,
             decode: cfg.eval.decode,
+            scene: cfg.eval.scene,
             run: run_dir.to_path_buf(),
             device,
             _vs: vs,
@@ -97,6 +115,7 @@ impl MultimodalGenerator {
             model: &self.model,
             tok: &self.tok,
             decode: &self.decode,
+            scene: self.scene,
             device: self.device,
         }
     }
@@ -125,6 +144,7 @@ impl MultimodalGenerator {
             "model": self.run.display().to_string(),
             "latent_dim": self.model.cfg.latent_dim,
             "decoding": self.decode,
+            "scene": self.model.cfg.facts.then_some(self.scene),
         })
     }
 }
@@ -134,30 +154,35 @@ pub struct Sampler<'a> {
     pub model: &'a Unified,
     pub tok: &'a TextTokenizer,
     pub decode: &'a DecodeOptions,
+    pub scene: SceneChoice,
     pub device: Device,
 }
 
 impl Sampler<'_> {
-    /// The latent of a seed: drawn on the CPU from its own generator state, so a seed
-    /// gives the same latent alone or in a batch, on any device.
-    fn latent(&self, seed: u64) -> Tensor {
+    /// The latent of a seed and the noise its scene is drawn with: drawn on the CPU
+    /// from the seed's own generator state, so a seed gives the same sample alone or in
+    /// a batch, on any device. The latent comes first, so it does not depend on the
+    /// scene choice.
+    fn latent(&self, seed: u64) -> (Tensor, Tensor) {
         tch::manual_seed(seed as i64);
-        Tensor::randn([1, self.model.cfg.latent_dim], (Kind::Float, Device::Cpu))
+        let z = Tensor::randn([1, self.model.cfg.latent_dim], (Kind::Float, Device::Cpu));
+        let u = Tensor::rand([1, Unified::SCENE_NOISE], (Kind::Float, Device::Cpu));
+        (z, gumbel(&u))
     }
 
     pub fn generate_batch(&self, seeds: &[u64]) -> Vec<Sample> {
         if seeds.is_empty() {
             return vec![];
         }
-        let z = Tensor::cat(
-            &seeds.iter().map(|&s| self.latent(s)).collect::<Vec<_>>(),
-            0,
-        )
-        .to_device(self.device);
+        let (z, noise): (Vec<Tensor>, Vec<Tensor>) = seeds.iter().map(|&s| self.latent(s)).unzip();
+        let z = Tensor::cat(&z, 0).to_device(self.device);
+        let noise = Tensor::cat(&noise, 0).to_device(self.device);
         let (images, ids) = tch::no_grad(|| {
-            let images = to_u8(&self.model.paint(&z));
+            let draw = (self.scene == SceneChoice::Sampled).then_some(&noise);
+            let scene = self.model.latent_facts(&z, draw);
+            let images = to_u8(&self.model.paint(&z, scene.as_ref()));
             let ids = self.model.captioner.generate_from_context(
-                &self.model.caption_context(&z),
+                &self.model.caption_context(&z, scene.as_ref()),
                 self.decode,
                 self.tok.bos,
                 self.tok.eos,
@@ -226,6 +251,7 @@ impl Trainable for UnifiedStage {
             model: &self.model,
             tok: &self.tok,
             decode: &self.cfg.eval.decode,
+            scene: self.cfg.eval.scene,
             device: self.device,
         };
         m.extend(prior_scores(
@@ -414,14 +440,28 @@ pub fn train(
     Ok(s)
 }
 
-/// `eval unified`: the prior-sample scores on `n` seeds against the test split.
-pub fn evaluate(run_dir: &Path, n: usize, device: Device) -> Result<BTreeMap<String, f64>> {
-    let gen = MultimodalGenerator::load(run_dir, device)?;
+/// `eval unified`: the prior-sample scores on `n` seeds against the test split, and the
+/// folder they were written to (`eval_prior`, or `eval_prior_<scene>` for a scene choice
+/// other than the run's own).
+pub fn evaluate(
+    run_dir: &Path,
+    n: usize,
+    scene: Option<SceneChoice>,
+    device: Device,
+) -> Result<(BTreeMap<String, f64>, PathBuf)> {
+    let mut gen = MultimodalGenerator::load(run_dir, device)?;
     let cfg: UnifiedStageConfig = super::run_config(run_dir, "unified")?;
+    let out = match scene.filter(|&s| s != gen.scene) {
+        Some(s) => {
+            gen.scene = s;
+            let name = serde_json::to_value(s)?;
+            run_dir.join(format!("eval_prior_{}", name.as_str().unwrap_or("scene")))
+        }
+        None => run_dir.join("eval_prior"),
+    };
     let ds = Dataset::open(&cfg.data)?;
     let reference = load_split(&ds, Split::Test, gen.model.image_size() as u32, None)?.images;
     let m = prior_scores(&gen.sampler(), &cfg.eval, &reference, n, device)?;
-    let out = run_dir.join("eval_prior");
     crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
     let samples = gen.generate_batch(&(0..16).collect::<Vec<u64>>());
     let imgs = Tensor::stack(
@@ -438,12 +478,21 @@ pub fn evaluate(run_dir: &Path, n: usize, device: Device) -> Result<BTreeMap<Str
     )?;
     let meta: Vec<serde_json::Value> = samples.iter().map(|s| gen.metadata(s)).collect();
     crate::util::fsio::write_json(&out.join("samples.json"), &meta)?;
-    Ok(m)
+    Ok((m, out))
 }
 
 /// `generate`: one PNG per seed and `metadata.json` listing every sample.
-pub fn generate(run_dir: &Path, seeds: &[u64], out: &Path, device: Device) -> Result<Vec<Sample>> {
-    let gen = MultimodalGenerator::load(run_dir, device)?;
+pub fn generate(
+    run_dir: &Path,
+    seeds: &[u64],
+    out: &Path,
+    scene: Option<SceneChoice>,
+    device: Device,
+) -> Result<Vec<Sample>> {
+    let mut gen = MultimodalGenerator::load(run_dir, device)?;
+    if let Some(s) = scene {
+        gen.scene = s;
+    }
     let mut samples = vec![];
     for chunk in seeds.chunks(32) {
         samples.extend(gen.generate_batch(chunk));
