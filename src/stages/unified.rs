@@ -262,14 +262,7 @@ impl Trainable for UnifiedStage {
             self.device,
         )?);
         let samples = sampler.generate_batch(&(0..8).collect::<Vec<u64>>());
-        let imgs = Tensor::stack(
-            &samples
-                .iter()
-                .map(|s| s.image.shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let (rgb, h, w) = crate::report::grid::grid_rgb(&imgs, 8);
+        let (rgb, h, w) = sample_grid(&samples);
         tb.image("samples/prior", step as i64, &rgb, h, w)?;
         let text: Vec<String> = samples
             .iter()
@@ -368,6 +361,12 @@ pub fn prior_scores(
     Ok(m)
 }
 
+/// The samples' images in rows of eight: RGB bytes, height, width.
+fn sample_grid(samples: &[Sample]) -> (Vec<u8>, u32, u32) {
+    let images: Vec<Tensor> = samples.iter().map(|s| s.image.shallow_clone()).collect();
+    crate::report::grid::grid_rgb(&Tensor::stack(&images, 0), 8)
+}
+
 /// How many kinds of object a list of facts (`kind.attribute=value`, sorted or not)
 /// names.
 fn objects_named(facts: &[String]) -> usize {
@@ -464,14 +463,7 @@ pub fn evaluate(
     let m = prior_scores(&gen.sampler(), &cfg.eval, &reference, n, device)?;
     crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
     let samples = gen.generate_batch(&(0..16).collect::<Vec<u64>>());
-    let imgs = Tensor::stack(
-        &samples
-            .iter()
-            .map(|s| s.image.shallow_clone())
-            .collect::<Vec<_>>(),
-        0,
-    );
-    let (rgb, h, w) = crate::report::grid::grid_rgb(&imgs, 8);
+    let (rgb, h, w) = sample_grid(&samples);
     crate::util::fsio::atomic_write(
         &out.join("samples.png"),
         &crate::report::grid::png(&rgb, w, h)?,
