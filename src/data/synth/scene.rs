@@ -30,6 +30,9 @@ pub const SIZES: [&str; 3] = ["small", "medium", "large"];
 pub const ROWS: [&str; 3] = ["top", "middle", "bottom"];
 pub const COLS: [&str; 3] = ["left", "centre", "right"];
 
+/// A scene holds 1 to this many objects.
+pub const MAX_OBJECTS: usize = 4;
+
 /// Kinds that live in the sky are placed in the top two rows, the rest in the bottom two.
 pub fn is_sky_kind(kind: usize) -> bool {
     kind < 4
@@ -110,7 +113,7 @@ impl Scene {
         let sky = rng.gen_range(0..SKIES.len());
         let ground = rng.gen_range(0..GROUNDS.len());
         let style = rng.gen_range(0..STYLES.len());
-        let n = rng.gen_range(1..=4);
+        let n = rng.gen_range(1..=MAX_OBJECTS);
         let mut kinds: Vec<usize> = (0..KINDS.len()).collect();
         kinds.shuffle(rng);
         let mut used = [false; 9];
@@ -210,7 +213,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         for _ in 0..500 {
             let s = Scene::sample(&mut rng);
-            assert!((1..=4).contains(&s.objects.len()));
+            assert!((1..=MAX_OBJECTS).contains(&s.objects.len()));
             let mut cells: Vec<usize> = s.objects.iter().map(|o| o.pos).collect();
             cells.sort();
             cells.dedup();

@@ -12,7 +12,7 @@
 //! generator paints from a small, exact, spatially arranged condition.
 
 use super::layout::LayoutReader;
-use crate::data::synth::scene::detail_classes;
+use crate::data::synth::scene::{detail_classes, is_sky_kind, KINDS, MAX_OBJECTS};
 use crate::models::attribute_heads::{
     CELL_HEADS, CELL_KINDS, CELL_WIDTH, DETAIL_WIDTH, GLOBAL_HEADS, GLOBAL_WIDTH,
 };
@@ -73,8 +73,10 @@ impl Facts {
 /// The most likely facts of logits `(B, 12)` and `(B, 9, 34)`, as target rows `(B, 39)`
 /// (the layout [`Facts::one_hot`] reads): each head's argmax, with -1 where a head does
 /// not apply (the colour, size and detail of an empty cell, the detail of a kind without
-/// one), a kind's detail chosen among that kind's own values only, and a kind read in
-/// two cells kept only in the cell more sure of it (a scene holds each kind once).
+/// one), and kept to the rules every scene of the embedded set follows: a kind's detail
+/// among that kind's own values, sky kinds in the top two rows and the others in the
+/// bottom two, each kind once (in the cell surest of it), at most
+/// [`MAX_OBJECTS`] objects (the surest).
 /// Sampling a scene this way gives the decoders facts of the kind they were trained on.
 pub fn most_likely_rows(global: &Tensor, cells: &Tensor) -> Tensor {
     let device = global.device();
@@ -85,17 +87,40 @@ pub fn most_likely_rows(global: &Tensor, cells: &Tensor) -> Tensor {
         let (o, w) = CELL_HEADS[j];
         cells.narrow(2, o, w)
     };
-    let (sure, kind) = head(0).softmax(-1, Kind::Float).max_dim(2, false); // (B, 9)
-                                                                           // A cell gives way to another that reads the same kind more surely (or as surely,
-                                                                           // earlier in reading order).
-    let same = kind.unsqueeze(2).eq_tensor(&kind.unsqueeze(1)); // (B, 9 this, 9 other)
+    // Sky kinds live in the top two rows, the others in the bottom two.
+    let allowed: Vec<bool> = (0..9)
+        .flat_map(|cell| {
+            (0..CELL_KINDS as usize).map(move |k| {
+                let sky_row = cell / 3 < 2;
+                let ground_row = cell / 3 > 0;
+                k == KINDS.len() || if is_sky_kind(k) { sky_row } else { ground_row }
+            })
+        })
+        .collect();
+    let allowed = Tensor::from_slice(&allowed)
+        .view([9, CELL_KINDS])
+        .to_device(device);
+    let kinds = head(0).masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+    // How sure each cell is of its kind, and the kind: (B, 9) each.
+    let (sure, kind) = kinds.softmax(-1, Kind::Float).max_dim(2, false);
+    // Cell i is beaten by cell j when j is surer (or as sure and earlier in reading
+    // order): (B, 9 this, 9 other).
     let (this, other) = (sure.unsqueeze(2), sure.unsqueeze(1));
     let earlier = Tensor::ones([9, 9], (Kind::Bool, device)).tril(-1);
     let beaten = other
         .gt_tensor(&this)
         .logical_or(&other.eq_tensor(&this).logical_and(&earlier));
+    // A kind read in two cells stays in the surer one.
+    let same = kind.unsqueeze(2).eq_tensor(&kind.unsqueeze(1));
     let repeated = same.logical_and(&beaten).any_dim(2, false);
     let kind = kind.masked_fill(&repeated, CELL_KINDS - 1);
+    // At most MAX_OBJECTS objects: the surest.
+    let occupied = kind.ne(CELL_KINDS - 1);
+    let surer_objects =
+        beaten
+            .logical_and(&occupied.unsqueeze(1))
+            .sum_dim_intlist(2, false, Kind::Int64);
+    let kind = kind.masked_fill(&surer_objects.ge(MAX_OBJECTS as i64), CELL_KINDS - 1);
     let empty = kind.eq(CELL_KINDS - 1);
     // Detail classes per kind class; "empty" has none.
     let classes: Vec<i64> = (0..CELL_KINDS as usize)
@@ -255,18 +280,25 @@ mod tests {
         set(0, 3, 1, 2.0);
         set(4, 0, 2, 5.0);
         set(4, 3, 4, 9.0);
-        // A second, less sure cloud in cell 8 and an equally sure sun in cell 6: each
-        // kind is kept once.
-        set(8, 0, 2, 4.0);
-        set(6, 0, 0, 5.0);
+        // A second, less sure cloud (cell 1): each kind is kept once.
+        set(1, 0, 2, 4.0);
+        // A sun in the bottom row (cell 6), where no sun can be: the cell stays empty.
+        set(6, 0, 0, 9.0);
+        // A bird (cell 2) and a moon (cell 3) surer than the sun and the cloud, and a
+        // tree (cell 5) and a house (cell 7) less sure: six objects, the surest four kept.
+        set(2, 0, 3, 6.0);
+        set(3, 0, 1, 6.0);
+        set(5, 0, 4, 3.0);
+        set(7, 0, 5, 3.5);
         let rows: Vec<i64> = Vec::try_from(most_likely_rows(&global, &cells).view([-1])).unwrap();
         let mut want = vec![2i64, 0, 1, 0, 6, 2, 1];
         for cell in 1..9 {
-            if cell == 4 {
-                want.extend([2, 3, 0, -1]);
-            } else {
-                want.extend([CELL_KINDS - 1, -1, -1, -1]);
-            }
+            want.extend(match cell {
+                2 => [3, 3, 0, -1],
+                3 => [1, 3, 0, 0],
+                4 => [2, 3, 0, -1],
+                _ => [CELL_KINDS - 1, -1, -1, -1],
+            });
         }
         assert_eq!(rows, want);
     }
