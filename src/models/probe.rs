@@ -5,7 +5,7 @@
 //! Inception-Score-style score.
 
 use crate::data::synth::scene::{
-    position_name, Detail, Scene, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES,
+    detail_classes, position_name, Detail, Scene, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES,
 };
 use crate::models::attribute_heads::{
     AttributeHeads, AttributeLogits, CELL_HEADS, CELL_KINDS, GLOBAL_HEADS,
@@ -25,15 +25,6 @@ pub struct ProbeConfig {
     /// patchify stride.
     #[serde(default = "default_stem", skip_serializing_if = "is_default_stem")]
     pub stem: i64,
-}
-
-/// Number of detail classes per kind (0: the kind has no detail).
-fn detail_classes(kind: usize) -> i64 {
-    match KINDS[kind] {
-        "house" | "boat" | "tower" => COLOURS.len() as i64,
-        "tree" | "mountain" | "sun" | "moon" => 2,
-        _ => 0,
-    }
 }
 
 pub(crate) fn detail_index(d: Detail) -> Option<i64> {
@@ -240,7 +231,7 @@ pub fn rows_from_logits(l: &AttributeLogits) -> Vec<Vec<i64>> {
                     .max_by(|&a, &b| kind_p[i][a][k].total_cmp(&kind_p[i][b][k]));
                 match best {
                     Some(c) => {
-                        let detail = match detail_classes(k) {
+                        let detail = match detail_classes(k) as i64 {
                             0 => -1,
                             2 => binary[i][c],
                             _ => detail_colour[i][c],

@@ -45,7 +45,9 @@ pub struct UnifiedConfig {
     pub caption_weight: f64,
     /// Read the scene's facts off the latent and tell both decoders (embedded set).
     /// Training tells them the image's true facts (teacher forcing) and teaches the head
-    /// by cross-entropy; sampling tells them the head's most likely scene.
+    /// by cross-entropy; sampling tells them the head's most likely scene, or a scene
+    /// drawn from it (`eval.scene`). The generator then takes its condition from the
+    /// facts, not from the latent's `cond` projection.
     #[serde(default)]
     pub facts: bool,
     /// Weight of the fact head's cross-entropy. It must outweigh the KL the facts cost
