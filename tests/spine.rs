@@ -262,7 +262,7 @@ fn unified_generator(d: &Path, data: &Path) {
     // single calls.
     let mut g = MultimodalGenerator::load(Path::new(&p("unified_run")), tch::Device::Cpu).unwrap();
     for scene in [SceneChoice::MostLikely, SceneChoice::Sampled] {
-        g.scene = scene;
+        g.set_scene(scene).unwrap();
         let a = g.generate(7);
         let b = g.generate(7);
         assert!(a.image.equal(&b.image) && a.caption == b.caption);

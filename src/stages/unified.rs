@@ -109,6 +109,19 @@ impl MultimodalGenerator {
         })
     }
 
+    /// Reads each sample's scene `scene`'s way from now on (`--scene`); only a facts
+    /// model reads a scene.
+    pub fn set_scene(&mut self, scene: SceneChoice) -> Result<()> {
+        if !self.model.cfg.facts {
+            bail!(
+                "--scene: {} does not read a scene off its latent (model.facts is off)",
+                self.run.display()
+            );
+        }
+        self.scene = scene;
+        Ok(())
+    }
+
     /// The borrowed sampler behind the API.
     pub fn sampler(&self) -> Sampler<'_> {
         Sampler {
@@ -452,7 +465,7 @@ pub fn evaluate(
     let cfg: UnifiedStageConfig = super::run_config(run_dir, "unified")?;
     let out = match scene.filter(|&s| s != gen.scene) {
         Some(s) => {
-            gen.scene = s;
+            gen.set_scene(s)?;
             let name = serde_json::to_value(s)?;
             run_dir.join(format!("eval_prior_{}", name.as_str().unwrap_or("scene")))
         }
@@ -483,7 +496,7 @@ pub fn generate(
 ) -> Result<Vec<Sample>> {
     let mut gen = MultimodalGenerator::load(run_dir, device)?;
     if let Some(s) = scene {
-        gen.scene = s;
+        gen.set_scene(s)?;
     }
     let mut samples = vec![];
     for chunk in seeds.chunks(32) {
