@@ -188,16 +188,16 @@ fn unified_generator(d: &Path, data: &Path) {
         "--device",
         "cpu",
     ]);
-    let out = ok(&[
-        "eval",
-        "unified",
-        "--run",
-        &p("unified_run"),
-        "--n",
-        "6",
-        "--device",
-        "cpu",
-    ]);
+    let run = p("unified_run");
+    // `eval unified` on six prior samples, with `extra` arguments.
+    let eval_unified = |extra: &[&str]| {
+        let mut args = vec![
+            "eval", "unified", "--run", &run, "--n", "6", "--device", "cpu",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let out = eval_unified(&[]);
     for key in [
         "attribute_agreement",
         "clip_score",
@@ -242,18 +242,7 @@ fn unified_generator(d: &Path, data: &Path) {
     );
 
     // Scenes drawn from the fact heads instead of their most likely values.
-    ok(&[
-        "eval",
-        "unified",
-        "--run",
-        &p("unified_run"),
-        "--n",
-        "6",
-        "--scene",
-        "sampled",
-        "--device",
-        "cpu",
-    ]);
+    eval_unified(&["--scene", "sampled"]);
     assert!(d
         .join("unified_run/eval_prior_sampled/metrics.json")
         .exists());
