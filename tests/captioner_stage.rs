@@ -98,7 +98,13 @@ fn the_pretrained_encoder_stays_frozen_and_the_run_resumes() {
         &std::fs::read_to_string(run_dir.join("eval_test/metrics.json")).unwrap(),
     )
     .unwrap();
-    for key in ["attr_f1", "heads_fact_f1", "caption_fact_f1"] {
+    for key in [
+        "attr_f1",
+        "attr_f1.colour",
+        "attr_f1.detail",
+        "heads_fact_f1",
+        "caption_fact_f1",
+    ] {
         let v = m[key].as_f64().unwrap_or(-1.0);
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
     }

@@ -95,18 +95,34 @@ pub fn synth_facts(ds: &Dataset) -> Result<Option<HashMap<String, Vec<String>>>>
     Ok(Some(out))
 }
 
-/// Attribute precision / recall / F1 (micro) of captions against the truth.
+/// Attribute precision / recall / F1 (micro) of captions against the truth, and the F1
+/// of each field (`attr_f1.colour`, …): where the facts are lost.
 pub fn attribute_scores(
     captions: &[String],
     ids: &[String],
     truth: &HashMap<String, Vec<String>>,
 ) -> BTreeMap<String, f64> {
-    let (precision, recall, f1) = fact_scores(captions.iter().map(|c| parse::parse(c)), ids, truth);
-    BTreeMap::from([
+    let said: Vec<Vec<String>> = captions.iter().map(|c| parse::parse(c)).collect();
+    let (precision, recall, f1) = fact_scores(said.iter().cloned(), ids, truth);
+    let mut m = BTreeMap::from([
         ("attr_precision".into(), precision),
         ("attr_recall".into(), recall),
         ("attr_f1".into(), f1),
-    ])
+    ]);
+    for field in parse::FACT_FIELDS {
+        let only = |facts: &[String]| -> Vec<String> {
+            facts
+                .iter()
+                .filter(|f| parse::fact_field(f) == field)
+                .cloned()
+                .collect()
+        };
+        let truth_field: HashMap<String, Vec<String>> =
+            truth.iter().map(|(id, f)| (id.clone(), only(f))).collect();
+        let f1 = fact_scores(said.iter().map(|s| only(s)), ids, &truth_field).2;
+        m.insert(format!("attr_f1.{field}"), f1);
+    }
+    m
 }
 
 /// Micro precision, recall and F1 of predicted fact lists (one per id) against the truth.
@@ -579,4 +595,30 @@ pub fn evaluate(
         .collect();
     crate::report::caption_page(&out, &ds, &rows, &m).context("writing the caption page")?;
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_field_scores_show_where_facts_are_lost() {
+        let truth = HashMap::from([(
+            "a".to_string(),
+            vec![
+                "sky=dawn".to_string(),
+                "house.colour=red".to_string(),
+                "house.size=small".to_string(),
+            ],
+        )]);
+        // A paragraph that gets the sky and size right and the colour wrong.
+        let said = "This oil painting shows a dawn sky above a calm sea. In the bottom left a small blue house stands.";
+        let m = attribute_scores(&[said.to_string()], &["a".to_string()], &truth);
+        assert_eq!(m["attr_f1.sky"], 1.0);
+        assert_eq!(m["attr_f1.size"], 1.0);
+        assert_eq!(m["attr_f1.colour"], 0.0);
+        // Fields the truth lacks and the paragraph states score 0, not NaN.
+        assert_eq!(m["attr_f1.detail"], 0.0);
+        assert!(m["attr_f1"] > 0.0 && m["attr_f1"] < 1.0);
+    }
 }

@@ -134,6 +134,24 @@ pub fn parse(text: &str) -> Vec<String> {
     facts.into_iter().collect()
 }
 
+/// The fields a fact can state, for per-field scores: the scene's three, then an
+/// object's colour, size, position and its kind's detail (door, sail, flag, crown, snow
+/// cap, rays, phase). An object's kind is part of every one of its facts' names.
+pub const FACT_FIELDS: [&str; 7] = [
+    "sky", "ground", "style", "colour", "size", "position", "detail",
+];
+
+/// The field of a fact: `house.door=blue` → `detail`, `sky=dawn` → `sky`.
+pub fn fact_field(fact: &str) -> &'static str {
+    let attr = fact.split('=').next().unwrap_or_default();
+    let attr = attr.rsplit('.').next().unwrap_or_default();
+    FACT_FIELDS
+        .iter()
+        .find(|f| **f == attr)
+        .copied()
+        .unwrap_or("detail")
+}
+
 /// Precision, recall and F1 of `predicted` facts against `truth`.
 pub fn fact_scores(predicted: &[String], truth: &[String]) -> (f64, f64, f64) {
     let p: BTreeSet<&String> = predicted.iter().collect();
@@ -181,6 +199,21 @@ mod tests {
             assert!(extra.is_empty(), "invented {extra:?} from: {text}");
         }
         assert!(hit as f64 / total as f64 >= 0.99, "recovered {hit}/{total}");
+    }
+
+    #[test]
+    fn every_fact_of_a_scene_has_its_field() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut seen = BTreeSet::new();
+        for _ in 0..300 {
+            for f in Scene::sample(&mut rng).facts() {
+                seen.insert(fact_field(&f));
+            }
+        }
+        assert_eq!(seen, FACT_FIELDS.iter().copied().collect());
+        assert_eq!(fact_field("house.door=blue"), "detail");
+        assert_eq!(fact_field("moon.position=top left"), "position");
+        assert_eq!(fact_field("style=oil"), "style");
     }
 
     #[test]
