@@ -500,6 +500,7 @@ fn pretrain_encoder(
         folder: "encoder",
         name: "captioner encoder",
         metric: "attr_accuracy",
+        trains: &ENCODER_PREFIXES,
         train: &pre.train,
         config_yaml: serde_yaml::to_string(pre)?,
     };

@@ -23,6 +23,10 @@ pub struct FirstPhase<'a> {
     pub name: &'a str,
     /// The validation metric (higher is better) of its best checkpoint.
     pub metric: &'a str,
+    /// Name prefixes of the variables it trains. A finished phase is reloaded for
+    /// these alone, so a second phase with another architecture (a new generator
+    /// option) can start from it without training it again.
+    pub trains: &'a [&'a str],
     pub train: &'a crate::train::runner::TrainConfig,
     /// Its section of the config, kept beside its checkpoints.
     pub config_yaml: String,
@@ -42,7 +46,7 @@ pub fn run_first_phase<P: crate::train::runner::Trainable>(
     let dir = opts.run_dir.join(phase.folder);
     if resume && dir.join("done.json").exists() {
         let (_, tensors) = checkpoint::load(&dir, "latest")?;
-        return checkpoint::load_into(vs, &tensors, "model.");
+        return checkpoint::load_part(vs, &tensors, "model.", phase.trains);
     }
     let mut trainable = build()?;
     let phase_opts = runner::RunOptions {

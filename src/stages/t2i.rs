@@ -511,6 +511,7 @@ fn pretrain_text(
         folder: "text",
         name: "t2i text side",
         metric: "fact_accuracy",
+        trains: &["text."],
         train: &pre.train,
         config_yaml: serde_yaml::to_string(pre)?,
     };
