@@ -351,8 +351,11 @@ fn tiny_spine_end_to_end() {
         "fd_own",
         "kid_own",
         "probe_attr_accuracy",
+        "probe_acc_presence",
+        "probe_acc_size",
         "is_style",
         "diversity",
+        "diversity_data",
         "fd_own_mean_image_baseline",
     ] {
         assert!(out.contains(key), "eval t2i prints {key}: {out}");

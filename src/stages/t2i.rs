@@ -8,11 +8,12 @@ use super::evaluators::{
 };
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{batch_rows, load_split, micro_batch, to_float, to_u8, SplitData};
+use crate::data::synth::paint::paint;
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
 };
-use crate::models::probe::attribute_accuracy;
+use crate::models::probe::{attribute_accuracy, slot_accuracies};
 use crate::models::t2i::diffusion::{DiffusionConfig, Sampler};
 use crate::models::t2i::{sum_terms, Condition, T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
 use crate::train::runner::{
@@ -176,6 +177,10 @@ pub fn generation_scores(
             "probe_attr_accuracy".into(),
             attribute_accuracy(&pred, &truth),
         );
+        // Per slot, as `eval probe` reports them, to see which facts the pictures lose.
+        for (slot, acc) in slot_accuracies(&pred, &truth) {
+            m.insert(format!("probe_acc_{slot}"), acc);
+        }
         let post = tch::no_grad(|| p.model.kind_posteriors(&to_float(images, device)));
         m.insert("is_style".into(), inception_style_score(&post));
     }
@@ -572,6 +577,56 @@ pub fn tokens_for(tok: &TextTokenizer, texts: &[String], max_len: usize) -> Resu
     tokenize_batch(tok, texts, max_len)
 }
 
+/// Mean pairwise distance of the contrastive features within each group of `per`
+/// consecutive images, averaged over the groups: 0 when the images of a group are alike.
+fn group_diversity(images: &Tensor, per: i64, clip: &LoadedClip, device: Device) -> f64 {
+    let (_, feats) = embed_images(
+        &clip.model,
+        &resized(images, clip.cfg.model.image_size),
+        device,
+    );
+    let groups = feats.size()[0] / per;
+    (0..groups)
+        .map(|i| mean_pairwise_distance(&feats.narrow(0, i * per, per)))
+        .sum::<f64>()
+        / groups.max(1) as f64
+}
+
+/// The embedded set's scenes of `ids` painted again, `per` times each with another seed,
+/// at the dataset's size `(ids·per, 3, S, S)`: the renderer varies the stars, the waves
+/// and the styles' textures, and keeps every fact. Their [`group_diversity`] is the
+/// data's own: what a generator that models all of p(x | t) would reach. None off the
+/// embedded set.
+fn repainted_scenes(ds: &Dataset, ids: &[String], per: u64) -> Result<Option<Tensor>> {
+    let Some(first) = ids.first() else {
+        return Ok(None);
+    };
+    let rows: std::collections::HashMap<String, crate::data::layout::MetadataRow> = ds
+        .metadata()?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut scenes = vec![];
+    for id in ids {
+        let row = rows
+            .get(id)
+            .with_context(|| format!("{id} missing from metadata.csv"))?;
+        if row.source != "synthetic" {
+            return Ok(None);
+        }
+        scenes.push(crate::data::synth::scene_of(row)?);
+    }
+    let path = ds.image_path(first)?;
+    let (side, _) = image::image_dimensions(&path)
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+    let pixels: Vec<u8> = scenes
+        .iter()
+        .flat_map(|s| (0..per).flat_map(move |seed| paint(s, side as usize, seed)))
+        .collect();
+    let n = (scenes.len() as u64 * per) as i64;
+    Ok(Some(crate::data::images::nchw_batch(&pixels, n, side)))
+}
+
 /// `eval t2i`: test captions → images → every generation score, plus the "mean
 /// training image" baseline for FD-own and a diversity figure.
 pub fn evaluate(
@@ -612,13 +667,14 @@ pub fn evaluate(
     // their contrastive features (0 means the noise is ignored: mode collapse).
     let k = 20.min(tokens.size()[0]);
     let many = draw_tokens(&lt.model, &tokens.narrow(0, 0, k), lt.tok.pad, 5, 7, device);
+    m.insert("diversity".into(), group_diversity(&many, 5, &clip, device));
+    if let Some(renders) = repainted_scenes(&ds, &data.ids[..k as usize], 5)? {
+        m.insert(
+            "diversity_data".into(),
+            group_diversity(&renders, 5, &clip, device),
+        );
+    }
     let clip_size = clip.cfg.model.image_size;
-    let (_, feats) = embed_images(&clip.model, &resized(&many, clip_size), device);
-    let div: f64 = (0..k)
-        .map(|i| mean_pairwise_distance(&feats.narrow(0, i * 5, 5)))
-        .sum::<f64>()
-        / k as f64;
-    m.insert("diversity".into(), div);
     // Baseline: a generator that always draws the mean training image.
     let train = load_split(
         &ds,
