@@ -143,7 +143,7 @@ pub fn t2i_cfg(dir: &Path, data: &Path) -> String {
 }
 
 /// The tiny VAE of [`t2i_cfg`] painting from the facts its text side reads
-/// (`model.facts`), the text side pretrained first for three steps.
+/// (`model.facts`) with cell coordinates, the text side pretrained first for three steps.
 pub fn t2i_facts_cfg(dir: &Path, data: &Path) -> String {
     let vae = std::fs::read_to_string(t2i_cfg(dir, data)).unwrap();
     let facts = vae
@@ -151,7 +151,11 @@ pub fn t2i_facts_cfg(dir: &Path, data: &Path) -> String {
             "max_len: 256}\n",
             "max_len: 256, local_layers: 1}\n  facts: {}\n",
         )
-        .replace(", attention_positions: true, layout_grid: 3}", "}")
+        // As the demo VAE: each block told where its pixels lie in their cells.
+        .replace(
+            ", attention_positions: true, layout_grid: 3}",
+            ", cell_coordinates: true}",
+        )
         .replace("  attribute_weight: 1.0\n", "")
         + "pretrain: {train: {steps: 3, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 3}}\n";
     assert!(facts.contains("facts: {}") && !facts.contains("layout_grid"));

@@ -31,6 +31,11 @@ pub struct GeneratorConfig {
     /// embedded set's scenes are laid out on 3×3.
     #[serde(default, skip_serializing_if = "super::is_default")]
     pub layout_grid: i64,
+    /// Tell every block where each pixel lies inside its layout cell (CoordConv, Liu et
+    /// al. 2018): a learned projection of [`cell_coordinates`] is added to the block's
+    /// input. Needs a layout (`layout_grid`, or a generator painting from places).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cell_coordinates: bool,
 }
 fn d_attn() -> i64 {
     16
@@ -80,6 +85,8 @@ struct UpBlock {
     /// The layout's modulation after each convolution.
     layout1: Option<LayoutModulation>,
     layout2: Option<LayoutModulation>,
+    /// Projects [`cell_coordinates`] to the block's input channels.
+    coordinates: Option<nn::Linear>,
 }
 
 /// The shape of one [`UpBlock`].
@@ -92,6 +99,8 @@ struct BlockSpec {
     places: Option<i64>,
     /// Modulated by the caption's layout.
     layout: bool,
+    /// Told where each pixel lies inside its layout cell.
+    coordinates: bool,
 }
 
 /// What every block reads from the caption.
@@ -111,6 +120,7 @@ impl UpBlock {
             attend,
             places,
             layout,
+            coordinates,
         } = spec;
         let c3 = nn::ConvConfig {
             padding: 1,
@@ -139,12 +149,27 @@ impl UpBlock {
             }),
             layout1: layout.then(|| LayoutModulation::new(&p / "layout1", text_dim, cout)),
             layout2: layout.then(|| LayoutModulation::new(&p / "layout2", text_dim, cout)),
+            coordinates: coordinates.then(|| {
+                nn::linear(
+                    &p / "coordinates",
+                    COORDINATE_FEATURES,
+                    cin,
+                    Default::default(),
+                )
+            }),
         }
     }
 
     fn forward(&self, x: &Tensor, c: &Caption) -> Tensor {
         let (_, _, h, w) = x.size4().expect("images are (N, C, H, W)");
         let x = x.upsample_nearest2d([h * 2, w * 2], None, None);
+        let x = match (&self.coordinates, &c.layout) {
+            (Some(proj), Some((_, grid))) => {
+                let at = cell_coordinates(*grid, h * 2, x.device()).apply(proj); // (S², C)
+                x + at.transpose(0, 1).unflatten(1, [h * 2, w * 2]).unsqueeze(0)
+            }
+            _ => x,
+        };
         let modulate = |m: &Option<LayoutModulation>, x: Tensor| match (m, &c.layout) {
             (Some(m), Some((places, grid))) => m.forward(&x, places, *grid),
             _ => x,
@@ -174,6 +199,41 @@ impl UpBlock {
         }
         out
     }
+}
+
+/// Width of a pixel's [`cell_coordinates`].
+pub const COORDINATE_FEATURES: i64 = 18;
+
+/// Where each pixel of a `side`×`side` map lies inside its cell of a `grid`×`grid`
+/// layout, `(side², COORDINATE_FEATURES)` row-major: its offsets (u, v) from the cell's
+/// centre in cell widths, its distance r from it, and sines and cosines of u, v and r at
+/// three frequencies.
+///
+/// Why: the blocks are modulated cell by cell, and a convolution sees only a small
+/// neighbourhood, so without this a block cannot tell a cell's centre from its border:
+/// a shape centred in its cell (the embedded set's renderer puts every object there)
+/// must be learned from the blur of the modulation's edges. With it, "a disc of this
+/// size" is a function of r.
+pub fn cell_coordinates(grid: i64, side: i64, device: tch::Device) -> Tensor {
+    // Built from tensor operations, not from host data: a traced generator (export)
+    // records operations, and a tensor filled from host memory would not replay.
+    let t = (Tensor::arange(side, (tch::Kind::Float, device)) + 0.5) * (grid as f64 / side as f64);
+    let offset = &t - t.floor() - 0.5; // (side,)
+    let u = offset.view([1, side]).expand([side, side], false);
+    let v = offset.view([side, 1]).expand([side, side], false);
+    let r = (u.square() + v.square()).sqrt();
+    let mut f = vec![u.shallow_clone(), v.shallow_clone(), r.shallow_clone()];
+    for k in 1..=3 {
+        let w = std::f64::consts::TAU * k as f64;
+        f.extend([
+            (&u * w).sin(),
+            (&u * w).cos(),
+            (&v * w).sin(),
+            (&v * w).cos(),
+            (&r * w).cos(),
+        ]);
+    }
+    Tensor::stack(&f, -1).view([side * side, COORDINATE_FEATURES])
 }
 
 #[derive(Debug)]
@@ -230,6 +290,7 @@ impl Generator {
                     attend: side <= cfg.attention_max_side,
                     places: cfg.attention_positions.then_some(side * side),
                     layout: cfg.layout_grid > 0 || given_layout.is_some(),
+                    coordinates: cfg.cell_coordinates,
                 };
                 let b = UpBlock::new(&p / "blocks" / i, spec, cond, text_dim);
                 cin = c;

@@ -182,6 +182,9 @@ fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a T> {
 
 fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
     let gcfg = need(&cfg.generator, kind, "generator")?;
+    if gcfg.cell_coordinates && cfg.facts.is_none() && gcfg.layout_grid == 0 {
+        bail!("model.generator.cell_coordinates needs a layout: set model.facts or model.generator.layout_grid");
+    }
     let d = cfg.text.dim;
     let g = match cfg.facts {
         // The nine cells' fact vectors are the layout.

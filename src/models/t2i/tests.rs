@@ -11,7 +11,7 @@ const S: i64 = 16;
 fn config(kind: T2IKind) -> T2IConfig {
     let yaml = format!(
         "kind: {}\nimage_size: {S}\ntext: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 16, vocab_size: 20}}\n\
-         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, attention_positions: true, layout_grid: 3}}\nencoder_channels: [8, 16]\n\
+         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, attention_positions: true, layout_grid: 3, cell_coordinates: true}}\nencoder_channels: [8, 16]\n\
          gan: {{disc_channels: [16, 32]}}\nunet: {{channels: [16, 32], attention_max_side: 8}}\n\
          diffusion: {{sample_steps: 5}}\n",
         match kind {
@@ -97,7 +97,10 @@ fn the_text_attribute_heads_learn_the_captions_facts() {
     for grid in [3, 0] {
         let mut cfg = config(T2IKind::Vae);
         cfg.attribute_weight = 1.0;
-        cfg.generator.as_mut().unwrap().layout_grid = grid;
+        let g = cfg.generator.as_mut().unwrap();
+        g.layout_grid = grid;
+        // Cell coordinates need a layout.
+        g.cell_coordinates = grid > 0;
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let m = TextToImage::new(&vs.root(), &cfg).unwrap();
@@ -317,6 +320,33 @@ fn missing_sections_are_config_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("layout_grid"), "{err}");
+    // Cell coordinates are relative to a layout's cells: without one they mean nothing.
+    let mut cfg = config(T2IKind::Vae);
+    cfg.generator.as_mut().unwrap().layout_grid = 0;
+    let err = TextToImage::new(&vs.root(), &cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cell_coordinates"), "{err}");
+}
+
+#[test]
+fn cell_coordinates_are_offsets_from_each_cells_centre() {
+    use generator::{cell_coordinates, COORDINATE_FEATURES};
+    // 6 px on a 3×3 grid: two pixels per cell, a quarter cell either side of its centre.
+    let f = cell_coordinates(3, 6, Device::Cpu);
+    assert_eq!(f.size(), vec![36, COORDINATE_FEATURES]);
+    let at = |x: i64, y: i64, k: i64| f.double_value(&[y * 6 + x, k]);
+    for (x, u) in [(0, -0.25), (1, 0.25), (2, -0.25), (5, 0.25)] {
+        assert!((at(x, 3, 0) - u).abs() < 1e-6, "u at x = {x}");
+        assert!((at(3, x, 1) - u).abs() < 1e-6, "v at y = {x}");
+    }
+    // Every pixel is as far from its own cell's centre: r = √2/4.
+    let r = f.select(1, 2);
+    assert!((r - 2f64.sqrt() / 4.0).abs().max().double_value(&[]) < 1e-6);
+    // On a map the side of the grid every pixel is a cell's centre.
+    let centres = cell_coordinates(3, 3, Device::Cpu);
+    assert!(centres.narrow(1, 0, 3).abs().max().double_value(&[]) < 1e-6);
 }
 
 #[test]
