@@ -295,6 +295,12 @@ fn scene_rows(
     ids: &[String],
     layout: fn(&crate::data::synth::scene::Scene) -> Vec<i64>,
 ) -> Result<Vec<Vec<i64>>> {
+    Ok(scenes_of(ds, ids)?.iter().map(layout).collect())
+}
+
+/// The embedded set's scenes of images `ids`, from `metadata.csv`; an id that is
+/// missing, or not a synthetic scene, is an error that names it.
+pub fn scenes_of(ds: &Dataset, ids: &[String]) -> Result<Vec<crate::data::synth::scene::Scene>> {
     let rows: HashMap<String, crate::data::layout::MetadataRow> = ds
         .metadata()?
         .into_iter()
@@ -311,7 +317,7 @@ fn scene_rows(
                     r.source
                 );
             }
-            Ok(layout(&scene_of(r)?))
+            scene_of(r)
         })
         .collect()
 }

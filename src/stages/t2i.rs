@@ -3,7 +3,7 @@
 //! the generator's own text encoder (TISE, Dinh et al. 2021).
 
 use super::evaluators::{
-    embed_images, embed_tokens, load_clip, load_probe, probe_predict, scene_targets,
+    embed_images, embed_tokens, load_clip, load_probe, probe_predict, scene_targets, scenes_of,
     tokenize_batch, LoadedClip, LoadedProbe,
 };
 use crate::data::layout::{Dataset, Split};
@@ -595,27 +595,10 @@ fn group_diversity(images: &Tensor, per: i64, clip: &LoadedClip, device: Device)
 /// The embedded set's scenes of `ids` painted again, `per` times each with another seed,
 /// at the dataset's size `(ids·per, 3, S, S)`: the renderer varies the stars, the waves
 /// and the styles' textures, and keeps every fact. Their [`group_diversity`] is the
-/// data's own: what a generator that models all of p(x | t) would reach. None off the
-/// embedded set.
-fn repainted_scenes(ds: &Dataset, ids: &[String], per: u64) -> Result<Option<Tensor>> {
-    let Some(first) = ids.first() else {
-        return Ok(None);
-    };
-    let rows: std::collections::HashMap<String, crate::data::layout::MetadataRow> = ds
-        .metadata()?
-        .into_iter()
-        .map(|r| (r.id.clone(), r))
-        .collect();
-    let mut scenes = vec![];
-    for id in ids {
-        let row = rows
-            .get(id)
-            .with_context(|| format!("{id} missing from metadata.csv"))?;
-        if row.source != "synthetic" {
-            return Ok(None);
-        }
-        scenes.push(crate::data::synth::scene_of(row)?);
-    }
+/// data's own: what a generator that models all of p(x | t) would reach.
+fn repainted_scenes(ds: &Dataset, ids: &[String], per: u64) -> Result<Tensor> {
+    let scenes = scenes_of(ds, ids)?;
+    let first = ids.first().context("no images to repaint")?;
     let path = ds.image_path(first)?;
     let (side, _) = image::image_dimensions(&path)
         .with_context(|| format!("reading the size of {}", path.display()))?;
@@ -624,7 +607,7 @@ fn repainted_scenes(ds: &Dataset, ids: &[String], per: u64) -> Result<Option<Ten
         .flat_map(|s| (0..per).flat_map(move |seed| paint(s, side as usize, seed)))
         .collect();
     let n = (scenes.len() as u64 * per) as i64;
-    Ok(Some(crate::data::images::nchw_batch(&pixels, n, side)))
+    Ok(crate::data::images::nchw_batch(&pixels, n, side))
 }
 
 /// `eval t2i`: test captions → images → every generation score, plus the "mean
@@ -668,7 +651,9 @@ pub fn evaluate(
     let k = 20.min(tokens.size()[0]);
     let many = draw_tokens(&lt.model, &tokens.narrow(0, 0, k), lt.tok.pad, 5, 7, device);
     m.insert("diversity".into(), group_diversity(&many, 5, &clip, device));
-    if let Some(renders) = repainted_scenes(&ds, &data.ids[..k as usize], 5)? {
+    if probe.is_some() {
+        // A probe grades the embedded set alone, whose scenes can be painted again.
+        let renders = repainted_scenes(&ds, &data.ids[..k as usize], 5)?;
         m.insert(
             "diversity_data".into(),
             group_diversity(&renders, 5, &clip, device),
