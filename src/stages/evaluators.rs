@@ -345,9 +345,7 @@ pub fn attribute_training_set(
         return Ok((train.images.shallow_clone(), rows_tensor(&rows)));
     }
     let first = train.ids.first().context("the training split is empty")?;
-    let path = ds.image_path(first)?;
-    let (native, _) = image::image_dimensions(&path)
-        .with_context(|| format!("reading the size of {}", path.display()))?;
+    let native = stored_side(ds, first)?;
     let (scenes, pixels) = crate::data::synth::render_extra(seed, extra, native as usize);
     let rendered = crate::data::images::nchw_batch(&pixels, scenes.len() as i64, native);
     let rendered = crate::data::images::resize_batch(&rendered, train.images.size()[2] as u32);
@@ -361,6 +359,14 @@ pub fn attribute_training_set(
         Tensor::cat(&[&train.images, &rendered], 0),
         rows_tensor(&rows),
     ))
+}
+
+/// The side of image `id` as the dataset stores it: the size the renderer paints at.
+pub fn stored_side(ds: &Dataset, id: &str) -> Result<u32> {
+    let path = ds.image_path(id)?;
+    let (side, _) = image::image_dimensions(&path)
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+    Ok(side)
 }
 
 fn rows_tensor(rows: &[Vec<i64>]) -> Tensor {

@@ -4,7 +4,7 @@
 
 use super::evaluators::{
     embed_images, embed_tokens, load_clip, load_probe, probe_predict, scene_targets, scenes_of,
-    tokenize_batch, LoadedClip, LoadedProbe,
+    stored_side, tokenize_batch, LoadedClip, LoadedProbe,
 };
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{batch_rows, load_split, micro_batch, to_float, to_u8, SplitData};
@@ -598,10 +598,7 @@ fn group_diversity(images: &Tensor, per: i64, clip: &LoadedClip, device: Device)
 /// data's own: what a generator that models all of p(x | t) would reach.
 fn repainted_scenes(ds: &Dataset, ids: &[String], per: u64) -> Result<Tensor> {
     let scenes = scenes_of(ds, ids)?;
-    let first = ids.first().context("no images to repaint")?;
-    let path = ds.image_path(first)?;
-    let (side, _) = image::image_dimensions(&path)
-        .with_context(|| format!("reading the size of {}", path.display()))?;
+    let side = stored_side(ds, ids.first().context("no images to repaint")?)?;
     let pixels: Vec<u8> = scenes
         .iter()
         .flat_map(|s| (0..per).flat_map(move |seed| paint(s, side as usize, seed)))
