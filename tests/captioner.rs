@@ -1,5 +1,6 @@
 //! Captioner: shapes, one-batch overfit, KV-cache decoding equals full recomputation,
-//! beam width 1 equals greedy, and wrong images are refused clearly.
+//! beam width 1 equals greedy, batched beam search equals one image at a time, and wrong
+//! images are refused clearly.
 
 use ekphrasis::models::captioner::decode::{DecodeOptions, Strategy};
 use ekphrasis::models::captioner::{Captioner, CaptionerConfig, EncoderKind};
@@ -162,6 +163,28 @@ fn beam_width_one_equals_greedy() {
         0,
     );
     assert_eq!(greedy, beam);
+}
+
+#[test]
+fn batched_beam_search_equals_one_image_at_a_time() {
+    let (_vs, m) = model(EncoderKind::Cnn, 5);
+    let x = images(4);
+    // End token 3 of an untrained model's 50: the paragraphs end at different lengths, so
+    // images leave the batch at different steps (and some run to max_tokens).
+    for length_penalty in [0.0, 1.0] {
+        let opts = DecodeOptions {
+            strategy: Strategy::Beam,
+            beam: 3,
+            max_tokens: 40,
+            length_penalty,
+            ..Default::default()
+        };
+        let together = m.generate(&x, &opts, 1, 3, 0);
+        let alone: Vec<Vec<i64>> = (0..4)
+            .flat_map(|i| m.generate(&x.narrow(0, i, 1), &opts, 1, 3, 0))
+            .collect();
+        assert_eq!(together, alone, "length penalty {length_penalty}");
+    }
 }
 
 #[test]

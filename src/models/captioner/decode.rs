@@ -160,14 +160,14 @@ pub fn decode<M: NextToken>(
     pad: i64,
 ) -> anyhow::Result<Vec<Vec<i64>>> {
     tch::no_grad(|| match opts.strategy {
-        Strategy::Beam => (0..rows)
-            .map(|i| {
-                let k = opts.beam.max(1) as i64;
-                let index = Tensor::full([k], i, (Kind::Int64, device));
-                let beams = model.select_rows(&state, &index)?;
-                beam_search(model, beams, device, opts, bos, eos)
-            })
-            .collect(),
+        Strategy::Beam => {
+            // k rows per image, image i's at i·k … i·k+k−1.
+            let k = opts.beam.max(1) as i64;
+            let index =
+                Tensor::arange(rows, (Kind::Int64, device)).repeat_interleave_self_int(k, 0, None);
+            let beams = model.select_rows(&state, &index)?;
+            beam_search(model, beams, rows as usize, device, opts, bos, eos)
+        }
         _ => batched(model, state, rows, device, opts, bos, eos, pad),
     })
 }
@@ -223,84 +223,132 @@ fn batched<M: NextToken>(
         .collect())
 }
 
-/// Beam search for one image; `state` holds its `beam` hypotheses as rows.
+/// One image's beam: its hypotheses with their summed log-probabilities.
+type Beam = Vec<(Vec<i64>, f64)>;
+
+/// Beam search for a batch of images at once. `state` holds `beam` rows per image (image
+/// i's hypotheses at rows i·k … i·k+k−1); an image whose search has ended leaves the
+/// batch, so the rows still decoded are always those of the images still searching.
+#[allow(clippy::too_many_arguments)] // the decoding call's parts, each distinct
 fn beam_search<M: NextToken>(
     model: &M,
     mut state: M::State,
+    rows: usize,
     dev: tch::Device,
     opts: &DecodeOptions,
     bos: i64,
     eos: i64,
-) -> anyhow::Result<Vec<i64>> {
-    let k = opts.beam.max(1) as i64;
-    let mut beams: Vec<(Vec<i64>, f64)> = (0..k)
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    let k = opts.beam.max(1);
+    let norm = |len: usize| (len as f64).powf(opts.length_penalty);
+    // The best hypothesis of an image's finished ones and live ones, scored per length.
+    let best = |finished: &Beam, live: &Beam| -> Vec<i64> {
+        finished
+            .iter()
+            .cloned()
+            .chain(
+                live.iter()
+                    .map(|(s, sc)| (s.clone(), sc / norm(s.len() - 1))),
+            )
+            .filter(|b| b.1.is_finite())
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|b| b.0)
+            .unwrap_or_else(|| vec![bos])
+    };
+    // Only the first hypothesis is live at the start, so the k rows do not fill with
+    // copies of one paragraph.
+    let start: Beam = (0..k)
         .map(|i| (vec![bos], if i == 0 { 0.0 } else { f64::NEG_INFINITY }))
         .collect();
-    let mut finished: Vec<(Vec<i64>, f64)> = vec![];
-    let norm = |len: usize| (len as f64).powf(opts.length_penalty);
+    let mut beams: Vec<Beam> = vec![start; rows];
+    let mut finished: Vec<Beam> = vec![vec![]; rows];
+    let mut result: Vec<Option<Vec<i64>>> = vec![None; rows];
+    let mut searching: Vec<usize> = (0..rows).collect();
     for t in 0..max_steps(model.max_len(), opts) {
-        let n = beams.len() as i64;
-        let last: Vec<i64> = beams
+        let n = (searching.len() * k) as i64;
+        let hist: Vec<Vec<i64>> = searching
             .iter()
-            .map(|b| *b.0.last().expect("beams start with the start token"))
+            .flat_map(|&i| beams[i].iter().map(|b| b.0.clone()))
+            .collect();
+        let last: Vec<i64> = hist
+            .iter()
+            .map(|h| *h.last().expect("beams start with the start token"))
             .collect();
         let input = Tensor::from_slice(&last).view([n, 1]).to_device(dev);
-        let hist: Vec<Vec<i64>> = beams.iter().map(|b| b.0.clone()).collect();
-        let mut last = model.next_logits(&mut state, &input, t as i64, &hist)?;
-        penalise(&mut last, &hist, opts);
-        let logp = last
+        let mut logits = model.next_logits(&mut state, &input, t as i64, &hist)?;
+        penalise(&mut logits, &hist, opts);
+        let v = logits.size()[1];
+        let logp = logits
             .log_softmax(-1, Kind::Float)
             .to_device(tch::Device::Cpu);
-        let scores =
-            Tensor::from_slice(&beams.iter().map(|b| b.1 as f32).collect::<Vec<_>>()).view([n, 1]);
-        let total = (logp + scores).view([-1]);
-        let v = last.size()[1];
-        let (top, idx) = total.topk((2 * k).min(total.size()[0]), 0, true, true);
-        let top: Vec<f32> = Vec::try_from(top).expect("a tensor of the kind we made");
-        let idx: Vec<i64> = Vec::try_from(idx).expect("a tensor of the kind we made");
-        let mut next: Vec<(Vec<i64>, f64)> = vec![];
+        let scores: Vec<f32> = searching
+            .iter()
+            .flat_map(|&i| beams[i].iter().map(|b| b.1 as f32))
+            .collect();
+        let total = (logp + Tensor::from_slice(&scores).view([n, 1]))
+            .view([searching.len() as i64, k as i64 * v]);
+        // 2k candidates per image: even if k of them end the paragraph, k stay live.
+        let (top, idx) = total.topk((2 * k as i64).min(k as i64 * v), 1, true, true);
+        let width = top.size()[1] as usize;
+        let top: Vec<f32> = Vec::try_from(top.view([-1])).expect("a tensor of the kind we made");
+        let idx: Vec<i64> = Vec::try_from(idx.view([-1])).expect("a tensor of the kind we made");
         let mut source: Vec<i64> = vec![];
-        for (&score, &flat) in top.iter().zip(&idx) {
-            if !score.is_finite() {
+        let mut still: Vec<usize> = vec![];
+        for (slot, &i) in searching.iter().enumerate() {
+            let mut next: Beam = vec![];
+            let mut from_rows: Vec<i64> = vec![];
+            for j in slot * width..(slot + 1) * width {
+                let score = top[j];
+                if !score.is_finite() {
+                    continue;
+                }
+                let (from, tok) = ((idx[j] / v) as usize, idx[j] % v);
+                let mut seq = beams[i][from].0.clone();
+                seq.push(tok);
+                if tok == eos {
+                    let len = seq.len() - 1;
+                    finished[i].push((seq, score as f64 / norm(len)));
+                } else {
+                    next.push((seq, score as f64));
+                    from_rows.push((slot * k + from) as i64);
+                }
+                if next.len() == k {
+                    break;
+                }
+            }
+            let best_alive = next
+                .first()
+                .map(|b| b.1 / norm(b.0.len() - 1))
+                .unwrap_or(f64::NEG_INFINITY);
+            let best_done = finished[i]
+                .iter()
+                .map(|f| f.1)
+                .fold(f64::NEG_INFINITY, f64::max);
+            if next.is_empty() || (finished[i].len() >= k && best_done >= best_alive) {
+                result[i] = Some(best(&finished[i], &next));
                 continue;
             }
-            let (from, tok) = (flat / v, flat % v);
-            let mut seq = beams[from as usize].0.clone();
-            seq.push(tok);
-            if tok == eos {
-                finished.push((seq.clone(), score as f64 / norm(seq.len() - 1)));
-            } else {
-                next.push((seq, score as f64));
-                source.push(from);
+            // Fewer than k live candidates: dead copies (scored −∞) keep k rows per image.
+            while next.len() < k {
+                next.push((next[0].0.clone(), f64::NEG_INFINITY));
+                from_rows.push(from_rows[0]);
             }
-            if next.len() as i64 == k {
-                break;
-            }
+            beams[i] = next;
+            source.extend(from_rows);
+            still.push(i);
         }
-        let best_alive = next
-            .first()
-            .map(|b| b.1 / norm(b.0.len() - 1))
-            .unwrap_or(f64::NEG_INFINITY);
-        let best_done = finished
-            .iter()
-            .map(|f| f.1)
-            .fold(f64::NEG_INFINITY, f64::max);
-        if next.is_empty() || (finished.len() as i64 >= k && best_done >= best_alive) {
-            beams = next;
+        searching = still;
+        if searching.is_empty() {
             break;
         }
         state = model.select_rows(&state, &Tensor::from_slice(&source).to_device(dev))?;
-        beams = next;
     }
-    Ok(finished
+    // Images still searching at the length limit end with their best hypothesis so far.
+    Ok(result
         .into_iter()
-        .chain(beams.into_iter().map(|(s, sc)| {
-            let l = s.len() - 1;
-            (s, sc / norm(l))
-        }))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|b| b.0)
-        .unwrap_or_else(|| vec![bos]))
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|| best(&finished[i], &beams[i])))
+        .collect())
 }
 
 /// The trainer's captioner between steps: the context it attends to, and per layer the
