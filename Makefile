@@ -78,7 +78,7 @@ tokenizer: $(DATA)/tokenizer.json
 $(DATA)/tokenizer.json: $(DATA)/captions.json | build
 	$(EK) tokenizer train --data $(DATA) -c experiments/demo/tokenizer.yaml
 
-## train-captioner: image -> paragraph on the embedded set (~5 min on 2 cores)
+## train-captioner: image -> paragraph on the embedded set (~3-4 min on 2 cores)
 train-captioner: runs/captioner/demo/done.json
 runs/captioner/demo/done.json: $(DATA)/tokenizer.json | build
 	$(EK) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
