@@ -185,6 +185,14 @@ fn batched_beam_search_equals_one_image_at_a_time() {
             .collect();
         assert_eq!(together, alone, "length penalty {length_penalty}");
     }
+    // An empty batch decodes to nothing, whatever the strategy.
+    for strategy in [Strategy::Greedy, Strategy::Beam] {
+        let opts = DecodeOptions {
+            strategy,
+            ..Default::default()
+        };
+        assert!(m.generate(&images(0), &opts, 1, 3, 0).is_empty());
+    }
 }
 
 #[test]
