@@ -287,46 +287,39 @@ fn guidance_scale_one_is_the_conditional_model() {
     assert!((w3 - expect).abs().max().double_value(&[]) < 1e-5);
 }
 
+/// The error text of building a model from `cfg`, which must be refused.
+fn config_error(cfg: &T2IConfig) -> String {
+    let vs = VarStore::new(Device::Cpu);
+    match TextToImage::new(&vs.root(), cfg) {
+        Ok(_) => panic!("the config was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn missing_sections_are_config_errors() {
     let mut cfg = config(T2IKind::Diffusion);
     cfg.unet = None;
-    let vs = VarStore::new(Device::Cpu);
-    let err = TextToImage::new(&vs.root(), &cfg)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = config_error(&cfg);
     assert!(err.contains("model.unet"), "{err}");
     let mut cfg = config(T2IKind::Gan);
     cfg.gan.as_mut().unwrap().disc_channels = vec![8, 8, 8, 8, 8];
-    let err = TextToImage::new(&vs.root(), &cfg)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = config_error(&cfg);
     assert!(err.contains("disc_channels"), "{err}");
     let mut cfg = config(T2IKind::Gan);
     cfg.prior = VaePrior::Learned;
-    let err = TextToImage::new(&vs.root(), &cfg)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = config_error(&cfg);
     assert!(err.contains("model.prior"), "{err}");
     // The auxiliary heads teach 3×3 cells: another layout cannot take them.
     let mut cfg = config(T2IKind::Vae);
     cfg.attribute_weight = 1.0;
     cfg.generator.as_mut().unwrap().layout_grid = 4;
-    let err = TextToImage::new(&vs.root(), &cfg)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = config_error(&cfg);
     assert!(err.contains("layout_grid"), "{err}");
     // Cell coordinates are relative to a layout's cells: without one they mean nothing.
     let mut cfg = config(T2IKind::Vae);
     cfg.generator.as_mut().unwrap().layout_grid = 0;
-    let err = TextToImage::new(&vs.root(), &cfg)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = config_error(&cfg);
     assert!(err.contains("cell_coordinates"), "{err}");
 }
 
