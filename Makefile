@@ -33,7 +33,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle export bench fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
+        cycle export serve bench-serve screenshots bench fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -153,6 +153,24 @@ models/clip/manifest.json: runs/clip/demo/done.json
 	$(EK) export --run runs/clip/demo --out models/clip
 models/probe/manifest.json: runs/probe/demo/done.json
 	$(EK) export --run runs/probe/demo --out models/probe
+
+## serve: the web app over the exported models on http://127.0.0.1:8080 (PORT=…);
+## the one-seed view appears when runs/unified/demo exists
+PORT ?= 8080
+SERVE_ARGS = --models models --report reports/demo $(if $(wildcard runs/unified/demo/done.json),--unified runs/unified/demo,)
+serve: export reports/demo/index.html
+	$(EK) serve $(SERVE_ARGS) --port $(PORT)
+
+## bench-serve: describe / paint latency and 50 clients for 30 s against the demo exports (~1 min)
+bench-serve: export
+	$(EK) bench serve $(SERVE_ARGS) --image $(firstword $(wildcard $(DATA)/images/*.png))
+
+## screenshots: the page's four views, driven in headless Chromium over the demo models (docs/serve/)
+screenshots: export reports/demo/index.html
+	EKPHRASIS_SCREENSHOT_MODELS=models EKPHRASIS_SCREENSHOT_REPORT=reports/demo \
+	EKPHRASIS_SCREENSHOT_UNIFIED=$(if $(wildcard runs/unified/demo/done.json),runs/unified/demo,) \
+	EKPHRASIS_SCREENSHOT_IMAGE=$(firstword $(wildcard $(DATA)/images/*.png)) EKPHRASIS_SCREENSHOTS=docs/serve \
+	cargo test --release --test serve the_page_works_in_headless_chromium -- --nocapture
 
 ## bench: ekphrasis vs the PyTorch-in-Python reference (bench/reference.py), side by side:
 ## bench/results.json + a table (~5 min; QUICK=1 for a one-minute version)

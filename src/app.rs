@@ -14,7 +14,7 @@ use crate::export::exported::ExportedCaptioner;
 use crate::models::captioner::decode::DecodeOptions;
 use crate::stages::{captioner, cycle, evaluators, t2i};
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn require_config(cli: &Cli, example: &str) -> Result<PathBuf> {
     cli.config
@@ -500,6 +500,35 @@ pub fn run(cli: Cli) -> Result<()> {
                 bytes as f64 / 1e6
             );
         }
+        Command::Serve(a) => crate::serve::serve(&serve_options(a)?, device)?,
+        Command::Bench(BenchCommand::Serve {
+            serve,
+            image,
+            requests,
+            clients,
+            seconds,
+            rss_bound_mb,
+        }) => {
+            let image = match image {
+                Some(p) => p.clone(),
+                None => first_image(Path::new("data/synth/images"))?,
+            };
+            let bytes =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let mut serve = serve_options(serve)?;
+            serve.port = 0;
+            serve.host = "127.0.0.1".into();
+            let b = crate::serve::bench::ServeBench {
+                serve,
+                image: bytes,
+                requests: *requests,
+                clients: *clients,
+                seconds: *seconds,
+                rss_bound_mb: *rss_bound_mb,
+            };
+            let t = crate::serve::bench::run(&b, device)?;
+            println!("{}", serde_json::to_string_pretty(&t)?);
+        }
         Command::Embed(a) => crate::export::commands::embed(a, device)?,
         Command::Retrieve(a) => crate::export::commands::retrieve(a, device)?,
     }
@@ -507,6 +536,50 @@ pub fn run(cli: Cli) -> Result<()> {
         bail!("--set was given without -c/--config");
     }
     Ok(())
+}
+
+/// `serve`'s options from its flags, checked.
+fn serve_options(a: &crate::cli::ServeArgs) -> Result<crate::serve::ServeOptions> {
+    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+        bail!("--timeout {}: give 0 < seconds ≤ 86400", a.timeout);
+    }
+    if a.max_upload_mib == 0 || a.max_upload_mib > 1024 {
+        bail!("--max-upload-mib {}: give 1 to 1024", a.max_upload_mib);
+    }
+    if a.max_images < 1 || a.max_images > 256 {
+        bail!("--max-images {}: give 1 to 256", a.max_images);
+    }
+    if a.max_text_chars == 0 {
+        bail!("--max-text-chars 0: give at least 1");
+    }
+    Ok(crate::serve::ServeOptions {
+        models: a.models.clone(),
+        unified: a.unified.clone(),
+        report: a.report.clone(),
+        host: a.host.clone(),
+        port: a.port,
+        queue: a.queue,
+        limits: crate::serve::api::Limits {
+            body_bytes: a.max_upload_mib << 20,
+            text_chars: a.max_text_chars,
+            max_images: a.max_images,
+            timeout: std::time::Duration::from_secs_f64(a.timeout),
+        },
+    })
+}
+
+/// The first image file of `dir` by name.
+fn first_image(dir: &Path) -> Result<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {} (give --image FILE)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no image (give --image FILE)", dir.display()))
 }
 
 fn describe(a: &crate::cli::DescribeArgs) -> Result<()> {

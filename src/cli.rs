@@ -60,6 +60,45 @@ pub enum Command {
     /// baselines; writes reports/<name>/index.html and metrics.json. With IMAGE files:
     /// the cycle of those images through exported models (--captioner, --generator).
     Cycle(CycleArgs),
+    /// A local web app over the exported models: describe an image (and paint it back),
+    /// paint a paragraph, one seed → image + paragraph, browse a cycle report. Prints
+    /// `listening on http://HOST:PORT`; Ctrl-C stops it.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Folder of exported models (`make export`); each subfolder with a manifest.json is
+    /// one model. A missing kind hides its view.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// A unified-generator run for the one-seed view (e.g. runs/unified/demo).
+    #[arg(long)]
+    pub unified: Option<PathBuf>,
+    /// A cycle report folder with examples.json for the browse view (e.g. reports/demo).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Address to bind; 127.0.0.1 keeps the server to this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests that may wait for the inference thread; more are answered 503.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Longest time a request may take, waiting included (seconds); then 504.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Largest upload (MiB).
+    #[arg(long, default_value_t = 16)]
+    pub max_upload_mib: usize,
+    /// Longest paragraph to paint (characters).
+    #[arg(long, default_value_t = 8000)]
+    pub max_text_chars: usize,
+    /// Most pictures per paint request.
+    #[arg(long, default_value_t = 16)]
+    pub max_images: i64,
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +204,25 @@ pub struct CycleArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// `serve` under load: describe (greedy) and paint (4 images) latency, then
+    /// --clients concurrent clients for --seconds; prints JSON (make bench-serve).
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The image the describe requests upload (default: the first image of
+        /// data/synth/images).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// The soak fails when resident memory grows by more than this (MB).
+        #[arg(long, default_value_t = 256.0)]
+        rss_bound_mb: f64,
+    },
     /// Seed 002's Table 1: learning and inversion errors of the invertible MLP on sine,
     /// polynomial and exponential functions.
     InvertibleFunctions {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod models;
 pub mod nn;
 pub mod report;
+pub mod serve;
 pub mod stages;
 pub mod train;
 pub mod util;

@@ -14,22 +14,24 @@ pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 pub fn load_rgb(path: &Path, size: u32) -> Result<Vec<u8>> {
     // One read: the header check and the decode both work on the bytes in memory.
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_rgb(&bytes, &path.display().to_string(), size)
+}
+
+/// [`load_rgb`] for bytes already in memory (an upload); `name` labels the errors.
+pub fn decode_rgb(bytes: &[u8], name: &str, size: u32) -> Result<Vec<u8>> {
     if bytes.is_empty() {
-        bail!("{}: empty file", path.display());
+        bail!("{name}: empty file");
     }
     let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+        image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
-            .with_context(|| format!("reading {}", path.display()))
+            .with_context(|| format!("reading {name}"))
     };
     let (w, h) = reader()?
         .into_dimensions()
-        .map_err(|e| anyhow!("{}: not a readable image: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{name}: not a readable image: {e}"))?;
     if w == 0 || h == 0 || w as u64 * h as u64 > MAX_PIXELS {
-        bail!(
-            "{}: {w}×{h} pixels is outside the accepted range (1 … {MAX_PIXELS} pixels)",
-            path.display()
-        );
+        bail!("{name}: {w}×{h} pixels is outside the accepted range (1 … {MAX_PIXELS} pixels)");
     }
     let mut r = reader()?;
     let mut limits = image::Limits::default();
@@ -37,7 +39,7 @@ pub fn load_rgb(path: &Path, size: u32) -> Result<Vec<u8>> {
     r.limits(limits);
     let img = r
         .decode()
-        .map_err(|e| anyhow!("{}: cannot decode: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{name}: cannot decode: {e}"))?;
     Ok(to_square_rgb(img, size))
 }
 

@@ -182,5 +182,38 @@ nothing (the training image whose caption is nearest to the paragraph), the true
         split = "test",
         answer = escape(&answer(table)),
     );
-    atomic_write(&out.join("index.html"), html.as_bytes())
+    atomic_write(&out.join("index.html"), html.as_bytes())?;
+    write_examples(out, data, generated, recon)
+}
+
+/// One image of a cycle report: the original, the captioner's paragraph, the true
+/// paragraph and the picture painted back (PNG data URLs). `examples.json` holds every
+/// image of the split; `ekphrasis serve --report` browses it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Example {
+    pub id: String,
+    pub caption: String,
+    pub generated: String,
+    pub original: String,
+    pub reconstruction: String,
+}
+
+fn write_examples(
+    out: &Path,
+    data: &SplitData,
+    generated: &[String],
+    recon: &Tensor,
+) -> Result<()> {
+    let examples = (0..data.ids.len())
+        .map(|i| {
+            Ok(Example {
+                id: data.ids[i].clone(),
+                caption: data.captions[i].clone(),
+                generated: generated[i].clone(),
+                original: image_url(&data.images, i as i64)?,
+                reconstruction: image_url(recon, i as i64)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    atomic_write(&out.join("examples.json"), &serde_json::to_vec(&examples)?)
 }
