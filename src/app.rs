@@ -37,8 +37,8 @@ fn stage_config<T: serde::de::DeserializeOwned + serde::Serialize>(
     Ok((cfg, yaml))
 }
 
-pub fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> DecodeOptions {
-    DecodeOptions {
+pub fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> Result<DecodeOptions> {
+    let o = DecodeOptions {
         strategy: a.strategy.unwrap_or(base.strategy),
         beam: a.beam,
         temperature: a.temperature,
@@ -55,7 +55,9 @@ pub fn decode_options(base: DecodeOptions, a: &DecodeArgs) -> DecodeOptions {
         },
         kv_cache: !a.no_kv_cache,
         ..base
-    }
+    };
+    o.check()?;
+    Ok(o)
 }
 
 fn print_metrics(m: &std::collections::BTreeMap<String, f64>) {
@@ -312,6 +314,11 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Draw(a) => {
+            // Checked before any model loads; the pictures are held in memory at once.
+            const MAX_PER_TEXT: i64 = 1024;
+            if !(1..=MAX_PER_TEXT).contains(&a.n) {
+                bail!("--n {}: give 1 to {MAX_PER_TEXT} images per text", a.n);
+            }
             let texts = match (&a.text, &a.captions) {
                 (Some(t), None) => vec![t.clone()],
                 (None, Some(csv)) => crate::data::ingest::read_caption_column(csv)?,
@@ -441,7 +448,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }) => {
             let lc_cfg: captioner::CaptionerStageConfig =
                 config::load(&run.join("config.yaml"), &[])?;
-            let opts = decode_options(lc_cfg.eval.decode, decode);
+            let opts = decode_options(lc_cfg.eval.decode, decode)?;
             let m = captioner::evaluate(run, *split, checkpoint, Some(opts), *limit, device)?;
             for (k, v) in &m {
                 println!("{k:>24} {v:.4}");
@@ -463,13 +470,13 @@ pub fn run(cli: Cli) -> Result<()> {
             let captions = match (run, model) {
                 (Some(run), _) => {
                     let lc = captioner::load_run(run, checkpoint, device)?;
-                    let opts = decode_options(lc.cfg.eval.decode.clone(), decode);
+                    let opts = decode_options(lc.cfg.eval.decode.clone(), decode)?;
                     let t = load_batch(images, lc.cfg.model.image_size as u32)?;
                     captioner::caption_images(&lc.model, &lc.tok, &t, &opts, device, 32)
                 }
                 (None, Some(dir)) => {
                     let m = ExportedCaptioner::load(dir, device)?;
-                    let opts = decode_options(m.decode.clone(), decode);
+                    let opts = decode_options(m.decode.clone(), decode)?;
                     let t = load_batch(images, m.manifest.image_size as u32)?;
                     m.caption(&t, &opts, 32)?
                 }

@@ -497,13 +497,13 @@ pub struct DecodeArgs {
     #[arg(long, default_value_t = 3)]
     pub beam: usize,
     /// Sampling temperature for --strategy sample.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Nucleus mass for --strategy sample.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f64,
     /// > 1 discourages tokens already written.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f64,
     /// Forbid repeating n-grams of this length (0: off).
     #[arg(long, default_value_t = 0)]

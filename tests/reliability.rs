@@ -1,6 +1,7 @@
-//! Faults injected into training: a full disk at every single write of a run, and an
-//! output folder that cannot be created. Each must end in a clear error, leave every
-//! checkpoint already written loadable, and let the run finish with `--resume`.
+//! Faults injected into training and hostile inputs: a full disk at every single write
+//! of a run, an output folder that cannot be created, a run in use by another process, an
+//! export over its own run, a manifest pointing outside its folder, and numbers without
+//! meaning. Each must end in a clear error and leave every file already written intact.
 
 mod common;
 
@@ -19,6 +20,10 @@ fn probe_cfg(dir: &Path, data: &Path) -> String {
     )
     .unwrap();
     p.to_str().unwrap().to_string()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
@@ -136,4 +141,213 @@ fn a_diverging_loss_stops_the_run_naming_the_step_and_the_last_checkpoint() {
     );
     assert!(err.contains(" at step "), "{err}");
     assert!(err.contains("NaN") || err.contains("inf"), "{err}");
+}
+
+#[test]
+fn a_run_in_use_is_refused_and_a_resume_keeps_the_runs_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = probe_cfg(d, &data);
+    let run_dir = d.join("run");
+    let r = run_dir.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "probe", "-c", &cfg, "--run", r, "--device", "cpu"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let first = train(&[]);
+    let (ok, _, err) = run(&strs(&first));
+    assert!(ok, "{err}");
+    let before = std::fs::read_to_string(run_dir.join("config.yaml")).unwrap();
+
+    // Another process holds the run: a second training stops before touching it.
+    let lock = ekphrasis::util::fsio::lock_dir(&run_dir).unwrap();
+    assert_clean_error(
+        &strs(&train(&["--resume"])),
+        "in use by another ekphrasis process",
+    );
+    drop(lock);
+
+    // A resume must continue the same run: the seed and the config stay.
+    assert_clean_error(&strs(&train(&["--resume", "--seed", "5"])), "seed 0, not 5");
+    assert_clean_error(
+        &strs(&train(&["--resume", "--set", "train.batch_size=4"])),
+        "train.batch_size differs",
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("config.yaml")).unwrap(),
+        before,
+        "a refused resume leaves config.yaml as it was"
+    );
+    // More steps are the one change a resume takes.
+    let (ok, _, err) = run(&strs(&train(&["--resume", "--set", "train.steps=6"])));
+    assert!(ok, "{err}");
+    assert_eq!(checkpoint::load(&run_dir, "latest").unwrap().0.step, 6);
+}
+
+#[test]
+fn export_never_replaces_its_run_or_a_folder_that_is_not_an_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = probe_cfg(d, &data);
+    let runs = d.join("runs");
+    let run_dir = runs.join("probe");
+    let r = run_dir.to_str().unwrap();
+    let (ok, _, err) = run(&["train", "probe", "-c", &cfg, "--run", r, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let export = |out: &Path| -> Vec<String> {
+        [
+            "export",
+            "--run",
+            r,
+            "--out",
+            out.to_str().unwrap(),
+            "--kind",
+            "probe",
+            "--device",
+            "cpu",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    for out in [
+        run_dir.clone(),
+        run_dir.join("models"),
+        runs.clone(),
+        d.to_path_buf(),
+    ] {
+        assert_clean_error(&strs(&export(&out)), "would replace the run");
+    }
+    let foreign = d.join("photos");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("holiday.jpg"), b"precious").unwrap();
+    assert_clean_error(&strs(&export(&foreign)), "not an earlier export");
+    assert_eq!(
+        std::fs::read(foreign.join("holiday.jpg")).unwrap(),
+        b"precious"
+    );
+    assert!(
+        checkpoint::load(&run_dir, "best").is_ok(),
+        "the run is intact"
+    );
+
+    // A new folder, then the same folder again (an earlier export is replaced).
+    let out = d.join("models").join("probe");
+    for _ in 0..2 {
+        let (ok, _, err) = run(&strs(&export(&out)));
+        assert!(ok, "{err}");
+    }
+
+    // A manifest may name only files inside its folder, and only sane sizes.
+    let manifest = out.join("manifest.json");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let file = v["modules"].as_object().unwrap().values().next().unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let images = d.join("data/images");
+    let image = std::fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let retrieve = |dir: &Path, expect: &str| {
+        assert_clean_error(
+            &[
+                "embed",
+                "--model",
+                dir.to_str().unwrap(),
+                "--images",
+                image.to_str().unwrap(),
+                "--out",
+                d.join("emb").to_str().unwrap(),
+                "--device",
+                "cpu",
+            ],
+            expect,
+        );
+    };
+    let outside = d.join("outside.pt");
+    std::fs::copy(out.join(&file), &outside).unwrap();
+    for bad in ["../outside.pt", outside.to_str().unwrap()] {
+        std::fs::write(
+            &manifest,
+            good.replace(&format!("\"{file}\""), &format!("{bad:?}")),
+        )
+        .unwrap();
+        // embed wants a contrastive model, but the manifest is refused before its kind.
+        retrieve(&out, "not a file name inside the model folder");
+    }
+    std::fs::write(
+        &manifest,
+        good.replacen("\"image_size\": 32", "\"image_size\": 100000", 1),
+    )
+    .unwrap();
+    retrieve(&out, "image_size 100000 is outside");
+}
+
+#[test]
+fn numbers_without_meaning_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = tiny_captioner_config(d, &data, 2);
+    let run_dir = d.join("cap");
+    let r = run_dir.to_str().unwrap();
+    let (ok, _, err) = run(&[
+        "train",
+        "captioner",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--run",
+        r,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let image = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img = image.to_str().unwrap();
+    let caption = |extra: &[&str], expect: &str| {
+        let mut a = vec!["caption", "--run", r, img, "--device", "cpu"];
+        a.extend_from_slice(extra);
+        assert_clean_error(&a, expect);
+    };
+    caption(&["--strategy", "beam", "--beam", "0"], "beam 0");
+    caption(&["--strategy", "beam", "--beam", "100000"], "beam 100000");
+    caption(
+        &["--strategy", "sample", "--temperature", "-1"],
+        "temperature -1",
+    );
+    caption(&["--strategy", "sample", "--top-p", "NaN"], "top-p NaN");
+    caption(&["--repetition-penalty", "0"], "repetition penalty 0");
+    caption(&["--checkpoint", "../../etc/passwd"], "give best or latest");
+    assert_clean_error(
+        &[
+            "eval",
+            "captioner",
+            "--run",
+            r,
+            "--limit",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        "--limit 0",
+    );
+    for n in ["0", "100000000"] {
+        assert_clean_error(
+            &["draw", "--run", r, "a boat", "--n", n, "--device", "cpu"],
+            &format!("--n {n}"),
+        );
+    }
 }

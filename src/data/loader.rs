@@ -72,7 +72,17 @@ pub fn load_split(
 ) -> Result<SplitData> {
     let mut ids = ds.split_ids(split)?;
     if let Some(l) = limit {
+        if l == 0 {
+            bail!("--limit 0: give at least 1 image to evaluate");
+        }
         ids.truncate(l);
+    }
+    if ids.is_empty() {
+        bail!(
+            "{}: the {} split holds no images",
+            ds.root.display(),
+            split.name()
+        );
     }
     let captions_map = ds.captions()?;
     let captions: Vec<String> = ids

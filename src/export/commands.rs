@@ -53,7 +53,7 @@ pub fn cycle_images(a: &CycleArgs, seed: i64, device: Device) -> Result<()> {
             a.generator.display()
         );
     }
-    let opts = crate::app::decode_options(cap.decode.clone(), &a.decode);
+    let opts = crate::app::decode_options(cap.decode.clone(), &a.decode)?;
     let images = load_batch(&a.images, cap.manifest.image_size as u32)?;
     let captions = cap.caption(&images, &opts, 32)?;
     let tokens = painter.tokens(&captions)?;

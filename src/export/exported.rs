@@ -116,6 +116,23 @@ impl ExportedCaptioner {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let m = open(dir, ModelKind::Captioner)?;
         let cfg: CaptionerConfig = config(dir, &m, "model")?;
+        // The decoder's cache is allocated from these; a damaged manifest must not
+        // ask for terabytes.
+        if !(1..=65_536).contains(&cfg.max_len)
+            || cfg.heads < 1
+            || cfg.layers < 1
+            || cfg.dim < cfg.heads
+            || cfg.dim % cfg.heads != 0
+        {
+            bail!(
+                "{}: manifest config.model is out of range (max_len {}, layers {}, dim {}, heads {})",
+                dir.display(),
+                cfg.max_len,
+                cfg.layers,
+                cfg.dim,
+                cfg.heads
+            );
+        }
         let decode =
             serde_json::from_value(m.config["eval"]["decode"].clone()).with_context(|| {
                 format!(

@@ -79,6 +79,10 @@ pub struct Manifest {
     pub source_run: String,
 }
 
+/// Largest image side and token count a manifest may declare.
+const MAX_IMAGE_SIZE: i64 = 4096;
+const MAX_TOKENS: i64 = 65_536;
+
 impl Manifest {
     /// Reads `dir/manifest.json` and checks that it can be served: a known format and
     /// every file it names present.
@@ -111,10 +115,39 @@ impl Manifest {
             files.push(&t.file);
         }
         for f in files {
-            if !dir.join(f).exists() {
+            // A manifest may only name files inside its own folder.
+            let mut parts = Path::new(f).components();
+            let plain = matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            );
+            if !plain {
+                bail!(
+                    "{}: the manifest names {f:?}, which is not a file name inside the model folder",
+                    path.display()
+                );
+            }
+            if !dir.join(f).is_file() {
                 bail!(
                     "{}: the manifest names {f}, which is missing; re-export the model",
                     dir.display()
+                );
+            }
+        }
+        // Sizes that would make the loaders allocate without bound.
+        if !(1..=MAX_IMAGE_SIZE).contains(&m.image_size) {
+            bail!(
+                "{}: image_size {} is outside 1 … {MAX_IMAGE_SIZE}",
+                path.display(),
+                m.image_size
+            );
+        }
+        if let Some(t) = &m.tokenizer {
+            if !(1..=MAX_TOKENS).contains(&t.max_len) {
+                bail!(
+                    "{}: tokenizer max_len {} is outside 1 … {MAX_TOKENS}",
+                    path.display(),
+                    t.max_len
                 );
             }
         }

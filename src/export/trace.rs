@@ -51,6 +51,7 @@ pub fn run_kind(run: &Path, given: Option<ModelKind>) -> Result<ModelKind> {
 
 /// Exports the run's best checkpoint (its EMA weights when it kept them) into `out`.
 pub fn export(run: &Path, out: &Path, kind: ModelKind) -> Result<Manifest> {
+    check_out(run, out)?;
     let partial = PathBuf::from(format!("{}.partial", out.display()));
     let result = export_into(run, &partial, out, kind);
     if result.is_err() && partial.exists() {
@@ -58,6 +59,60 @@ pub fn export(run: &Path, out: &Path, kind: ModelKind) -> Result<Manifest> {
         let _ = std::fs::remove_dir_all(&partial);
     }
     result
+}
+
+/// `out` is replaced by the export, so it must be neither the run, nor inside it, nor
+/// above it, nor a folder of something else: only an earlier export (a manifest) or an
+/// empty or new folder may be replaced.
+fn check_out(run: &Path, out: &Path) -> Result<()> {
+    let run_abs = run
+        .canonicalize()
+        .with_context(|| format!("{}: no such run folder", run.display()))?;
+    let out_abs = absolute_through_links(out)?;
+    if out_abs.starts_with(&run_abs) || run_abs.starts_with(&out_abs) {
+        bail!(
+            "--out {}: the export would replace the run {} or a folder around it; give a folder outside the run, e.g. models/NAME",
+            out.display(),
+            run.display()
+        );
+    }
+    if out.exists() {
+        if !out.is_dir() {
+            bail!("--out {}: exists and is not a folder", out.display());
+        }
+        let empty = std::fs::read_dir(out)
+            .with_context(|| format!("listing {}", out.display()))?
+            .next()
+            .is_none();
+        if !empty && !out.join(super::manifest::FILE).is_file() {
+            bail!(
+                "--out {}: a non-empty folder that is not an earlier export (no {}); refusing to replace it",
+                out.display(),
+                super::manifest::FILE
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `p` made absolute with its deepest existing ancestor's links resolved, so a path
+/// not yet created still compares with canonical ones.
+fn absolute_through_links(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    let mut rest = vec![];
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            return Ok(rest.iter().rev().fold(c, |acc, part| acc.join(part)));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
 }
 
 fn export_into(run: &Path, partial: &Path, out: &Path, kind: ModelKind) -> Result<Manifest> {

@@ -86,6 +86,10 @@ pub fn save(
 
 /// Reads a checkpoint's state and tensors.
 pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Tensor>)> {
+    // The tag names a file inside the run: nothing else may reach the path.
+    if tag != "best" && tag != "latest" {
+        bail!("checkpoint {tag:?}: give best or latest");
+    }
     let meta = meta_path(run_dir, tag);
     if !meta.exists() {
         bail!(

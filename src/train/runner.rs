@@ -172,6 +172,67 @@ fn check_arch(saved: &serde_json::Value, now: &serde_json::Value, run_dir: &Path
     Ok(())
 }
 
+/// A resumed run must continue the config it started with; only `train.steps` may grow
+/// (to train a finished run further). Anything else would make the checkpoint and
+/// `config.yaml` disagree.
+fn check_same_config(run_dir: &Path, new_yaml: &str) -> Result<()> {
+    let path = run_dir.join("config.yaml");
+    let Ok(old_yaml) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let strip = |text: &str| -> Option<serde_yaml::Value> {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+        if let Some(t) = v.get_mut("train").and_then(|t| t.as_mapping_mut()) {
+            t.remove("steps");
+        }
+        Some(v)
+    };
+    let (Some(old), Some(new)) = (strip(&old_yaml), strip(new_yaml)) else {
+        return Ok(());
+    };
+    if let Some(key) = first_difference(&old, &new, "") {
+        bail!(
+            "cannot resume {}: {key} differs from the run's {} (resume with the same config, or start another --run)",
+            run_dir.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The dotted path of the first value that differs between two YAML trees.
+fn first_difference(a: &serde_yaml::Value, b: &serde_yaml::Value, at: &str) -> Option<String> {
+    use serde_yaml::Value;
+    match (a, b) {
+        (Value::Mapping(x), Value::Mapping(y)) => {
+            let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+            for k in keys {
+                let name = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+                let path = if at.is_empty() {
+                    name
+                } else {
+                    format!("{at}.{name}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => {
+                        if let Some(d) = first_difference(p, q, &path) {
+                            return Some(d);
+                        }
+                    }
+                    _ => return Some(path),
+                }
+            }
+            None
+        }
+        _ if a == b => None,
+        _ => Some(if at.is_empty() {
+            "the config".into()
+        } else {
+            at.into()
+        }),
+    }
+}
+
 pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     if cfg.steps == 0 || cfg.batch_size == 0 || cfg.accumulate == 0 {
         bail!("train.steps, train.batch_size and train.accumulate must be positive");
@@ -225,9 +286,21 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         metrics: BTreeMap::new(),
         weights: None,
     };
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // Held until this function returns: a second training on the same --run stops here.
+    let _lock = crate::util::fsio::lock_dir(run_dir)?;
     if opts.resume {
         let (saved, tensors) = checkpoint::load(run_dir, "latest").context("--resume")?;
         check_arch(&saved.arch, &opts.arch, run_dir)?;
+        if saved.seed != opts.seed {
+            bail!(
+                "cannot resume {}: it was trained with seed {}, not {} (drop --seed or give the run's)",
+                run_dir.display(),
+                saved.seed,
+                opts.seed
+            );
+        }
+        check_same_config(run_dir, &opts.config_yaml)?;
         if saved.tokenizer_hash != opts.tokenizer_hash {
             bail!(
                 "cannot resume {}: it was trained with a different tokenizer.json",
@@ -249,7 +322,6 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             run_dir.display()
         );
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     crate::util::fsio::atomic_write(&run_dir.join("config.yaml"), opts.config_yaml.as_bytes())?;
     let mut tb = EventWriter::create(run_dir)?;
 

@@ -55,6 +55,44 @@ fn d_true() -> bool {
     true
 }
 
+/// Widest beam a caller may ask for: each beam row holds a full KV cache.
+pub const MAX_BEAM: usize = 64;
+
+impl DecodeOptions {
+    /// Refuses settings with no meaning (a beam of 0, a negative temperature, NaN).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let bad = |what: String| Err(anyhow::anyhow!(what));
+        if !(1..=MAX_BEAM).contains(&self.beam) {
+            return bad(format!("beam {}: give 1 to {MAX_BEAM}", self.beam));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!(
+                "temperature {}: give a positive number",
+                self.temperature
+            ));
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top-p {}: give 0 < p ≤ 1", self.top_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition penalty {}: give a positive number (1 is off)",
+                self.repetition_penalty
+            ));
+        }
+        if !self.length_penalty.is_finite() {
+            return bad(format!(
+                "length penalty {}: give a number",
+                self.length_penalty
+            ));
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens 0: give at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
