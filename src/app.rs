@@ -67,6 +67,10 @@ fn print_metrics(m: &std::collections::BTreeMap<String, f64>) {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Checked first: an override with no config to apply to would be silently lost.
+    if cli.config.is_none() && !cli.overrides.is_empty() {
+        bail!("--set was given without -c/--config");
+    }
     let device = parse_device(&cli.device)?;
     match &cli.command {
         Command::Data(DataCommand::Synth {
@@ -538,9 +542,6 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Embed(a) => crate::export::commands::embed(a, device)?,
         Command::Retrieve(a) => crate::export::commands::retrieve(a, device)?,
-    }
-    if cli.config.is_none() && !cli.overrides.is_empty() {
-        bail!("--set was given without -c/--config");
     }
     Ok(())
 }

@@ -17,13 +17,21 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T>
     // First pass on the text itself, so errors carry the file's own line numbers.
     let parsed: T =
         serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut value: Value = serde_yaml::from_str(&text)?;
     if overrides.is_empty() {
+        check_values(&value, "").map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(parsed);
     }
-    let mut value: Value = serde_yaml::from_str(&text)?;
     for o in overrides {
         apply_override(&mut value, o)?;
     }
+    check_values(&value, "").map_err(|e| {
+        anyhow::anyhow!(
+            "{} after --set {}: {e}",
+            path.display(),
+            overrides.join(" --set ")
+        )
+    })?;
     serde_yaml::from_value(value).map_err(|e| {
         anyhow::anyhow!(
             "{} after --set {}: {e}",
@@ -31,6 +39,97 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T>
             overrides.join(" --set ")
         )
     })
+}
+
+/// Sizes that must be whole numbers from 1 up to a bound, by field name wherever they
+/// stand in a config: a zero or negative width, or one that asks for terabytes, is
+/// refused here, before any model allocates. (`vocab_size` is not among them: configs
+/// hold 0 there until the tokenizer fills it in.)
+const SIZES: [(&str, i64); 14] = [
+    ("heads", 1024),
+    ("dim", 65_536),
+    ("mlp", 262_144),
+    ("layers", 1024),
+    ("max_len", 16_384),
+    ("image_size", 2048),
+    ("embed_dim", 65_536),
+    ("feature_dim", 65_536),
+    ("z_dim", 65_536),
+    ("latent_dim", 65_536),
+    ("hidden", 65_536),
+    ("memory_tokens", 4096),
+    ("batch_size", 65_536),
+    ("steps", 1_000_000_000),
+];
+
+/// Fractions that must lie in [0, 1).
+const FRACTIONS: [&str; 5] = ["dropout", "caption_dropout", "ema", "beta1", "beta2"];
+
+/// Checks every known numeric field of a config tree (see [`SIZES`], [`FRACTIONS`],
+/// learning rates, channel lists, and width ÷ heads), naming the first bad one.
+pub fn check_values(v: &Value, at: &str) -> Result<()> {
+    let Value::Mapping(map) = v else {
+        return Ok(());
+    };
+    for (k, x) in map {
+        let Some(key) = k.as_str() else { continue };
+        let path = if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        };
+        if let Some((_, max)) = SIZES.iter().find(|(n, _)| *n == key) {
+            match x.as_i64() {
+                Some(n) if (1..=*max).contains(&n) => {}
+                _ if x.is_null() => {}
+                _ => bail!("{path} = {}: give a whole number from 1 to {max}", show(x)),
+            }
+        } else if FRACTIONS.contains(&key) {
+            match x.as_f64() {
+                Some(f) if (0.0..1.0).contains(&f) => {}
+                _ if x.is_null() => {}
+                _ => bail!("{path} = {}: give a number in [0, 1)", show(x)),
+            }
+        } else if key == "lr" {
+            match x.as_f64() {
+                Some(f) if f > 0.0 && f <= 10.0 => {}
+                _ => bail!("{path} = {}: give a learning rate in (0, 10]", show(x)),
+            }
+        } else if key.ends_with("channels") {
+            let ok = x.as_sequence().is_some_and(|s| {
+                !s.is_empty()
+                    && s.iter()
+                        .all(|c| c.as_i64().is_some_and(|c| (1..=65_536).contains(&c)))
+            });
+            if !ok && !x.is_null() {
+                bail!(
+                    "{path} = {}: give a non-empty list of whole numbers from 1 to 65536",
+                    show(x)
+                );
+            }
+        }
+        check_values(x, &path)?;
+    }
+    if let (Some(dim), Some(heads)) = (
+        map.get("dim").and_then(Value::as_i64),
+        map.get("heads").and_then(Value::as_i64),
+    ) {
+        if dim % heads != 0 {
+            let at = if at.is_empty() {
+                String::new()
+            } else {
+                format!("{at}.")
+            };
+            bail!("{at}dim {dim} must divide into {at}heads {heads} equal parts");
+        }
+    }
+    Ok(())
+}
+
+fn show(v: &Value) -> String {
+    serde_yaml::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Sets one dotted key; intermediate mappings are created as needed.

@@ -18,6 +18,8 @@ enum Reply {
     Status(u16, &'static str),
     Stall,
     Raw(&'static str),
+    /// A status, extra header lines and a body of our own.
+    Body(u16, &'static str, String),
 }
 
 struct Mock {
@@ -103,6 +105,7 @@ fn start_mock(script: impl Fn(usize, &str) -> Reply + Send + Sync + 'static) -> 
                     Reply::Status(code, extra) => respond(&mut s, code, extra, "{\"error\":\"x\"}"),
                     Reply::Stall => std::thread::sleep(Duration::from_secs(3)),
                     Reply::Raw(b) => respond(&mut s, 200, "", b),
+                    Reply::Body(code, extra, b) => respond(&mut s, code, extra, &b),
                 }
             });
         }
@@ -359,4 +362,54 @@ fn ctrl_c_keeps_every_finished_answer_and_a_rerun_completes() {
     assert!(ok, "{err}");
     assert!(out.contains(&format!("{kept} were done before")), "{out}");
     assert_eq!(journal(&data).len(), 30);
+}
+
+/// What a server does wrong, in four ways, each a clean error: an error body echoing the
+/// API key (redacted everywhere), a redirect, an endpoint that cannot work, and answers
+/// that all fail (too large to keep).
+#[test]
+fn echoed_keys_redirects_bad_urls_and_total_failure_are_clean_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), 4);
+    let journal_text = || std::fs::read_to_string(data.join("captions.jsonl")).unwrap_or_default();
+
+    let echo =
+        start_mock(|_, _| Reply::Body(401, "", "{\"error\": \"invalid key sekrit-key\"}".into()));
+    let (ok, out, err) = describe(&data, &echo.url, &["--retries", "0"]);
+    assert!(!ok);
+    assert!(
+        !err.contains("sekrit-key") && !out.contains("sekrit-key"),
+        "{err}"
+    );
+    assert!(err.contains("[redacted]"), "{err}");
+    assert!(!journal_text().contains("sekrit-key"));
+
+    let redirect = start_mock(|_, _| {
+        Reply::Status(307, "Location: http://127.0.0.1:9/v1/chat/completions\r\n")
+    });
+    let (ok, _, err) = describe(&data, &redirect.url, &["--retries", "3"]);
+    assert!(!ok && err.contains("HTTP 307 redirect"), "{err}");
+    assert_eq!(
+        redirect.requests.load(Ordering::SeqCst),
+        1,
+        "a redirect is not retried"
+    );
+
+    let t0 = std::time::Instant::now();
+    let (ok, _, err) = describe(&data, "file:///etc", &["--retries", "5", "--backoff", "1"]);
+    assert!(!ok && err.contains("check --endpoint"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "a bad URL is not retried"
+    );
+
+    let huge = start_mock(|_, _| {
+        Reply::Body(200, "", format!("{{\"pad\": \"{}\"}}", "x".repeat(2 << 20)))
+    });
+    let (ok, _, err) = describe(&data, &huge.url, &["--retries", "0"]);
+    assert!(
+        !ok && err.contains("every one of the 4 requests failed"),
+        "{err}"
+    );
+    assert!(journal_text().contains("larger than 1024 KiB"));
 }

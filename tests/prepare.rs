@@ -398,3 +398,223 @@ fn cmyk_jpeg_is_converted() {
         "CMYK (0, 100 %, 100 %, 0) is red, got {px:?}"
     );
 }
+
+fn imagefolder(src: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut a = vec![
+        "--format",
+        "imagefolder",
+        "--src",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    a.extend_from_slice(extra);
+    prepare(&a)
+}
+
+/// `img` and `img_1` are two pictures: each lands in exactly one split, and every kept
+/// item in one.
+#[test]
+fn ids_that_look_like_pairs_are_split_as_the_images_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..15u8 {
+        for name in [format!("img{i}"), format!("img{i}_1"), format!("img{i}_2")] {
+            png(&src.join(format!("{name}.png")), 12, 12, i * 3 + 1);
+            std::fs::write(src.join(format!("{name}.txt")), format!("picture {name}")).unwrap();
+        }
+    }
+    let out = dir.path().join("out");
+    let (ok, _, err) = imagefolder(&src, &out, &[]);
+    assert!(ok, "{err}");
+    let mut seen = std::collections::HashMap::new();
+    for split in ["train", "val", "test"] {
+        for id in std::fs::read_to_string(out.join(format!("splits/{split}_ids.txt")))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            assert!(
+                seen.insert(id.to_string(), split).is_none(),
+                "{id} is in two splits"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 45, "every image in exactly one split");
+}
+
+/// An unreadable file does not claim an id: the readable one of the same name is kept.
+#[test]
+fn a_duplicate_id_goes_to_the_first_file_that_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..4u8 {
+        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
+        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
+    }
+    std::fs::write(src.join("dup.jpg"), b"broken bytes").unwrap();
+    std::fs::write(src.join("dup.txt"), "the duplicated one").unwrap();
+    png(&src.join("dup.png"), 12, 12, 99);
+    png(&src.join("twice.jpg"), 12, 12, 50);
+    png(&src.join("twice.png"), 12, 12, 51);
+    std::fs::write(src.join("twice.txt"), "two good files").unwrap();
+    let out = dir.path().join("out");
+    let (ok, _, err) = imagefolder(&src, &out, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.join("images/dup.png").exists(),
+        "the readable dup was kept"
+    );
+    let r = rejected(&out);
+    assert!(
+        r.contains("dup.jpg") && r.contains("unreadable image"),
+        "{r}"
+    );
+    assert!(!r.contains("dup.png"), "{r}");
+    assert!(r.contains("twice.png,duplicate id: kept twice.jpg"), "{r}");
+}
+
+/// Links out of the source folder and files that are not regular files are rejected,
+/// without reading them.
+#[test]
+fn links_out_of_the_folder_and_fifos_are_rejected_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..4u8 {
+        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
+        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
+    }
+    png(&dir.path().join("private.png"), 12, 12, 7);
+    std::os::unix::fs::symlink(dir.path().join("private.png"), src.join("leak.png")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", src.join("endless.png")).unwrap();
+    png(&src.join("inside.png"), 12, 12, 8);
+    std::os::unix::fs::symlink(src.join("inside.png"), src.join("alias.png")).unwrap();
+    let fifo = src.join("pipe.png");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for n in ["leak", "endless", "pipe", "alias", "inside"] {
+        std::fs::write(src.join(format!("{n}.txt")), "caption").unwrap();
+    }
+    let out = dir.path().join("out");
+    let t0 = std::time::Instant::now();
+    let (ok, _, err) = imagefolder(&src, &out, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(30),
+        "a FIFO or device hung prepare"
+    );
+    let r = rejected(&out);
+    assert!(
+        r.contains("leak.png") && r.contains("outside the data folder"),
+        "{r}"
+    );
+    assert!(r.contains("endless.png") && r.contains("pipe.png"), "{r}");
+    assert!(r.contains("not a regular file"), "{r}");
+    assert!(
+        out.join("images/alias.png").exists(),
+        "a link inside the folder is fine"
+    );
+}
+
+/// A failed `--force` leaves the old dataset whole (its tokenizer included); a good one
+/// replaces it.
+#[test]
+fn force_replaces_a_dataset_only_once_the_new_one_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..4u8 {
+        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
+        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
+    }
+    let out = dir.path().join("out");
+    let (ok, _, err) = imagefolder(&src, &out, &[]);
+    assert!(ok, "{err}");
+    std::fs::write(out.join("tokenizer.json"), "{}").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("x.png"), b"not an image").unwrap();
+    std::fs::write(bad.join("x.txt"), "caption").unwrap();
+    let (ok, _, err) = imagefolder(&bad, &out, &["--force"]);
+    assert!(!ok && err.contains("usable items"), "{err}");
+    assert!(
+        out.join("tokenizer.json").exists(),
+        "the old dataset is intact"
+    );
+    assert_eq!(std::fs::read_dir(out.join("images")).unwrap().count(), 4);
+    assert!(!dir.path().join("out.partial").exists());
+    let (ok, _, err) = imagefolder(&src, &out, &["--force"]);
+    assert!(ok, "{err}");
+    assert!(
+        !out.join("tokenizer.json").exists(),
+        "a good --force replaces the dataset"
+    );
+    assert!(!dir.path().join("out.replaced").exists());
+    for size in ["0", "100000"] {
+        let o = dir.path().join(format!("s{size}"));
+        assert_clean_error(
+            &[
+                "data",
+                "prepare",
+                "--format",
+                "imagefolder",
+                "--src",
+                src.to_str().unwrap(),
+                "--out",
+                o.to_str().unwrap(),
+                "--size",
+                size,
+            ],
+            &format!("--size {size}"),
+        );
+    }
+}
+
+/// A COCO file that repeats an image id is refused naming both entries; annotations of
+/// images it does not list are counted in a warning, not dropped in silence.
+#[test]
+fn coco_repeated_image_ids_and_orphan_annotations_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("coco");
+    for i in 0..4u8 {
+        png(&src.join(format!("im{i}.png")), 12, 12, i + 1);
+    }
+    let coco = |images: &str| {
+        format!(
+            "{{\"images\": [{images}], \"annotations\": [{{\"image_id\": 0, \"caption\": \"a\"}}, {{\"image_id\": 1, \"caption\": \"b\"}}, {{\"image_id\": 2, \"caption\": \"c\"}}, {{\"image_id\": 3, \"caption\": \"d\"}}, {{\"image_id\": 77, \"caption\": \"nobody\"}}]}}"
+        )
+    };
+    let listed = (0..4)
+        .map(|i| format!("{{\"id\": {i}, \"file_name\": \"im{i}.png\"}}"))
+        .collect::<Vec<_>>();
+    let json = src.join("captions.json");
+    std::fs::write(&json, coco(&listed.join(", "))).unwrap();
+    let out = dir.path().join("out");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "coco",
+        "--src",
+        json.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("1 annotations name an image_id"), "{err}");
+    let dup = format!(
+        "{}, {{\"id\": 2, \"file_name\": \"im3.png\"}}",
+        listed[..3].join(", ")
+    );
+    std::fs::write(&json, coco(&dup)).unwrap();
+    let out2 = dir.path().join("out2");
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "coco",
+        "--src",
+        json.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("repeats the id 2 of im2.png"), "{err}");
+}

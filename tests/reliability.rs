@@ -351,3 +351,89 @@ fn numbers_without_meaning_are_refused_before_any_work() {
         );
     }
 }
+
+/// Config values without meaning are refused at load, naming the field, before a model
+/// is built: each from a tiny config with one `--set`.
+#[test]
+fn config_values_out_of_range_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cap = tiny_captioner_config(d, &data, 2);
+    let cap = cap.to_str().unwrap();
+    let clip = clip_cfg(d, &data);
+    let t2i = t2i_cfg(d, &data);
+    let run_dir = d.join("never");
+    let r = run_dir.to_str().unwrap();
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("captioner", cap, "model.heads=0", "model.heads = 0"),
+        ("captioner", cap, "model.dim=0", "model.dim = 0"),
+        ("captioner", cap, "model.dim=-32", "model.dim = -32"),
+        ("captioner", cap, "model.mlp=0", "model.mlp = 0"),
+        ("captioner", cap, "model.layers=0", "model.layers = 0"),
+        (
+            "captioner",
+            cap,
+            "model.image_size=0",
+            "model.image_size = 0",
+        ),
+        (
+            "captioner",
+            cap,
+            "model.image_size=1000000",
+            "model.image_size = 1000000",
+        ),
+        (
+            "captioner",
+            cap,
+            "model.image_size=-16",
+            "model.image_size = -16",
+        ),
+        ("captioner", cap, "model.max_len=0", "model.max_len = 0"),
+        ("captioner", cap, "model.max_len=1e11", "model.max_len"),
+        ("captioner", cap, "model.dropout=2", "model.dropout = 2"),
+        ("captioner", cap, "model.channels=[-8,16]", "model.channels"),
+        ("captioner", cap, "model.channels=[]", "model.channels"),
+        (
+            "captioner",
+            cap,
+            "model.heads=3",
+            "model.dim 32 must divide into model.heads 3",
+        ),
+        ("captioner", cap, "train.lr=-1", "train.lr = -1"),
+        ("captioner", cap, "train.beta1=1.5", "train.beta1 = 1.5"),
+        ("captioner", cap, "train.ema=2", "train.ema = 2"),
+        ("clip", &clip, "model.embed_dim=0", "model.embed_dim = 0"),
+        (
+            "clip",
+            &clip,
+            "model.text.heads=3",
+            "model.text.dim 32 must divide into model.text.heads 3",
+        ),
+        ("clip", &clip, "model.text.heads=0", "model.text.heads = 0"),
+        ("t2i", &t2i, "model.text.heads=3", "model.text.heads 3"),
+        (
+            "t2i",
+            &t2i,
+            "model.generator.z_dim=0",
+            "model.generator.z_dim = 0",
+        ),
+        ("t2i", &t2i, "train.batch_size=0", "train.batch_size = 0"),
+    ];
+    for (stage, cfg, set, expect) in cases {
+        assert_clean_error(
+            &[
+                "train", stage, "-c", cfg, "--set", set, "--run", r, "--device", "cpu",
+            ],
+            expect,
+        );
+    }
+    assert!(
+        !run_dir.exists(),
+        "nothing was written for a refused config"
+    );
+    assert_clean_error(
+        &["caption", "--set", "model.dim=8", "--run", r, "x.png"],
+        "--set was given without -c",
+    );
+}

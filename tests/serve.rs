@@ -734,12 +734,16 @@ fn the_page_works_in_headless_chromium() {
         "return document.getElementById('status').textContent !== 'Loading…'",
         "the page to start",
     );
+    let on = |tab: &str| {
+        b.js(&format!(
+            "return document.querySelector('[data-view={tab}]').hidden"
+        )) == json!(false)
+    };
+    let demo = shots.is_some() && var("EKPHRASIS_SCREENSHOT_MODELS").is_some();
     for tab in ["describe", "paint", "seed", "browse"] {
-        assert_eq!(
-            b.js(&format!(
-                "return document.querySelector('[data-view={tab}]').hidden"
-            )),
-            json!(false),
+        // The tiny fixture has every model; the demo exports may lack the unified run.
+        assert!(
+            on(tab) || (demo && tab != "describe" && tab != "paint"),
             "{tab} tab hidden"
         );
     }
@@ -781,27 +785,31 @@ fn the_page_works_in_headless_chromium() {
     shot(&b, "paint");
 
     // One seed.
-    b.click("[data-view=seed]");
-    b.click("#seed-go");
-    b.wait("const i = document.getElementById('seed-image'); return i.complete && i.naturalWidth > 0 && document.getElementById('seed-caption').textContent.length > 0", "the one-seed sample");
-    shot(&b, "one_seed");
+    if on("seed") {
+        b.click("[data-view=seed]");
+        b.click("#seed-go");
+        b.wait("const i = document.getElementById('seed-image'); return i.complete && i.naturalWidth > 0 && document.getElementById('seed-caption').textContent.length > 0", "the one-seed sample");
+        shot(&b, "one_seed");
+    }
 
     // Browse: the report's examples, then a search that narrows them.
-    b.click("[data-view=browse]");
-    b.wait(
-        "return document.querySelectorAll('#browse-rows tr').length > 0",
-        "the report's examples",
-    );
-    b.js("document.getElementById('browse-q').value = 'zzzqqqxxx'; return true");
-    b.click("#browse-go");
-    b.wait("return document.querySelectorAll('#browse-rows tr').length === 0 && document.getElementById('browse-meta').textContent.startsWith('0 examples')", "an empty search");
-    b.js("document.getElementById('browse-q').value = ''; return true");
-    b.click("#browse-go");
-    b.wait(
-        "return document.querySelectorAll('#browse-rows tr').length > 0",
-        "the examples again",
-    );
-    shot(&b, "browse");
+    if on("browse") {
+        b.click("[data-view=browse]");
+        b.wait(
+            "return document.querySelectorAll('#browse-rows tr').length > 0",
+            "the report's examples",
+        );
+        b.js("document.getElementById('browse-q').value = 'zzzqqqxxx'; return true");
+        b.click("#browse-go");
+        b.wait("return document.querySelectorAll('#browse-rows tr').length === 0 && document.getElementById('browse-meta').textContent.startsWith('0 examples')", "an empty search");
+        b.js("document.getElementById('browse-q').value = ''; return true");
+        b.click("#browse-go");
+        b.wait(
+            "return document.querySelectorAll('#browse-rows tr').length > 0",
+            "the examples again",
+        );
+        shot(&b, "browse");
+    }
 
     assert_eq!(
         b.js("return window.__errors"),

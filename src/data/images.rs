@@ -9,11 +9,26 @@ use std::path::Path;
 /// Largest image (in pixels) we agree to decode; larger files are rejected, not decoded.
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
+/// Largest image file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
 /// Decodes `path` to `size`×`size` RGB bytes (HWC). The image is centre-cropped to a
 /// square first, so shapes are not distorted.
 pub fn load_rgb(path: &Path, size: u32) -> Result<Vec<u8>> {
-    // One read: the header check and the decode both work on the bytes in memory.
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    use std::io::Read;
+    // One read: the header check and the decode both work on the bytes in memory. The
+    // read is capped, so a link to an endless device or a huge file cannot fill memory.
+    let mut bytes = vec![];
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        bail!(
+            "{}: larger than {} MiB, the largest image file read",
+            path.display(),
+            MAX_FILE_BYTES >> 20
+        );
+    }
     decode_rgb(&bytes, &path.display().to_string(), size)
 }
 

@@ -16,7 +16,7 @@ use super::layout::{metadata_csv, MetadataRow};
 use crate::util::fsio::{atomic_write, write_json};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -412,7 +412,12 @@ fn collect_coco(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf, Ve
                 o.src.display()
             );
         };
-        files.insert(id, f.to_string());
+        if let Some(first) = files.insert(id, f.to_string()) {
+            bail!(
+                "{}: images[{i}] ({f}) repeats the id {id} of {first}; COCO image ids must be unique",
+                o.src.display()
+            );
+        }
         order.push(id);
     }
     let mut caps: HashMap<i64, Vec<String>> = HashMap::new();
@@ -440,6 +445,13 @@ fn collect_coco(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf, Ve
             cs.into_iter().map(move |c| (f.clone(), c))
         })
         .collect();
+    let orphans: usize = caps.values().map(Vec::len).sum();
+    if orphans > 0 {
+        eprintln!(
+            "warning: {}: {orphans} annotations name an image_id that `images` does not list; they were skipped",
+            o.src.display()
+        );
+    }
     Ok(grouped(base, pairs, "coco"))
 }
 
@@ -511,7 +523,8 @@ fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf
             .flatten()
         {
             let p = e.path();
-            if p.is_dir() {
+            // A linked folder is not walked: it could lead out of the source.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
             } else if is_image(&p) {
                 let rel = p
@@ -528,7 +541,7 @@ fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)?.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "txt") {
                 txts.push(p);
@@ -552,15 +565,67 @@ fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf
 
 /// Runs the whole preparation; returns the counted report (also written as report.json).
 pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
-    if o.out.exists() {
-        if !o.force {
-            bail!(
-                "{} already exists; pass --force to replace it",
-                o.out.display()
-            );
-        }
-        std::fs::remove_dir_all(&o.out)?;
+    if !(MIN_SIZE..=MAX_SIZE).contains(&o.size) {
+        bail!("--size {}: give {MIN_SIZE} to {MAX_SIZE} pixels", o.size);
     }
+    if o.out.exists() && !o.force {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            o.out.display()
+        );
+    }
+    // The new dataset is built aside; the old one (tokenizer and describe journal
+    // included) is replaced only once the new one is whole.
+    let partial = o.out.with_extension("partial");
+    let result = build(o, &partial);
+    if result.is_err() && partial.exists() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    let report = result?;
+    crate::util::fsio::replace_dir(&partial, &o.out)?;
+    Ok(report)
+}
+
+/// Smallest and largest image side `data prepare` writes.
+const MIN_SIZE: u32 = 8;
+const MAX_SIZE: u32 = 4096;
+
+/// `path` resolved through its links, refused unless it stays inside `base` and is a
+/// regular file (not a FIFO, a device or a folder).
+fn contained_file(base: &Path, path: &Path) -> Result<PathBuf, String> {
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("unreadable image: {}: {e}", path.display()))?;
+    let root = base
+        .canonicalize()
+        .map_err(|e| format!("unreadable image: {}: {e}", base.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "unsafe path: {} resolves to {}, outside the data folder",
+            path.display(),
+            real.display()
+        ));
+    }
+    match std::fs::metadata(&real) {
+        Ok(m) if m.is_file() => Ok(real),
+        Ok(_) => Err(format!(
+            "unreadable image: {} is not a regular file",
+            path.display()
+        )),
+        Err(e) => Err(format!("unreadable image: {}: {e}", path.display())),
+    }
+}
+
+/// A `size`² RGB image as PNG bytes.
+fn png_bytes(rgb: Vec<u8>, size: u32) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_raw(size, size, rgb)
+        .with_context(|| format!("the decoded image is not {size}×{size}"))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
     let mut non_utf8 = 0;
     let (base, candidates) = match o.format {
         Format::Art => collect_art(o, &mut non_utf8)?,
@@ -582,21 +647,13 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
             .or_insert(0) += 1;
         rejected.push((id.to_string(), image.to_string(), why.to_string()));
     };
-    // Rules that need no decoding: ids, paths, captions.
-    let mut seen = HashSet::new();
-    let mut ready: Vec<(Candidate, PathBuf)> = vec![];
+    // Rules that need no decoding: ids, paths, captions. Candidates that share an id
+    // stay together in source order: the first that decodes claims the id.
+    let mut order: Vec<String> = vec![];
+    let mut by_id: HashMap<String, Vec<(Candidate, PathBuf)>> = HashMap::new();
     for mut c in candidates {
         if c.id.is_empty() {
             reject(&mut report, &c.id, &c.image, "empty id");
-            continue;
-        }
-        if !seen.insert(c.id.clone()) {
-            reject(
-                &mut report,
-                &c.id,
-                &c.image,
-                "duplicate id: kept the first occurrence",
-            );
             continue;
         }
         let path = match safe_join(&base, &c.image) {
@@ -611,43 +668,94 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
             reject(&mut report, &c.id, &c.image, "missing caption");
             continue;
         }
-        ready.push((c, path));
+        let group = by_id.entry(c.id.clone()).or_default();
+        if group.is_empty() {
+            order.push(c.id.clone());
+        }
+        group.push((c, path));
     }
-    // Decode and resize in parallel; failures become rejections.
-    let partial = o.out.with_extension("partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial)?;
-    }
+    let ready: Vec<Vec<(Candidate, PathBuf)>> =
+        order.iter().filter_map(|id| by_id.remove(id)).collect();
+    // Decode, resize and write in parallel, one id at a time per worker; failures
+    // become rejections. Every PNG is written atomically.
     std::fs::create_dir_all(partial.join("images"))?;
     let pb = crate::util::progress::bar(ready.len() as u64, "images");
-    let decoded: Vec<Result<(), String>> = ready
+    let decoded: Vec<(Option<usize>, Vec<String>)> = ready
         .par_iter()
-        .map(|(c, path)| {
-            let r = load_rgb(path, o.size)
-                .map_err(|e| format!("unreadable image: {e:#}"))
-                .and_then(|rgb| {
-                    let img = image::RgbImage::from_raw(o.size, o.size, rgb).expect("size");
-                    img.save(partial.join("images").join(format!("{}.png", c.id)))
-                        .map_err(|e| format!("write failed: {e}"))
-                });
+        .map(|group| {
+            let mut errors = vec![];
+            let mut winner = None;
+            for (i, (c, path)) in group.iter().enumerate() {
+                if crate::util::signals::interrupted() {
+                    errors.push("interrupted".to_string());
+                    break;
+                }
+                let r = contained_file(&base, path)
+                    .and_then(|real| {
+                        load_rgb(&real, o.size).map_err(|e| format!("unreadable image: {e:#}"))
+                    })
+                    .and_then(|rgb| {
+                        let png = png_bytes(rgb, o.size)
+                            .map_err(|e| format!("encoding failed: {e:#}"))?;
+                        atomic_write(&partial.join("images").join(format!("{}.png", c.id)), &png)
+                            .map_err(|e| format!("write failed: {e:#}"))
+                    });
+                match r {
+                    Ok(()) => {
+                        winner = Some(i);
+                        break;
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
             pb.inc(1);
-            r
+            (winner, errors)
         })
         .collect();
     pb.finish_and_clear();
+    if crate::util::signals::interrupted() {
+        bail!("interrupted: nothing was written to {}", o.out.display());
+    }
+    if let Some(e) = decoded
+        .iter()
+        .flat_map(|(_, errs)| errs)
+        .find(|e| e.starts_with("write failed"))
+    {
+        // A full disk is not a property of one image: stop rather than reject them all.
+        bail!("{e}");
+    }
     let mut captions = BTreeMap::new();
     let mut rows = vec![];
-    let mut groups: Vec<String> = vec![];
-    for ((c, _), r) in ready.into_iter().zip(decoded) {
-        if let Err(why) = r {
-            reject(&mut report, &c.id, &c.image, &why);
-            continue;
+    // Each image's item ids, for the splits (pairs of one image stay together).
+    let mut groups: Vec<(String, Vec<String>)> = vec![];
+    for (group, (winner, errors)) in ready.into_iter().zip(decoded) {
+        let mut errors = errors.into_iter();
+        let mut kept = None;
+        for (i, (c, _)) in group.into_iter().enumerate() {
+            match winner {
+                Some(w) if i == w => kept = Some(c),
+                Some(w) if i > w => {
+                    let first = kept.as_ref().map_or("", |k: &Candidate| k.image.as_str());
+                    reject(
+                        &mut report,
+                        &c.id,
+                        &c.image,
+                        &format!("duplicate id: kept {first}"),
+                    );
+                }
+                _ => {
+                    let why = errors.next().unwrap_or_else(|| "unreadable image".into());
+                    reject(&mut report, &c.id, &c.image, &why);
+                }
+            }
         }
-        groups.push(c.id.clone());
+        let Some(c) = kept else { continue };
+        let mut items = vec![];
         match o.multi {
             Multi::First => {
                 captions.insert(c.id.clone(), c.captions[0].trim().to_string());
                 rows.push(c.meta.clone());
+                items.push(c.id.clone());
             }
             Multi::Join => {
                 let joined: Vec<String> = c
@@ -657,6 +765,7 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
                     .collect();
                 captions.insert(c.id.clone(), joined.join(" "));
                 rows.push(c.meta.clone());
+                items.push(c.id.clone());
             }
             Multi::Pairs => {
                 for (i, t) in c.captions.iter().enumerate() {
@@ -670,9 +779,10 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
                     }
                     captions.insert(id.clone(), t.trim().to_string());
                     rows.push(MetadataRow {
-                        id,
+                        id: id.clone(),
                         ..c.meta.clone()
                     });
+                    items.push(id);
                 }
                 std::fs::rename(
                     partial.join("images").join(format!("{}.png", c.id)),
@@ -680,10 +790,11 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
                 )?;
             }
         }
+        groups.push((c.id, items));
     }
     if captions.len() < 3 {
         bail!(
-            "only {} usable items (need at least 3); see the rejections: {:?}",
+            "only {} usable items (need at least 3); the rejections by reason: {:?}",
             captions.len(),
             report.rejected
         );
@@ -691,20 +802,18 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
     report.kept = captions.len();
     write_json(&partial.join("captions.json"), &captions)?;
     atomic_write(&partial.join("metadata.csv"), &metadata_csv(&rows)?)?;
-    // Split by image: pairs of one image never straddle two splits.
-    let [tr, va, te] = super::splits::split_ids(&groups, o.seed);
+    // Split by image: pairs of one image never straddle two splits. Items are looked
+    // up by their image, never by a name prefix (`img` and `img_1` are two images).
+    let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
+    let items: HashMap<&str, &Vec<String>> = groups.iter().map(|(g, i)| (g.as_str(), i)).collect();
+    let [tr, va, te] = super::splits::split_ids(&names, o.seed);
     let expand = |g: &[String]| -> Vec<String> {
         g.iter()
             .flat_map(|id| {
-                captions
-                    .keys()
-                    .filter(move |k| {
-                        *k == id
-                            || k.strip_prefix(id.as_str()).is_some_and(|r| {
-                                r.starts_with('_') && r[1..].parse::<usize>().is_ok()
-                            })
-                    })
-                    .cloned()
+                items
+                    .get(id.as_str())
+                    .into_iter()
+                    .flat_map(|v| v.iter().cloned())
             })
             .collect()
     };
@@ -723,7 +832,5 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
     }
     atomic_write(&partial.join("rejected.csv"), &w.into_inner()?)?;
     write_json(&partial.join("report.json"), &report)?;
-    std::fs::rename(&partial, &o.out)
-        .with_context(|| format!("moving {} into place", o.out.display()))?;
     Ok(report)
 }

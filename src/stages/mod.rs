@@ -10,7 +10,7 @@ pub mod invertible_functions;
 pub mod t2i;
 pub mod unified;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
 /// Writes `runs/<stage>/<run>/done.json` with the run's last metrics; `make` depends on it.
@@ -96,5 +96,10 @@ pub fn run_config<T: serde::de::DeserializeOwned>(run_dir: &Path, stage: &str) -
             run_dir.display()
         );
     }
-    crate::config::load(&cfg_path, &[])
+    crate::config::load(&cfg_path, &[]).with_context(|| {
+        format!(
+            "{} does not hold a {stage} run (its config.yaml is another stage's, or damaged)",
+            run_dir.display()
+        )
+    })
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use tch::{nn::VarStore, Tensor};
 
 /// The `train:` section of every stage's config.
@@ -151,8 +151,8 @@ pub fn parameters(vs: &VarStore) -> i64 {
         .sum()
 }
 
-/// Set by the Ctrl-C handler; the loop finishes its step, checkpoints and exits.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The interrupt flag: the loop finishes its step, checkpoints and exits when it is set.
+pub use crate::util::signals::INTERRUPTED;
 
 fn better(new: f64, old: Option<f64>, higher: bool) -> bool {
     match old {

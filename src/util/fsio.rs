@@ -99,3 +99,22 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         }
     }
 }
+
+/// Moves the finished `partial` to `out`, replacing what was there through a rename, so
+/// at every instant one whole dataset sits at `out` or beside it.
+pub fn replace_dir(partial: &Path, out: &Path) -> Result<()> {
+    let old = out.with_extension("replaced");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    if out.exists() {
+        std::fs::rename(out, &old)
+            .with_context(|| format!("moving the old {} aside", out.display()))?;
+    }
+    std::fs::rename(partial, out)
+        .with_context(|| format!("moving {} into place", out.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(())
+}

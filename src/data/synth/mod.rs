@@ -73,6 +73,9 @@ pub struct Summary {
 /// Renders `n` items of `size` px into `out` (which must not exist unless `force`).
 /// Everything is written into `<out>.partial` first and renamed at the end, so an
 /// interrupted run never leaves a dataset that looks complete.
+/// The most paintings one `data synth` renders (about 10 GB of 64 px PNGs).
+const MAX_IMAGES: usize = 1_000_000;
+
 pub fn render_dataset(
     out: &Path,
     n: usize,
@@ -83,17 +86,14 @@ pub fn render_dataset(
     if !(16..=256).contains(&size) {
         bail!("--size must be between 16 and 256 pixels, got {size}");
     }
-    if n < 3 {
-        bail!("--n must be at least 3 (one image per split), got {n}");
+    if !(3..=MAX_IMAGES).contains(&n) {
+        bail!("--n must be 3 (one image per split) to {MAX_IMAGES}, got {n}");
     }
-    if out.exists() {
-        if !force {
-            bail!(
-                "{} already exists; pass --force to replace it",
-                out.display()
-            );
-        }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    if out.exists() && !force {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            out.display()
+        );
     }
     let partial = out.with_extension("partial");
     if partial.exists() {
@@ -106,6 +106,9 @@ pub fn render_dataset(
     let items: Vec<(String, Scene, String)> = (0..n)
         .into_par_iter()
         .map(|i| -> Result<(String, Scene, String)> {
+            if crate::util::signals::interrupted() {
+                bail!("interrupted: {} was left as it was", out.display());
+            }
             let item = make_item(seed, i, size);
             let img = image::RgbImage::from_raw(size as u32, size as u32, item.pixels)
                 .expect("size matches");
@@ -140,8 +143,7 @@ pub fn render_dataset(
     atomic_write(&partial.join("metadata.csv"), &metadata_csv(&rows)?)?;
     let ids: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
     let splits = write_splits(&partial.join("splits"), &ids, seed)?;
-    std::fs::rename(&partial, out)
-        .with_context(|| format!("moving {} into place", partial.display()))?;
+    crate::util::fsio::replace_dir(&partial, out)?;
     Ok(Summary {
         n,
         splits,

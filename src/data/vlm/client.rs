@@ -32,8 +32,10 @@ pub struct Completion {
 pub enum CallError {
     /// Gave up after retries on a transient failure (the last one is described).
     Exhausted { tries: u32, last: String },
-    /// A failure retrying cannot fix (400, 401, 404, …).
+    /// A failure retrying cannot fix (400, 401, 404, a redirect, a bad URL, …).
     Fatal(String),
+    /// Ctrl-C came while waiting to retry: no further request was sent.
+    Interrupted,
 }
 
 impl std::fmt::Display for CallError {
@@ -43,6 +45,7 @@ impl std::fmt::Display for CallError {
                 write!(f, "gave up after {tries} tries; last failure: {last}")
             }
             CallError::Fatal(msg) => write!(f, "{msg}"),
+            CallError::Interrupted => write!(f, "interrupted before a retry"),
         }
     }
 }
@@ -64,9 +67,31 @@ pub struct ChatClient {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// Largest answer read: a 200-word paragraph in JSON is a few KiB.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// Sleeps `d` in short slices; false when Ctrl-C came meanwhile.
+fn sleep_unless_interrupted(d: Duration) -> bool {
+    let end = std::time::Instant::now() + d;
+    loop {
+        if crate::util::signals::interrupted() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
 impl ChatClient {
     pub fn new(opts: ClientOptions) -> Self {
-        let agent = ureq::AgentBuilder::new().timeout(opts.timeout).build();
+        // Redirects are reported, not followed: a POST must not be re-sent elsewhere.
+        let agent = ureq::AgentBuilder::new()
+            .timeout(opts.timeout)
+            .redirects(0)
+            .build();
         let url = format!("{}/chat/completions", opts.endpoint.trim_end_matches('/'));
         ChatClient { agent, url, opts }
     }
@@ -87,10 +112,13 @@ impl ChatClient {
         let mut last = String::new();
         for attempt in 1..=tries {
             match self.try_once(body) {
-                Ok(c) => return Ok(c),
-                Err(Attempt::Fatal(msg)) => return Err(CallError::Fatal(msg)),
+                Ok(mut c) => {
+                    c.text = self.redact(&c.text);
+                    return Ok(c);
+                }
+                Err(Attempt::Fatal(msg)) => return Err(CallError::Fatal(self.redact(&msg))),
                 Err(Attempt::Retry { why, after }) => {
-                    last = why;
+                    last = self.redact(&why);
                     if attempt == tries {
                         break;
                     }
@@ -101,12 +129,23 @@ impl ChatClient {
                         self.opts.max_retries,
                         wait.as_secs_f64()
                     ));
-                    std::thread::sleep(wait);
+                    if !sleep_unless_interrupted(wait) {
+                        return Err(CallError::Interrupted);
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
         Err(CallError::Exhausted { tries, last })
+    }
+
+    /// `text` with the API key blanked out: servers echo it in error bodies, and
+    /// nothing shown or journaled may hold it.
+    fn redact(&self, text: &str) -> String {
+        match self.opts.api_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => text.replace(key, "[redacted]"),
+            None => text.to_string(),
+        }
     }
 
     fn try_once(&self, body: &Value) -> Result<Completion, Attempt> {
@@ -139,16 +178,40 @@ impl ChatClient {
                 };
             }
             Err(ureq::Error::Transport(t)) => {
-                return Err(Attempt::Retry {
-                    why: format!("transport: {t}"),
-                    after: None,
-                })
+                use ureq::ErrorKind::{InvalidProxyUrl, InvalidUrl, UnknownScheme};
+                let why = format!("transport: {t}");
+                // A URL that cannot work will not start working on a retry.
+                return if matches!(t.kind(), InvalidUrl | UnknownScheme | InvalidProxyUrl) {
+                    Err(Attempt::Fatal(format!("{why} (check --endpoint)")))
+                } else {
+                    Err(Attempt::Retry { why, after: None })
+                };
             }
         };
-        let text = resp.into_string().map_err(|e| Attempt::Retry {
+        if (300..400).contains(&resp.status()) {
+            let to = resp.header("Location").unwrap_or("nowhere").to_string();
+            return Err(Attempt::Fatal(format!(
+                "HTTP {} redirect from {} to {to}: give the final URL as --endpoint",
+                resp.status(),
+                self.url
+            )));
+        }
+        let mut raw = vec![];
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(resp.into_reader(), MAX_ANSWER_BYTES + 1),
+            &mut raw,
+        )
+        .map_err(|e| Attempt::Retry {
             why: format!("reading the answer: {e}"),
             after: None,
         })?;
+        if raw.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(Attempt::Retry {
+                why: format!("the answer is larger than {} KiB", MAX_ANSWER_BYTES >> 10),
+                after: None,
+            });
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
         parse_completion(&text).map_err(|why| Attempt::Retry { why, after: None })
     }
 }

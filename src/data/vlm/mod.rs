@@ -317,5 +317,16 @@ pub fn describe(o: &DescribeOptions) -> Result<DescribeSummary> {
             journal_path.display()
         );
     }
+    let failed = summary
+        .counts
+        .get(Status::Failed.name())
+        .copied()
+        .unwrap_or(0);
+    if !summary.interrupted && summary.attempted > 0 && failed == summary.attempted {
+        bail!(
+            "every one of the {failed} requests failed (see {}); is the server at the endpoint up?",
+            journal_path.display()
+        );
+    }
     Ok(summary)
 }
