@@ -599,7 +599,7 @@ impl Browser {
             "goog:chromeOptions": {"binary": chromium, "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1200,1000"]},
+                "--disable-component-update", "--disable-sync", "--window-size=1200,1100"]},
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let (st, v, _) = answer(ureq::post(&format!("{base}/session")).send_json(caps));
