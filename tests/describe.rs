@@ -398,7 +398,10 @@ fn echoed_keys_redirects_bad_urls_and_total_failure_are_clean_errors() {
     let t0 = std::time::Instant::now();
     let (ok, _, err) = describe(&data, "file:///etc", &["--retries", "5"]);
     assert!(!ok && err.contains("check --endpoint"), "{err}");
-    assert!(!err.contains("retry 1/5"), "a bad URL is not retried: {err}");
+    assert!(
+        !err.contains("retry 1/5"),
+        "a bad URL is not retried: {err}"
+    );
     assert!(
         t0.elapsed() < Duration::from_secs(5),
         "a bad URL is not retried"
