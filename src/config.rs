@@ -14,6 +14,7 @@ use std::path::Path;
 pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    check_nesting(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // First pass on the text itself, so errors carry the file's own line numbers.
     let parsed: T =
         serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -132,6 +133,39 @@ fn show(v: &Value) -> String {
     serde_yaml::to_string(v)
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// Deepest `[`/`{` nesting a config may have; the YAML parser takes quadratic time on
+/// deeper text, and no config needs more than a handful of levels.
+const MAX_NESTING: usize = 64;
+
+/// Refuses flow collections nested deeper than [`MAX_NESTING`] before the parser sees
+/// them (brackets inside quotes and comments are not counted).
+fn check_nesting(text: &str) -> Result<()> {
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut quote = None::<char>;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#') => break,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        bail!(
+                            "line {}: brackets nested deeper than {MAX_NESTING} levels",
+                            n + 1
+                        );
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets one dotted key; intermediate mappings are created as needed.
