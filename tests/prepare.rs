@@ -399,6 +399,14 @@ fn cmyk_jpeg_is_converted() {
     );
 }
 
+/// Four readable images with captions: enough for a dataset beside what a test adds.
+fn four_good_images(src: &Path) {
+    for i in 0..4u8 {
+        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
+        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
+    }
+}
+
 fn imagefolder(src: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
     let mut a = vec![
         "--format",
@@ -448,10 +456,7 @@ fn ids_that_look_like_pairs_are_split_as_the_images_they_are() {
 fn a_duplicate_id_goes_to_the_first_file_that_decodes() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    for i in 0..4u8 {
-        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
-        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
-    }
+    four_good_images(&src);
     std::fs::write(src.join("dup.jpg"), b"broken bytes").unwrap();
     std::fs::write(src.join("dup.txt"), "the duplicated one").unwrap();
     png(&src.join("dup.png"), 12, 12, 99);
@@ -480,10 +485,7 @@ fn a_duplicate_id_goes_to_the_first_file_that_decodes() {
 fn links_out_of_the_folder_and_fifos_are_rejected_not_read() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    for i in 0..4u8 {
-        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
-        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
-    }
+    four_good_images(&src);
     png(&dir.path().join("private.png"), 12, 12, 7);
     std::os::unix::fs::symlink(dir.path().join("private.png"), src.join("leak.png")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", src.join("endless.png")).unwrap();
@@ -525,10 +527,7 @@ fn links_out_of_the_folder_and_fifos_are_rejected_not_read() {
 fn force_replaces_a_dataset_only_once_the_new_one_is_whole() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    for i in 0..4u8 {
-        png(&src.join(format!("ok{i}.png")), 12, 12, i + 1);
-        std::fs::write(src.join(format!("ok{i}.txt")), "fine").unwrap();
-    }
+    four_good_images(&src);
     let out = dir.path().join("out");
     let (ok, _, err) = imagefolder(&src, &out, &[]);
     assert!(ok, "{err}");
@@ -591,15 +590,18 @@ fn coco_repeated_image_ids_and_orphan_annotations_are_reported() {
         .collect::<Vec<_>>();
     let json = src.join("captions.json");
     std::fs::write(&json, coco(&listed.join(", "))).unwrap();
-    let out = dir.path().join("out");
-    let (ok, _, err) = prepare(&[
-        "--format",
-        "coco",
-        "--src",
-        json.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let coco_prepare = |out: &str| {
+        let out = dir.path().join(out);
+        prepare(&[
+            "--format",
+            "coco",
+            "--src",
+            json.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = coco_prepare("out");
     assert!(ok, "{err}");
     assert!(err.contains("1 annotations name an image_id"), "{err}");
     let dup = format!(
@@ -607,14 +609,6 @@ fn coco_repeated_image_ids_and_orphan_annotations_are_reported() {
         listed[..3].join(", ")
     );
     std::fs::write(&json, coco(&dup)).unwrap();
-    let out2 = dir.path().join("out2");
-    let (ok, _, err) = prepare(&[
-        "--format",
-        "coco",
-        "--src",
-        json.to_str().unwrap(),
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = coco_prepare("out2");
     assert!(!ok && err.contains("repeats the id 2 of im2.png"), "{err}");
 }
