@@ -590,16 +590,13 @@ pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
 const MIN_SIZE: u32 = 8;
 const MAX_SIZE: u32 = 4096;
 
-/// `path` resolved through its links, refused unless it stays inside `base` and is a
-/// regular file (not a FIFO, a device or a folder).
-fn contained_file(base: &Path, path: &Path) -> Result<PathBuf, String> {
+/// `path` resolved through its links, refused unless it stays inside `root` (the source
+/// folder, already resolved) and is a regular file (not a FIFO, a device or a folder).
+fn contained_file(root: &Path, path: &Path) -> Result<PathBuf, String> {
     let real = path
         .canonicalize()
         .map_err(|e| format!("unreadable image: {}: {e}", path.display()))?;
-    let root = base
-        .canonicalize()
-        .map_err(|e| format!("unreadable image: {}: {e}", base.display()))?;
-    if !real.starts_with(&root) {
+    if !real.starts_with(root) {
         return Err(format!(
             "unsafe path: {} resolves to {}, outside the data folder",
             path.display(),
@@ -679,6 +676,10 @@ fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
     // Decode, resize and write in parallel, one id at a time per worker; failures
     // become rejections. Every PNG is written atomically.
     std::fs::create_dir_all(partial.join("images"))?;
+    // Resolved once: every image path must resolve inside it.
+    let root = base
+        .canonicalize()
+        .with_context(|| format!("resolving the source folder {}", base.display()))?;
     let pb = crate::util::progress::bar(ready.len() as u64, "images");
     let decoded: Vec<(Option<usize>, Vec<String>)> = ready
         .par_iter()
@@ -690,7 +691,7 @@ fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
                     errors.push("interrupted".to_string());
                     break;
                 }
-                let r = contained_file(&base, path)
+                let r = contained_file(&root, path)
                     .and_then(|real| {
                         load_rgb(&real, o.size).map_err(|e| format!("unreadable image: {e:#}"))
                     })
