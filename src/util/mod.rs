@@ -1,6 +1,8 @@
 //! Small helpers shared by every stage: atomic file writes, hashing, progress bars.
 
 pub mod fsio;
+pub mod memory;
 pub mod progress;
 pub mod signals;
+pub mod space;
 pub mod tensorboard;
