@@ -1,5 +1,5 @@
-//! `ekphrasis data prepare`: real datasets into the common layout (DESIGN.md, "Dataset
-//! on disk"). Five sources: the art dataset of seed 000, a captions CSV, COCO captions
+//! `ekphrasis data prepare`: real datasets into the common layout
+//! (`data::layout`). Five sources: the artwork dataset (artwork CSVs), a captions CSV, COCO captions
 //! JSON, an image folder (metadata.jsonl or a .txt beside each image) and the
 //! Oxford-102 / CUB layout (`text_c10/**/<image>.txt`).
 //!
@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// artwork/*.jpg + artwork_dataset.csv + info_dataset.csv (seed 000)
+    /// artwork/*.jpg + artwork_dataset.csv + info_dataset.csv
     Art,
     /// a CSV with header `image,caption` (several rows per image allowed)
     CaptionsCsv,
@@ -565,6 +565,7 @@ fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf
 
 /// Runs the whole preparation; returns the counted report (also written as report.json).
 pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
+    crate::util::signals::stop_gracefully();
     if !(MIN_SIZE..=MAX_SIZE).contains(&o.size) {
         bail!("--size {}: give {MIN_SIZE} to {MAX_SIZE} pixels", o.size);
     }
@@ -681,6 +682,7 @@ fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
         .canonicalize()
         .with_context(|| format!("resolving the source folder {}", base.display()))?;
     let pb = crate::util::progress::bar(ready.len() as u64, "images");
+    let space = crate::util::space::SpaceWatch::new(partial, ready.len(), "the prepared set");
     let decoded: Vec<(Option<usize>, Vec<String>)> = ready
         .par_iter()
         .map(|group| {
@@ -699,6 +701,7 @@ fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
                         let png = png_bytes(rgb, o.size)
                             .map_err(|e| format!("encoding failed: {e:#}"))?;
                         atomic_write(&partial.join("images").join(format!("{}.png", c.id)), &png)
+                            .and_then(|()| space.wrote(png.len() as u64))
                             .map_err(|e| format!("write failed: {e:#}"))
                     });
                 match r {

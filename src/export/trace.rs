@@ -121,6 +121,9 @@ fn export_into(run: &Path, partial: &Path, out: &Path, kind: ModelKind) -> Resul
             .with_context(|| format!("removing {}", partial.display()))?;
     }
     std::fs::create_dir_all(partial).with_context(|| format!("creating {}", partial.display()))?;
+    // libtorch's own writer aborts the process when the disk fills under it, so the
+    // space is checked first: the traced modules are at most the checkpoint's size.
+    crate::util::space::ensure_free(partial, checkpoint_bytes(run) + (1 << 20), "the export")?;
     let traced = match kind {
         ModelKind::Captioner => trace_captioner(run, partial)?,
         ModelKind::T2i => trace_t2i(run, partial)?,
@@ -171,6 +174,19 @@ fn export_into(run: &Path, partial: &Path, out: &Path, kind: ModelKind) -> Resul
     std::fs::rename(partial, out)
         .with_context(|| format!("moving the export to {}", out.display()))?;
     Ok(manifest)
+}
+
+/// Bytes of the largest weights file in the run's checkpoints (weights, EMA and
+/// optimizer moments: more than the traced modules hold).
+fn checkpoint_bytes(run: &Path) -> u64 {
+    std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Traces `f` on `inputs` and saves it as `dir/file`.

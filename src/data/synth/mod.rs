@@ -83,6 +83,7 @@ pub fn render_dataset(
     seed: u64,
     force: bool,
 ) -> Result<Summary> {
+    crate::util::signals::stop_gracefully();
     if !(16..=256).contains(&size) {
         bail!("--size must be between 16 and 256 pixels, got {size}");
     }
@@ -99,10 +100,21 @@ pub fn render_dataset(
     if partial.exists() {
         std::fs::remove_dir_all(&partial)?;
     }
+    let result = render_into(&partial, out, n, size, seed);
+    if result.is_err() && partial.exists() {
+        // A failed render leaves nothing behind; `out` was not touched.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+/// Renders the set into `partial`, then swaps it in at `out`.
+fn render_into(partial: &Path, out: &Path, n: usize, size: usize, seed: u64) -> Result<Summary> {
     let images = partial.join("images");
     std::fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
     let start = std::time::Instant::now();
     let pb = crate::util::progress::bar(n as u64, "render");
+    let space = crate::util::space::SpaceWatch::new(partial, n, "the rendered set");
     let items: Vec<(String, Scene, String)> = (0..n)
         .into_par_iter()
         .map(|i| -> Result<(String, Scene, String)> {
@@ -115,6 +127,7 @@ pub fn render_dataset(
             let path = images.join(format!("{}.png", item.id));
             img.save(&path)
                 .with_context(|| format!("writing {}", path.display()))?;
+            space.wrote(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0))?;
             pb.inc(1);
             Ok((item.id, item.scene, item.caption))
         })
@@ -143,7 +156,7 @@ pub fn render_dataset(
     atomic_write(&partial.join("metadata.csv"), &metadata_csv(&rows)?)?;
     let ids: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
     let splits = write_splits(&partial.join("splits"), &ids, seed)?;
-    crate::util::fsio::replace_dir(&partial, out)?;
+    crate::util::fsio::replace_dir(partial, out)?;
     Ok(Summary {
         n,
         splits,
