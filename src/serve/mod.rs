@@ -121,6 +121,7 @@ impl Server {
 
 /// `ekphrasis serve`: prints the address, serves until interrupted.
 pub fn serve(o: &ServeOptions, device: tch::Device) -> Result<()> {
+    crate::util::signals::stop_gracefully();
     let server = bind(o, device)?;
     if !server.addr.ip().is_loopback() {
         eprintln!(

@@ -234,6 +234,7 @@ fn first_difference(a: &serde_yaml::Value, b: &serde_yaml::Value, at: &str) -> O
 }
 
 pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    crate::util::signals::stop_gracefully();
     if cfg.steps == 0 || cfg.batch_size == 0 || cfg.accumulate == 0 {
         bail!("train.steps, train.batch_size and train.accumulate must be positive");
     }

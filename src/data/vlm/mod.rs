@@ -1,5 +1,5 @@
 //! `data describe`: long descriptions for a prepared dataset's images from a
-//! vision-language model behind an OpenAI-compatible API (seed 000 §1.3). Results go to an
+//! vision-language model behind an OpenAI-compatible API. Results go to an
 //! append-only journal (`captions.jsonl`, one flushed line per image) so a crash loses at
 //! most the requests in flight; `captions.json` is rebuilt from it.
 
@@ -154,6 +154,7 @@ fn describe_one(
 }
 
 pub fn describe(o: &DescribeOptions) -> Result<DescribeSummary> {
+    crate::util::signals::stop_gracefully();
     if o.min_words == 0 || o.min_words > o.max_words {
         bail!(
             "--min-words {} / --max-words {}: need 0 < min ≤ max",
