@@ -46,7 +46,7 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T>
 /// stand in a config: a zero or negative width, or one that asks for terabytes, is
 /// refused here, before any model allocates. (`vocab_size` is not among them: configs
 /// hold 0 there until the tokenizer fills it in.)
-const SIZES: [(&str, i64); 14] = [
+const SIZES: [(&str, i64); 22] = [
     ("heads", 1024),
     ("dim", 65_536),
     ("mlp", 262_144),
@@ -61,7 +61,31 @@ const SIZES: [(&str, i64); 14] = [
     ("memory_tokens", 4096),
     ("batch_size", 65_536),
     ("steps", 1_000_000_000),
+    ("eval_every", 1_000_000_000),
+    ("timesteps", 100_000),
+    ("sample_steps", 100_000),
+    ("samples", 1_000_000),
+    ("subset", 1_000_000),
+    ("eval_subset", 1_000_000),
+    ("stem", 64),
+    ("attribute_hidden", 65_536),
 ];
+
+/// Counts that may be zero, with an upper bound (per field name, as [`SIZES`]).
+const COUNTS: [(&str, i64); 6] = [
+    ("warmup", 1_000_000_000),
+    ("beta_warmup", 1_000_000_000),
+    ("patience", 1_000_000),
+    ("extra_renders", 1_000_000),
+    ("augment_shift", 1024),
+    ("no_repeat_ngram", 16),
+];
+
+/// The largest classifier-free guidance scale accepted (published samplers use 1–10).
+pub const MAX_GUIDANCE: f64 = 100.0;
+
+/// Numbers that must lie in a closed range.
+const RANGES: [(&str, f64, f64); 2] = [("guidance", 0.0, MAX_GUIDANCE), ("eta", 0.0, 1.0)];
 
 /// Fractions that must lie in [0, 1).
 const FRACTIONS: [&str; 5] = ["dropout", "caption_dropout", "ema", "beta1", "beta2"];
@@ -79,11 +103,27 @@ pub fn check_values(v: &Value, at: &str) -> Result<()> {
         } else {
             format!("{at}.{key}")
         };
+        if x.as_f64().is_some_and(|f| !f.is_finite()) {
+            // No setting means anything at infinity or NaN; they would poison a loss.
+            bail!("{path} = {}: give a finite number", show(x));
+        }
         if let Some((_, max)) = SIZES.iter().find(|(n, _)| *n == key) {
             match x.as_i64() {
                 Some(n) if (1..=*max).contains(&n) => {}
                 _ if x.is_null() => {}
                 _ => bail!("{path} = {}: give a whole number from 1 to {max}", show(x)),
+            }
+        } else if let Some((_, max)) = COUNTS.iter().find(|(n, _)| *n == key) {
+            match x.as_i64() {
+                Some(n) if (0..=*max).contains(&n) => {}
+                _ if x.is_null() => {}
+                _ => bail!("{path} = {}: give a whole number from 0 to {max}", show(x)),
+            }
+        } else if let Some((_, lo, hi)) = RANGES.iter().find(|(n, _, _)| *n == key) {
+            match x.as_f64() {
+                Some(f) if (*lo..=*hi).contains(&f) => {}
+                _ if x.is_null() => {}
+                _ => bail!("{path} = {}: give a number from {lo} to {hi}", show(x)),
             }
         } else if FRACTIONS.contains(&key) {
             match x.as_f64() {

@@ -24,6 +24,20 @@ pub struct SplitData {
     pub size: i64,
 }
 
+impl SplitData {
+    /// Refuses token rows longer than a model's positions (`field`, e.g. `model.max_len`):
+    /// a model cannot read past its last position, and truncating would hide it.
+    pub fn check_token_room(&self, max_len: i64, field: &str) -> Result<()> {
+        let longest = self.tokens.as_ref().map_or(0, |t| t.size()[1]);
+        if longest > max_len {
+            bail!(
+                "{field} {max_len} is shorter than the tokenized captions ({longest} tokens, the tokenizer's max_len): raise {field} or retrain the tokenizer with a smaller max_len"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Decodes (or reads from the cache) the images of `ids` at `size` px: `(N, 3, S, S)` u8.
 pub fn image_tensor(ds: &Dataset, split: Split, ids: &[String], size: u32) -> Result<Tensor> {
     let cache = ds

@@ -1,4 +1,4 @@
-//! The contrastive image–text embedding (seed 003; CLIP, Radford et al. 2021): a CNN
+//! The contrastive image–text embedding (CLIP, Radford et al. 2021): a CNN
 //! image tower and a Transformer text tower, projected and L2-normalised, trained with
 //! symmetric InfoNCE and a learnable temperature (initialised at 0.07, the logit scale
 //! clamped at 100). Trained on the training split only, separately from every generator,

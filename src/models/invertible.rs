@@ -1,4 +1,4 @@
-//! The invertible bridge of seed 002 (Menon et al. 2024): square linear layers W = L·U
+//! The invertible bridge of Menon et al. (ICVGIP 2024): square linear layers W = L·U
 //! with unit-diagonal L and U's diagonal fixed non-zero (or a learned sign·exp(s) diagonal,
 //! as in Glow, Kingma & Dhariwal 2018), invertible leaky ReLUs between them, biases; an
 //! exact inverse by two triangular solves per layer and a log-determinant. Also the image

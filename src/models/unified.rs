@@ -1,7 +1,7 @@
-//! One seed, two outputs (seed 001): a VAE-style shared latent from which an image
+//! One seed, two outputs (after the Multimodal Art Generator): a VAE-style shared latent from which an image
 //! decoder paints and an autoregressive caption decoder writes. The posterior reads the
 //! captioner's image grid; the latent becomes a few memory tokens that both decoders
-//! attend to. Seed 001's two failures are fixed by construction: its non-autoregressive
+//! attend to. The Multimodal Art Generator's two failures are fixed by construction: its non-autoregressive
 //! caption decoder fell back to stock phrases (here: the captioner's Transformer decoder,
 //! token by token), and its MSE image decoder drew dark gradients (here: the t2i
 //! generator's FiLM + cross-attention blocks, and a summed pixel likelihood that keeps its
@@ -25,7 +25,7 @@ use tch::{nn, nn::Module, Kind, Tensor};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnifiedConfig {
-    /// Width of the shared latent (seed 001: 1024).
+    /// Width of the shared latent (the Multimodal Art Generator: 1024).
     #[serde(default = "d_latent")]
     pub latent_dim: i64,
     /// Memory tokens the latent is unfolded into for the decoders to attend to.

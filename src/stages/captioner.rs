@@ -261,6 +261,7 @@ impl CaptionerStage {
                 cfg.data.display()
             );
         }
+        train.check_token_room(cfg.model.max_len, "model.max_len")?;
         let truth = synth_facts(&ds)?;
         let attribute_targets = if model.wants_attributes() {
             Some(

@@ -1,4 +1,4 @@
-//! The cycle (seed 000 §5): image → caption → image with independently trained models,
+//! The cycle: image → caption → image with independently trained models,
 //! scored against a floor (a random other caption), a ceiling (the true caption) and a
 //! nearest-neighbour baseline (the training image whose caption is closest to the
 //! generated caption in the contrastive text space), then written up as a report.

@@ -1,4 +1,4 @@
-//! The invertible bridge stage (seed 002): train an image autoencoder, then an invertible
+//! The invertible bridge stage (Menon et al., ICVGIP 2024): train an image autoencoder, then an invertible
 //! MLP f with f(E_I(image)) ≈ E_T(caption) on captioning alone (the autoencoder and the
 //! contrastive model's text tower frozen), then generate by inversion:
 //! image = D_I(f⁻¹(E_T(text))). `train invertible`, `eval invertible`, and the painter the
@@ -86,7 +86,7 @@ fn validate(cfg: &InvertibleStageConfig, embed_dim: i64) -> Result<()> {
     }
     if ae.latent_dim() != embed_dim {
         bail!(
-            "the autoencoder's flat latent has {} dimensions (latent_channels {} × {}×{}) but the sentence embedding of {} has {embed_dim}: the invertible bridge needs square layers, so they must be equal (seed 002 §3.2)",
+            "the autoencoder's flat latent has {} dimensions (latent_channels {} × {}×{}) but the sentence embedding of {} has {embed_dim}: the invertible bridge needs square layers, so they must be equal (Menon et al. 2024, §3.2)",
             ae.latent_dim(),
             ae.latent_channels,
             ae.latent_side(),

@@ -1,4 +1,4 @@
-//! Seed 002's Table 1 reproduced (`bench invertible-functions`): the invertible MLP learns
+//! Table 1 of Menon et al. (ICVGIP 2024) reproduced (`bench invertible-functions`): the invertible MLP learns
 //! a monotonic scalar function y = g(x) and is then inverted; the learning error is the
 //! MSE of f(x) against g(x), the inversion error the MSE of f⁻¹(g(x)) against x, both on
 //! fresh test points. Square layers need equal input and output widths, so the scalar
@@ -17,7 +17,7 @@ pub struct FunctionRow {
     pub domain: (f64, f64),
     pub learning_mse: f64,
     pub inversion_mse: f64,
-    /// Seed 002's Table 1, for comparison.
+    /// Table 1 of Menon et al. 2024, for comparison.
     pub seed_learning: f64,
     pub seed_inversion: f64,
     pub seconds: f64,

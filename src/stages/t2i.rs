@@ -55,7 +55,7 @@ pub struct T2IStageConfig {
 /// `pretrain:`: the text encoder and the fact reader learn the paragraphs' facts
 /// before the generator trains, then are frozen. A text-only step costs a fraction of
 /// a generator step, and the generator then paints from facts that are already right
-/// instead of from a reader that is still learning (docs/results.md, session 10).
+/// instead of from a reader that is still learning (docs/results.md, text → image).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextPretrainConfig {
@@ -716,15 +716,27 @@ impl SamplingOverrides {
             d.sampler = s;
         }
         if let Some(n) = self.sample_steps {
-            if n < 1 {
-                bail!("--sample-steps must be at least 1");
+            if !(1..=d.timesteps).contains(&n) {
+                bail!(
+                    "--sample-steps {n}: give 1 to {} (the timesteps the model was trained with)",
+                    d.timesteps
+                );
             }
             d.sample_steps = n;
         }
         if let Some(g) = self.guidance {
+            if !(0.0..=crate::config::MAX_GUIDANCE).contains(&g) {
+                bail!(
+                    "--guidance {g}: give a scale from 0 to {} (1 = the conditional model alone)",
+                    crate::config::MAX_GUIDANCE
+                );
+            }
             d.guidance = g;
         }
         if let Some(e) = self.eta {
+            if !(0.0..=1.0).contains(&e) {
+                bail!("--eta {e}: give a number from 0 (deterministic DDIM) to 1");
+            }
             d.eta = e;
         }
         Ok(())

@@ -1,6 +1,6 @@
-//! The unified generator stage (seed 001): `train unified`, `generate` (an image and its
+//! The unified generator stage (after the Multimodal Art Generator): `train unified`, `generate` (an image and its
 //! caption from one seed), `eval unified`, and [`MultimodalGenerator`], the library API
-//! that mirrors seed 001's class of that name.
+//! that mirrors the Multimodal Art Generator's class of that name.
 
 use super::evaluators::{
     embed_images, embed_tokens, load_clip, load_probe, probe_predict, tokenize_batch,
@@ -60,7 +60,8 @@ pub struct UnifiedStageConfig {
     pub best: BestMetric,
 }
 
-fn build(
+/// Builds the unified model for `cfg` on `device` with the dataset's tokenizer.
+pub fn build(
     cfg: &UnifiedConfig,
     tok: &TextTokenizer,
     device: Device,
@@ -79,7 +80,7 @@ pub struct Sample {
     pub caption: String,
 }
 
-/// Seed 001's `MultimodalGenerator`: one seed in, an image and its caption out, the
+/// The Multimodal Art Generator's `MultimodalGenerator`: one seed in, an image and its caption out, the
 /// same for the same seed.
 pub struct MultimodalGenerator {
     pub model: Unified,
@@ -410,6 +411,7 @@ pub fn train(
             cfg.data.display()
         );
     }
+    train.check_token_room(cfg.model.captioner.max_len, "model.captioner.max_len")?;
     let reference = load_split(&ds, Split::Val, size, Some(cfg.eval.samples.max(2)))?.images;
     let facts = if cfg.model.facts {
         Some(

@@ -1,4 +1,4 @@
-//! The image → paragraph captioner (seed 000 §2; Show, Attend and Tell with a
+//! The image → paragraph captioner (Show, Attend and Tell with a
 //! Transformer decoder): a CNN or small ViT turns the image into a grid of feature
 //! vectors, and a pre-norm Transformer decoder with tied embeddings cross-attends to
 //! that grid while writing the paragraph token by token.
@@ -146,6 +146,12 @@ impl Captioner {
         }
         if cfg.vocab_size <= 0 {
             bail!("captioner: vocab_size is not set (it comes from the tokenizer)");
+        }
+        if cfg.max_len < 2 {
+            bail!(
+                "model.max_len {} leaves no room for a word between <s> and </s>: give 2 or more",
+                cfg.max_len
+            );
         }
         if cfg.dim % cfg.heads != 0 {
             bail!(

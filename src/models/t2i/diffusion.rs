@@ -1,4 +1,4 @@
-//! The diffusion process around a denoiser (seed 000 option C): the cosine noise
+//! The diffusion process around a denoiser (Ho et al. 2020; Nichol & Dhariwal 2021): the cosine noise
 //! schedule (Nichol & Dhariwal 2021), ε- or v-prediction targets (Salimans & Ho 2022),
 //! classifier-free guidance (Ho & Salimans 2022), and two samplers over a strided subset
 //! of the time steps: DDPM's ancestral posterior (Ho et al. 2020, respaced as in improved

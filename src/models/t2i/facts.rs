@@ -4,7 +4,7 @@
 //! generator paints from: a global vector and one vector per cell, which modulate the
 //! generator place by place.
 //!
-//! Why: sessions 6–8 (docs/results.md) showed that a generator trained end to end from
+//! Why: on the embedded set (docs/results.md), a generator trained end to end from
 //! the caption does not learn, in a CPU budget, which words describe which place: the
 //! pixel loss drowns the text side's gradient. Splitting the job (Hong et al. 2018,
 //! "Inferring Semantic Layout for Hierarchical Text-to-Image Synthesis") gives each half

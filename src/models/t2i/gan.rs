@@ -1,4 +1,4 @@
-//! The conditional GAN of seed 004, DF-GAN-style (Tao et al. 2022): the shared
+//! The conditional GAN of the Reverse Image Caption competition, DF-GAN-style (Tao et al. 2022): the shared
 //! [`super::generator::Generator`] with text-conditioned fusion blocks, a discriminator
 //! D(x, s) that judges an image together with its sentence vector, hinge losses with
 //! matching-aware training (a real image with a mismatched caption is fake, GAN-INT-CLS,

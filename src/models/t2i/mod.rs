@@ -1,6 +1,6 @@
-//! Text → image (seed 000 §3, seed 004): a text encoder trained jointly with one of three
+//! Text → image: a text encoder trained jointly with one of three
 //! conditional generators: `vae` (the demo default: stable and fast on a CPU), `gan`
-//! (DF-GAN-style, seed 004) and `diffusion` (a U-Net denoiser with classifier-free
+//! (DF-GAN-style, Tao et al. 2022) and `diffusion` (a U-Net denoiser with classifier-free
 //! guidance).
 
 pub mod diffusion;
@@ -271,9 +271,15 @@ impl TextToImage {
                         levels.saturating_sub(1)
                     );
                 }
+                if u.channels[0] % 2 != 0 {
+                    bail!(
+                        "model.unet.channels[0] = {} must be even: the time embedding is its sines and cosines, half each",
+                        u.channels[0]
+                    );
+                }
                 let d = cfg.diffusion.clone().unwrap_or_default();
-                if d.timesteps < 2 || d.sample_steps < 1 {
-                    bail!("model.diffusion: timesteps must be ≥ 2 and sample_steps ≥ 1");
+                if d.timesteps < 2 || d.sample_steps < 1 || d.sample_steps > d.timesteps {
+                    bail!("model.diffusion: timesteps must be ≥ 2 and sample_steps from 1 to timesteps");
                 }
                 let init = nn::Init::Randn {
                     mean: 0.0,

@@ -1,4 +1,4 @@
-//! The conditional VAE (seed 000 option A; Kingma & Welling 2014, Sohn et al. 2015):
+//! The conditional VAE (Kingma & Welling 2014, Sohn et al. 2015):
 //! q(z | x, t) from a conv encoder and the caption vector, p(x | z, t) from the shared
 //! [`Generator`]; loss = pixel term + β·KL, with β warmed up. The prior is N(0, I), or,
 //! with `prior: learned`, Sohn et al.'s conditional prior p(z | t) = N(μ(t), σ(t)²):
