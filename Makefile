@@ -63,10 +63,15 @@ test: $(LIBTORCH_DEP) $(PY_STAMP)
 	@echo "==> running the test suite"
 	EKPHRASIS_PYTHON=$(PYTHON) cargo test --release
 
-## fuzz: the parser fuzz suite for longer (FUZZ_SECONDS per parser; 2 s in make test)
+## fuzz: every fuzz and fault suite in full (FUZZ_SECONDS per parser; 2 s in make test), then the table of docs/reliability.md
 FUZZ_SECONDS ?= 60
 fuzz: $(LIBTORCH_DEP)
-	EKPHRASIS_FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test fuzz -- --nocapture --test-threads 1
+	@mkdir -p target
+	set -o pipefail; EKPHRASIS_FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test --release --test fuzz --test fuzz_numbers \
+	  --test reliability --test prepare -- --nocapture --test-threads 1 2>&1 | tee target/fuzz.log
+	@echo; echo "| area | inputs tried | clean errors | ran | panics, aborts, hangs | data loss |"
+	@echo "|---|---:|---:|---:|---:|---:|"
+	@grep -o 'FUZZ|.*' target/fuzz.log | awk -F'|' '{printf "| %s | %s | %s | %s | %s | %s |\n", $$2, $$3, $$4, $$5, $$6, $$7; t+=$$3; e+=$$4; r+=$$5; p+=$$6} END {printf "| **all** | %d | %d | %d | %d | |\n", t, e, r, p}'
 
 ## data-synth: render the embedded dataset (5,000 paintings, 64 px; seconds)
 data-synth: $(DATA)/captions.json

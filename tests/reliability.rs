@@ -59,6 +59,8 @@ fn a_full_disk_at_any_write_leaves_a_resumable_run() {
             // Runs 0..n each failed at a different write.
             assert!(n >= 5, "only {n} write points were exercised");
             eprintln!("full-disk faults injected at {n} write points; all recovered");
+            // Each fault: a clean error, every earlier file intact, the run resumable.
+            eprintln!("FUZZ|full disk at each write of a training run|{n}|{n}|0|0|0");
             return;
         }
         let err = String::from_utf8_lossy(&out.stderr);
@@ -436,4 +438,127 @@ fn config_values_out_of_range_are_refused_naming_the_field() {
         &["caption", "--set", "model.dim=8", "--run", r, "x.png"],
         "--set was given without -c",
     );
+}
+
+/// A model too large for the memory the process may use is a clean "not enough memory"
+/// error naming what to lower, not an abort or the OOM killer (here the cap is 1.5 GB,
+/// set with `ulimit -d`; the binary itself caps at RAM + swap).
+#[test]
+fn a_model_too_large_for_memory_is_a_clean_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = tiny_captioner_config(d, &data, 2);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -d 1500000 && exec {} train captioner -c {} --run {} --set model.dim=16384 --set model.mlp=65536 --device cpu",
+            env!("CARGO_BIN_EXE_ekphrasis"),
+            cfg.display(),
+            d.join("big").display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("error: not enough memory") && err.contains("lower the model's sizes"),
+        "{err}"
+    );
+}
+
+/// Work that writes gigabytes checks the free space first: an export and a rendered set
+/// that cannot fit are refused at the start, naming the folder, and leave nothing
+/// (`EKPHRASIS_FREE_BYTES` stands in for a nearly full disk).
+#[test]
+fn a_disk_too_full_for_an_export_or_a_dataset_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = probe_cfg(d, &data);
+    let run_dir = d.join("probe");
+    let r = run_dir.to_str().unwrap();
+    let (ok, _, err) = run(&["train", "probe", "-c", &cfg, "--run", r, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let full = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .env("EKPHRASIS_FREE_BYTES", "4096")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("free some space"), "{args:?}: {err}");
+        err
+    };
+    let models = d.join("models");
+    let err = full(&[
+        "export",
+        "--run",
+        r,
+        "--out",
+        models.to_str().unwrap(),
+        "--kind",
+        "probe",
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("the export needs about"), "{err}");
+    assert!(!models.exists() && !d.join("models.partial").exists());
+    let synth = d.join("synth");
+    let s = synth.to_str().unwrap();
+    let err = full(&["data", "synth", "--out", s, "--n", "200", "--size", "32"]);
+    assert!(err.contains("the rendered set needs about"), "{err}");
+    assert!(!synth.exists() && !d.join("synth.partial").exists());
+    // With room, both go through.
+    let (ok, _, err) = run(&["data", "synth", "--out", s, "--n", "20", "--size", "16"]);
+    assert!(ok, "{err}");
+}
+
+/// Commands without a clean stop of their own (captioning, drawing, evaluation) exit at
+/// the first Ctrl-C, at once, instead of running on to the end.
+#[test]
+fn the_first_ctrl_c_stops_a_long_captioning_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = tiny_captioner_config(d, &data, 2);
+    let run_dir = d.join("cap");
+    let r = run_dir.to_str().unwrap();
+    let c = cfg.to_str().unwrap();
+    let (ok, _, err) = run(&["train", "captioner", "-c", c, "--run", r, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let image = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img = image.to_str().unwrap().to_string();
+    let mut args = vec!["caption", "--run", r, "--device", "cpu"];
+    args.extend(["--strategy", "beam", "--beam", "64"]);
+    args.extend(std::iter::repeat_n(img.as_str(), 400));
+    let child = bin()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let sent = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?} to stop",
+        sent.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: stopped"), "{err}");
 }
