@@ -51,7 +51,7 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Rank images for a text (or texts for an image) with an exported contrastive model.
     Retrieve(RetrieveArgs),
-    /// An image and its caption from one seed, with a unified-generator run (seed 001).
+    /// An image and its caption from one seed, with a unified-generator run.
     Generate(GenerateArgs),
     /// Measure things: `bench loader` (decode + resize images/s, batches/s from cache).
     #[command(subcommand)]
@@ -183,7 +183,7 @@ pub struct CycleArgs {
     /// Contrastive evaluator run folder.
     #[arg(long, default_value = "runs/clip/demo")]
     pub clip: PathBuf,
-    /// An invertible-bridge run (seed 002) painting the generated captions too, in a
+    /// An invertible-bridge run (Menon et al. 2024) painting the generated captions too, in a
     /// column of its own.
     #[arg(long)]
     pub invertible: Option<PathBuf>,
@@ -223,7 +223,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256.0)]
         rss_bound_mb: f64,
     },
-    /// Seed 002's Table 1: learning and inversion errors of the invertible MLP on sine,
+    /// Table 1 of Menon et al. 2024: learning and inversion errors of the invertible MLP on sine,
     /// polynomial and exponential functions.
     InvertibleFunctions {
         /// Width of the square layers (the scalar rides in the first coordinate).
@@ -313,7 +313,7 @@ pub struct DrawArgs {
     pub model: Option<PathBuf>,
     /// The paragraph to draw (or use --captions).
     pub text: Option<String>,
-    /// A CSV file with a `caption` column: one row per text (seed 004's test captions).
+    /// A CSV file with a `caption` column: one row per text (e.g. the Reverse Image Caption competition's test captions).
     #[arg(long)]
     pub captions: Option<PathBuf>,
     /// Images per text, each from a different noise.
@@ -480,10 +480,10 @@ pub enum TrainCommand {
     /// Text → image generator (model.kind: vae, gan or diffusion) with its own text
     /// encoder.
     T2i(RunArgs),
-    /// The invertible bridge (seed 002): an image autoencoder, then an invertible MLP
+    /// The invertible bridge (Menon et al. 2024): an image autoencoder, then an invertible MLP
     /// trained on captioning only (image latent → sentence embedding), inverted to paint.
     Invertible(RunArgs),
-    /// One seed, two outputs (seed 001): a shared latent decoded into an image and,
+    /// One seed, two outputs (after the Multimodal Art Generator): a shared latent decoded into an image and,
     /// autoregressively, its caption.
     Unified(RunArgs),
 }

@@ -1,4 +1,4 @@
-//! The prepared-dataset layout on disk (`DESIGN.md`, "Dataset on disk"): where every file
+//! The prepared-dataset layout on disk (also drawn in the README): where every file
 //! of `data/<name>/` lives, and typed readers for them.
 
 use crate::util::fsio::read_json;

@@ -1,4 +1,4 @@
-//! 80/10/10 train/val/test splits by image id, seeded (seed 000 §1.7).
+//! 80/10/10 train/val/test splits by image id, seeded.
 
 use crate::util::fsio::atomic_write;
 use anyhow::Result;

@@ -1,5 +1,5 @@
 //! The shared byte-level BPE tokenizer (Hugging Face `tokenizers` format), its training
-//! on the training split, and `tokenized_captions.json` (seed 000 §1.6).
+//! on the training split, and `tokenized_captions.json`.
 
 use crate::data::layout::{Dataset, Split};
 use crate::util::fsio::{atomic_write, sha256_file, write_json};

@@ -140,7 +140,7 @@ pub fn write(
             id = escape(&data.ids[i as usize]),
         ));
     }
-    // Seed 004's grid: 5 test captions × 5 noises.
+    // The Reverse Image Caption competition's grid: 5 test captions × 5 noises.
     let k = 5.min(data.ids.len() as i64);
     let tokens = data.tokens.as_ref().map(|t| t.narrow(0, 0, k));
     let mut grid = String::new();

@@ -1,4 +1,4 @@
-//! The chat-completions request for one artwork (seed 000 §1.3): the image as a base64
+//! The chat-completions request for one artwork: the image as a base64
 //! data URL, its metadata, and the instruction to write a 150–200-word visual description;
 //! plus the checks on what comes back (length, refusal).
 
