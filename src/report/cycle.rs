@@ -4,9 +4,7 @@
 //! seed-004 grid (5 captions × 5 noises).
 
 use super::{escape, rgb_data_url, STYLE};
-use crate::data::layout::Dataset;
 use crate::data::loader::SplitData;
-use crate::stages::t2i::{draw_tokens, LoadedT2I};
 use crate::util::fsio::atomic_write;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -85,17 +83,17 @@ pub fn answer(t: &Table) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Writes the cycle's page. `grid_images` holds 5 pictures for each of the split's first
+/// captions, one row per caption (the Reverse Image Caption competition's 5 captions ×
+/// 5 noises), drawn by the caller.
 pub fn write(
     out: &Path,
-    _ds: &Dataset,
     data: &SplitData,
     generated: &[String],
     recon: &Tensor,
     ceiling: &Tensor,
     table: &Table,
-    gen: &LoadedT2I,
-    seed: u64,
+    grid_images: Option<&Tensor>,
 ) -> Result<()> {
     let metrics: Vec<String> = {
         let mut m: Vec<String> = table.values().flat_map(|c| c.keys().cloned()).collect();
@@ -140,23 +138,12 @@ pub fn write(
             id = escape(&data.ids[i as usize]),
         ));
     }
-    // The Reverse Image Caption competition's grid: 5 test captions × 5 noises.
-    let k = 5.min(data.ids.len() as i64);
-    let tokens = data.tokens.as_ref().map(|t| t.narrow(0, 0, k));
     let mut grid = String::new();
-    if let Some(t) = tokens {
-        let imgs = draw_tokens(
-            &gen.model,
-            &t,
-            gen.tok.pad,
-            5,
-            seed as i64 + 1,
-            gen.vs.device(),
-        );
-        for r in 0..k {
+    if let Some(imgs) = grid_images {
+        for r in 0..imgs.size()[0] / 5 {
             let cells: Vec<String> = (0..5)
                 .map(|c| {
-                    image_url(&imgs, r * 5 + c)
+                    image_url(imgs, r * 5 + c)
                         .map(|u| format!("<td><img src=\"{u}\" alt=\"noise {c}\"></td>"))
                 })
                 .collect::<Result<_>>()?;

@@ -268,8 +268,26 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         cycle.insert("caption_attr_f1".into(), att["attr_f1"]);
     }
     crate::util::fsio::write_json(&a.out.join("metrics.json"), &table)?;
+    // The Reverse Image Caption competition's grid: 5 test captions × 5 noises.
+    let grid = data.tokens.as_ref().map(|t| {
+        let t = t.narrow(0, 0, 5.min(t.size()[0]));
+        draw_tokens(
+            &gen.model,
+            &t,
+            gen.tok.pad,
+            5,
+            a.seed as i64 + 1,
+            gen.vs.device(),
+        )
+    });
     crate::report::cycle::write(
-        &a.out, &ds, &data, &generated, &recon, &ceiling, &table, &gen, a.seed,
+        &a.out,
+        &data,
+        &generated,
+        &recon,
+        &ceiling,
+        &table,
+        grid.as_ref(),
     )?;
     Ok(table)
 }
