@@ -1,9 +1,9 @@
 //! The inference commands over exported models: `draw --model`, `cycle IMAGE…`,
 //! `embed` and `retrieve` (`caption --model` lives beside `caption --run` in the app).
 
-use super::exported::{ExportedCaptioner, ExportedClip, ExportedPainter};
 use crate::cli::{CycleArgs, EmbedArgs, RetrieveArgs};
 use crate::data::images::load_batch;
+use crate::export::exported::{ExportedCaptioner, ExportedClip, ExportedPainter};
 use crate::stages::t2i::{paint_tokens, DrawRequest};
 use crate::util::fsio::atomic_write;
 use anyhow::{bail, Context, Result};
@@ -53,7 +53,7 @@ pub fn cycle_images(a: &CycleArgs, seed: i64, device: Device) -> Result<()> {
             a.generator.display()
         );
     }
-    let opts = crate::app::decode_options(cap.decode.clone(), &a.decode)?;
+    let opts = super::decode_options(cap.decode.clone(), &a.decode)?;
     let images = load_batch(&a.images, cap.manifest.image_size as u32)?;
     let captions = cap.caption(&images, &opts, 32)?;
     let tokens = painter.tokens(&captions)?;

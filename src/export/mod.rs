@@ -2,7 +2,7 @@
 //! files with a manifest ([`trace`]), and the inference commands load them back with no
 //! training code ([`exported`]); plain Python loads the same files (docs/python.md).
 
-pub mod commands;
+pub mod bench;
 pub mod exported;
 pub mod manifest;
 pub mod trace;

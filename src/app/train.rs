@@ -1,0 +1,83 @@
+//! `train <stage>`: each stage's config, trained by its stage.
+
+use super::*;
+
+pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
+    match &cli.command {
+        Command::Train(TrainCommand::Captioner(args)) => {
+            let (cfg, yaml) = stage_config::<captioner::CaptionerStageConfig>(
+                cli,
+                "experiments/demo/captioner.yaml",
+            )?;
+            let s = captioner::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "captioner trained: {} steps in {:.1} s; best {:?} at step {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                s.best_step,
+                args.run.display()
+            );
+        }
+        Command::Train(TrainCommand::Clip(args)) => {
+            let (cfg, yaml) =
+                stage_config::<evaluators::ClipStageConfig>(cli, "experiments/demo/clip.yaml")?;
+            let s = evaluators::train_clip(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "clip trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Train(TrainCommand::Probe(args)) => {
+            let (cfg, yaml) =
+                stage_config::<evaluators::ProbeStageConfig>(cli, "experiments/demo/probe.yaml")?;
+            let s = evaluators::train_probe(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "probe trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Train(TrainCommand::T2i(args)) => {
+            let (cfg, yaml) =
+                stage_config::<t2i::T2IStageConfig>(cli, "experiments/demo/t2i-vae.yaml")?;
+            let s = t2i::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "t2i trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        Command::Train(TrainCommand::Invertible(args)) => {
+            let (cfg, yaml) = stage_config::<crate::stages::invertible::InvertibleStageConfig>(
+                cli,
+                "experiments/demo/invertible.yaml",
+            )?;
+            crate::stages::invertible::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!("invertible bridge trained; run in {}", args.run.display());
+        }
+        Command::Train(TrainCommand::Unified(args)) => {
+            let (cfg, yaml) = stage_config::<crate::stages::unified::UnifiedStageConfig>(
+                cli,
+                "experiments/demo/unified.yaml",
+            )?;
+            let s = crate::stages::unified::train(cfg, yaml, &args.run, args.resume, device)?;
+            println!(
+                "unified trained: {} steps in {:.1} s; best {:?}; run in {}",
+                s.steps,
+                s.seconds,
+                s.best_metric,
+                args.run.display()
+            );
+        }
+        _ => unreachable!("app::run dispatches only this module's commands here"),
+    }
+    Ok(())
+}
