@@ -131,7 +131,7 @@ pub fn serve(o: &ServeOptions, device: tch::Device) -> Result<()> {
     }
     // The first line is what a script waits for (the tests read the port from it).
     println!("listening on http://{}", server.addr);
-    server.run_until(&crate::train::runner::INTERRUPTED)?;
+    server.run_until(&crate::util::signals::INTERRUPTED)?;
     eprintln!("server stopped");
     Ok(())
 }

@@ -152,7 +152,7 @@ pub fn parameters(vs: &VarStore) -> i64 {
 }
 
 /// The interrupt flag: the loop finishes its step, checkpoints and exits when it is set.
-pub use crate::util::signals::INTERRUPTED;
+use crate::util::signals::INTERRUPTED;
 
 fn better(new: f64, old: Option<f64>, higher: bool) -> bool {
     match old {

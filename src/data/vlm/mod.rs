@@ -8,9 +8,9 @@ pub mod journal;
 pub mod prompt;
 
 use crate::data::layout::{Dataset, MetadataRow};
-use crate::train::runner::INTERRUPTED;
 use crate::util::fsio::{read_json, write_json};
 use crate::util::progress::{bar, say};
+use crate::util::signals::INTERRUPTED;
 use anyhow::{bail, Context, Result};
 use client::{CallError, ChatClient, ClientOptions};
 use journal::{Journal, Record, Status};
