@@ -614,3 +614,70 @@ fn coco_repeated_image_ids_and_orphan_annotations_are_reported() {
     let (ok, _, err) = coco_prepare("out2");
     assert!(!ok && err.contains("repeats the id 2 of im2.png"), "{err}");
 }
+
+/// On a dataset of images and captions alone, every option that reads the embedded set's
+/// scene facts is refused by name before anything trains: the demo configs (all
+/// scene-supervised) on a prepared image folder.
+#[test]
+fn options_that_read_scene_facts_are_refused_on_a_real_dataset_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..12u8 {
+        png(&src.join(format!("p{i}.png")), 20, 20, i + 1);
+        std::fs::write(
+            src.join(format!("p{i}.txt")),
+            format!("A drawing of thing number {i}, red and round, on a white page."),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("real");
+    let (ok, _, err) = imagefolder(&src, &out, &[]);
+    assert!(ok, "{err}");
+    let tok = dir.path().join("tok.yaml");
+    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 64\n").unwrap();
+    let d = out.to_str().unwrap();
+    let (ok, _, err) = run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        d,
+        "-c",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo");
+    for (stage, file, option) in [
+        ("captioner", "captioner.yaml", "model.attribute_weight"),
+        ("t2i", "t2i-vae.yaml", "model.facts"),
+        ("unified", "unified.yaml", "model.facts"),
+        ("probe", "probe.yaml", "the attribute probe"),
+    ] {
+        let cfg = root.join(file);
+        let run_dir = dir.path().join(stage);
+        let t0 = std::time::Instant::now();
+        let err = assert_clean_error(
+            &[
+                "train",
+                stage,
+                "-c",
+                cfg.to_str().unwrap(),
+                "--set",
+                &format!("data={d}"),
+                "--run",
+                run_dir.to_str().unwrap(),
+                "--device",
+                "cpu",
+            ],
+            "reads the embedded set's scene facts",
+        );
+        assert!(err.contains(option), "{stage}: {err}");
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "{stage}: refused only after work"
+        );
+        assert!(
+            !run_dir.join("checkpoints").exists(),
+            "{stage}: trained before refusing"
+        );
+    }
+}

@@ -39,6 +39,17 @@ pub struct MetadataRow {
     pub attributes: String,
 }
 
+/// The `source` of the embedded set's rows: the only rows whose `attributes` hold a
+/// scene (its facts), which the probe, the caption parser and the facts options read.
+pub const SCENE_SOURCE: &str = "synthetic";
+
+impl MetadataRow {
+    /// Whether this row carries the embedded set's scene facts.
+    pub fn has_scene(&self) -> bool {
+        self.source == SCENE_SOURCE
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Dataset {
     pub root: PathBuf,
@@ -113,6 +124,25 @@ impl Dataset {
             "no image file for id {id:?} in {}",
             self.images_dir().display()
         )
+    }
+
+    /// Whether every image has the embedded set's scene facts: the capability that the
+    /// probe, the caption parser's scores and every `facts`/`attribute_*` option need.
+    pub fn has_scene_facts(&self) -> Result<bool> {
+        let rows = self.metadata()?;
+        Ok(!rows.is_empty() && rows.iter().all(MetadataRow::has_scene))
+    }
+
+    /// Refuses, before any training, an option that reads the scene facts when this
+    /// dataset has none (`what`: the option, as the config names it).
+    pub fn require_scene_facts(&self, what: &str) -> Result<()> {
+        if !self.has_scene_facts()? {
+            anyhow::bail!(
+                "{what} reads the embedded set's scene facts, and {} has none (a real dataset has only images and captions): leave it out of the config",
+                self.root.display()
+            );
+        }
+        Ok(())
     }
 
     pub fn metadata(&self) -> Result<Vec<MetadataRow>> {

@@ -84,10 +84,10 @@ pub struct CaptionerStageConfig {
 
 /// Ground-truth attribute facts per id, when the dataset is the embedded one.
 pub fn synth_facts(ds: &Dataset) -> Result<Option<HashMap<String, Vec<String>>>> {
-    let rows = ds.metadata()?;
-    if rows.is_empty() || rows.iter().any(|r| r.source != "synthetic") {
+    if !ds.has_scene_facts()? {
         return Ok(None);
     }
+    let rows = ds.metadata()?;
     let mut out = HashMap::new();
     for r in &rows {
         out.insert(r.id.clone(), scene_of(r)?.facts());
@@ -217,6 +217,25 @@ pub struct CaptionerStage {
     prefetch: Option<Prefetcher>,
 }
 
+impl CaptionerStageConfig {
+    /// The options set here that read the embedded set's scene facts.
+    pub fn scene_options(&self) -> Vec<&'static str> {
+        let m = &self.model;
+        [
+            (m.attribute_weight > 0.0, "model.attribute_weight"),
+            (m.attribute_context, "model.attribute_context"),
+            (m.attribute_words, "model.attribute_words"),
+            (
+                self.pretrain.is_some(),
+                "pretrain (the encoder learns the scene facts)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
 /// Builds the model for `cfg` on `device` with the dataset's tokenizer.
 pub fn build_model(
     cfg: &CaptionerConfig,
@@ -242,6 +261,7 @@ pub fn build_model(
 impl CaptionerStage {
     pub fn new(cfg: CaptionerStageConfig, device: Device) -> Result<Self> {
         let ds = Dataset::open(&cfg.data)?;
+        super::refuse_scene_options(&ds, &cfg.scene_options())?;
         if !ds.tokenizer_path().exists() {
             bail!(
                 "{} has no tokenizer.json; run `ekphrasis tokenizer train --data {}` first",

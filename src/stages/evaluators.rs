@@ -264,7 +264,7 @@ fn colour_labels(ds: &Dataset, ids: &[String]) -> Result<Vec<String>> {
     Ok(ids
         .iter()
         .map(|id| match rows.get(id) {
-            Some(r) if r.source == "synthetic" => scene_of(r)
+            Some(r) if r.has_scene() => scene_of(r)
                 .map(|s| crate::data::synth::scene::STYLES[s.style].to_string())
                 .unwrap_or_default(),
             Some(r) if !r.style.is_empty() => r.style.clone(),
@@ -311,7 +311,7 @@ pub fn scenes_of(ds: &Dataset, ids: &[String]) -> Result<Vec<crate::data::synth:
             let r = rows
                 .get(id)
                 .with_context(|| format!("{id} missing from metadata.csv"))?;
-            if r.source != "synthetic" {
+            if !r.has_scene() {
                 bail!(
                     "the attribute probe needs the embedded synthetic dataset ({id} is {:?})",
                     r.source
@@ -422,6 +422,7 @@ pub fn train_probe(
     device: Device,
 ) -> Result<RunSummary> {
     let ds = Dataset::open(&cfg.data)?;
+    ds.require_scene_facts("the attribute probe")?;
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
     let model = Probe::new(&vs.root(), &cfg.model)?;

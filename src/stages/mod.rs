@@ -103,3 +103,13 @@ pub fn run_config<T: serde::de::DeserializeOwned>(run_dir: &Path, stage: &str) -
         )
     })
 }
+
+/// Refuses, before anything is built or loaded, the options of `options` (those a
+/// stage config has set that read the embedded set's scene facts) on a dataset
+/// without those facts, naming the first.
+pub fn refuse_scene_options(ds: &crate::data::layout::Dataset, options: &[&str]) -> Result<()> {
+    match options.first() {
+        Some(first) => ds.require_scene_facts(first),
+        None => Ok(()),
+    }
+}

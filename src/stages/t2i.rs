@@ -62,6 +62,23 @@ pub struct TextPretrainConfig {
     pub train: TrainConfig,
 }
 
+impl T2IStageConfig {
+    /// The options set here that read the embedded set's scene facts.
+    pub fn scene_options(&self) -> Vec<&'static str> {
+        [
+            (self.model.facts.is_some(), "model.facts"),
+            (self.model.attribute_weight > 0.0, "model.attribute_weight"),
+            (
+                self.pretrain.is_some(),
+                "pretrain (the text side learns the scene facts)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
 pub fn build(
     cfg: &T2IConfig,
     tok: &TextTokenizer,
@@ -345,6 +362,7 @@ pub fn train(
     device: Device,
 ) -> Result<RunSummary> {
     let ds = Dataset::open(&cfg.data)?;
+    super::refuse_scene_options(&ds, &cfg.scene_options())?;
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, model) = build(&cfg.model, &tok, device)?;

@@ -400,6 +400,9 @@ pub fn train(
     device: Device,
 ) -> Result<RunSummary> {
     let ds = Dataset::open(&cfg.data)?;
+    if cfg.model.facts {
+        ds.require_scene_facts("model.facts")?;
+    }
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, model) = build(&cfg.model, &tok, device)?;

@@ -148,7 +148,7 @@ fn render_into(partial: &Path, out: &Path, n: usize, size: usize, seed: u64) -> 
             year: String::new(),
             medium: STYLES[scene.style].into(),
             style: STYLES[scene.style].into(),
-            source: "synthetic".into(),
+            source: crate::data::layout::SCENE_SOURCE.into(),
             attributes: serde_json::to_string(scene)?,
         });
     }
