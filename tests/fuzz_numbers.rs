@@ -400,34 +400,16 @@ fn every_numeric_flag_given_hostile_values_is_refused_or_runs() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let data = tiny_dataset(d);
     let cap = d.join("cap");
-    let train = |stage: &str, cfg: &str, run: &Path| {
-        let (ok, _, err) = common::run(&[
-            "train",
-            stage,
-            "-c",
-            cfg,
-            "--run",
-            &s(run),
-            "--device",
-            "cpu",
-        ]);
-        assert!(ok, "{stage}: {err}");
-    };
-    train("captioner", &s(&tiny_captioner_config(d, &data, 2)), &cap);
-    train("clip", &clip_cfg(d, &data), &d.join("clip_run"));
-    train("probe", &probe_cfg(d, &data), &d.join("probe_run"));
+    train_ok("captioner", &s(&tiny_captioner_config(d, &data, 2)), &cap);
+    train_ok("clip", &clip_cfg(d, &data), &d.join("clip_run"));
+    train_ok("probe", &probe_cfg(d, &data), &d.join("probe_run"));
     let diffusion = write(d, "diffusion.yaml", format!(
         "data: {}\nseed: 0\nmodel:\n  kind: diffusion\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  unet: {{channels: [16, 32], attention_max_side: 8}}\n  diffusion: {{timesteps: 50, sample_steps: 4}}\ntrain: {{steps: 2, batch_size: 4, lr: 1.0e-3, warmup: 1, eval_every: 2}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
         data.display(), d.join("clip_run").display(), d.join("probe_run").display()
     ));
     let gen = d.join("gen");
-    train("t2i", &diffusion, &gen);
-    let image = std::fs::read_dir(data.join("images"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    train_ok("t2i", &diffusion, &gen);
+    let image = first_image(&data);
     let csv = d.join("src.csv");
     std::fs::write(
         &csv,

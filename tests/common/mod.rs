@@ -161,3 +161,29 @@ pub fn t2i_facts_cfg(dir: &Path, data: &Path) -> String {
     assert!(facts.contains("facts: {}") && !facts.contains("layout_grid"));
     write(dir, "t2i_facts.yaml", facts)
 }
+
+/// The first image file of a dataset folder.
+pub fn first_image(data: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.remove(0)
+}
+
+/// Trains `stage` from `cfg` into `run` on the CPU; fails the test on an error.
+pub fn train_ok(stage: &str, cfg: &str, run_dir: &Path) {
+    let r = run_dir.to_str().unwrap();
+    let (ok, _, err) = run(&["train", stage, "-c", cfg, "--run", r, "--device", "cpu"]);
+    assert!(ok, "train {stage}: {err}");
+}
+
+/// Sends SIGINT (a Ctrl-C) to a child process.
+pub fn interrupt(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
