@@ -681,3 +681,92 @@ fn options_that_read_scene_facts_are_refused_on_a_real_dataset_before_training()
         );
     }
 }
+
+/// With several captions per image (`--multi pairs`), `eval captioner` captions each
+/// image once and scores it against all of its captions (`images.json` says which
+/// items share an image).
+#[test]
+fn pairs_are_evaluated_once_per_image_against_all_their_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut csv = String::from("image,caption\n");
+    for i in 0..20 {
+        jpg(&src.join(format!("p{i}.jpg")), i as u8 * 11);
+        for k in 0..3 {
+            csv.push_str(&format!(
+                "p{i}.jpg,A small drawing number {i} seen the {k} way. It is red.\n"
+            ));
+        }
+    }
+    std::fs::write(src.join("c.csv"), csv).unwrap();
+    let out = dir.path().join("out");
+    let d = out.to_str().unwrap();
+    let (ok, _, err) = prepare(&[
+        "--format",
+        "captions-csv",
+        "--src",
+        src.join("c.csv").to_str().unwrap(),
+        "--out",
+        d,
+        "--multi",
+        "pairs",
+    ]);
+    assert!(ok, "{err}");
+    let groups: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("images.json")).unwrap()).unwrap();
+    assert_eq!(groups.len(), 20);
+    assert!(groups.values().all(|items| items.len() == 3));
+    let tok = dir.path().join("tok.yaml");
+    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 64\n").unwrap();
+    let (ok, _, err) = run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        d,
+        "-c",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let cfg = tiny_captioner_config(dir.path(), &out, 2);
+    let run_dir = dir.path().join("cap");
+    let r = run_dir.to_str().unwrap();
+    let (ok, _, err) = run(&[
+        "train",
+        "captioner",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--set",
+        "model.attribute_weight=0",
+        "--set",
+        "model.attribute_context=false",
+        "--set",
+        "model.max_len=64",
+        "--run",
+        r,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "eval",
+        "captioner",
+        "--run",
+        r,
+        "--split",
+        "train",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let m: std::collections::BTreeMap<String, f64> = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("eval_train/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let train_items = std::fs::read_to_string(out.join("splits/train_ids.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(m["references_per_image"], 3.0, "{m:?}");
+    assert_eq!(m["images"] as usize * 3, train_items, "{m:?}");
+}

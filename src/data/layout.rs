@@ -88,6 +88,26 @@ impl Dataset {
     pub fn splits_dir(&self) -> PathBuf {
         self.root.join("splits")
     }
+    /// `images.json`: each image's item ids (`data prepare --multi pairs` makes one item
+    /// per caption). Absent (the embedded set), every item is its own image.
+    pub fn images_path(&self) -> PathBuf {
+        self.root.join("images.json")
+    }
+
+    /// The image each item of `images.json` shows, by item id; empty without the file.
+    pub fn image_of_items(&self) -> Result<std::collections::HashMap<String, String>> {
+        let path = self.images_path();
+        if !path.exists() {
+            return Ok(Default::default());
+        }
+        let groups: std::collections::BTreeMap<String, Vec<String>> =
+            crate::util::fsio::read_json(&path)?;
+        Ok(groups
+            .into_iter()
+            .flat_map(|(image, items)| items.into_iter().map(move |i| (i, image.clone())))
+            .collect())
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
     }

@@ -24,6 +24,32 @@ pub struct SplitData {
     pub size: i64,
 }
 
+/// One row per image of a split whose items may share images (`--multi pairs`): the
+/// index of each image's first item, and all of that image's captions in the split, in
+/// item order. `image_of` maps item ids to image ids (an item missing from it is its
+/// own image).
+pub fn references_by_image(
+    ids: &[String],
+    captions: &[String],
+    image_of: &std::collections::HashMap<String, String>,
+) -> (Vec<i64>, Vec<Vec<String>>) {
+    let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut keep: Vec<i64> = vec![];
+    let mut refs: Vec<Vec<String>> = vec![];
+    for (i, (id, caption)) in ids.iter().zip(captions).enumerate() {
+        let image = image_of.get(id).map_or(id.as_str(), String::as_str);
+        match first.get(image) {
+            Some(&row) => refs[row].push(caption.clone()),
+            None => {
+                first.insert(image, refs.len());
+                keep.push(i as i64);
+                refs.push(vec![caption.clone()]);
+            }
+        }
+    }
+    (keep, refs)
+}
+
 impl SplitData {
     /// Refuses token rows longer than a model's positions (`field`, e.g. `model.max_len`):
     /// a model cannot read past its last position, and truncating would hide it.

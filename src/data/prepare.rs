@@ -808,6 +808,9 @@ fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
     atomic_write(&partial.join("metadata.csv"), &metadata_csv(&rows)?)?;
     // Split by image: pairs of one image never straddle two splits. Items are looked
     // up by their image, never by a name prefix (`img` and `img_1` are two images).
+    let by_image: BTreeMap<&str, &Vec<String>> =
+        groups.iter().map(|(g, i)| (g.as_str(), i)).collect();
+    write_json(&partial.join("images.json"), &by_image)?;
     let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
     let items: HashMap<&str, &Vec<String>> = groups.iter().map(|(g, i)| (g.as_str(), i)).collect();
     let [tr, va, te] = super::splits::split_ids(&names, o.seed);

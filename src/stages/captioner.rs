@@ -6,7 +6,7 @@ use crate::data::loader::{
 };
 use crate::data::synth::{parse, scene_of};
 use crate::data::tokenizer::TextTokenizer;
-use crate::eval::text::caption_metrics;
+use crate::eval::text::{caption_metrics, caption_metrics_multi};
 use crate::models::captioner::decode::DecodeOptions;
 use crate::models::captioner::{Captioner, CaptionerConfig, ENCODER_PREFIXES};
 use crate::models::fact_words::FactWords;
@@ -590,16 +590,25 @@ pub fn evaluate(
     let ds = Dataset::open(&lc.cfg.data)?;
     let data = load_split(&ds, split, lc.cfg.model.image_size as u32, limit)?;
     let opts = decode.unwrap_or(lc.cfg.eval.decode.clone());
+    // Each image is captioned once and scored against all of its captions.
+    let (keep, refs) =
+        crate::data::loader::references_by_image(&data.ids, &data.captions, &ds.image_of_items()?);
+    let images = data.images.index_select(0, &Tensor::from_slice(&keep));
     let start = std::time::Instant::now();
-    let captions = caption_images(&lc.model, &lc.tok, &data.images, &opts, device, 64);
+    let captions = caption_images(&lc.model, &lc.tok, &images, &opts, device, 64);
     let secs = start.elapsed().as_secs_f64();
     let loss = teacher_forced_loss(&lc.model, &data, lc.tok.pad, device);
-    let mut m = caption_metrics(&captions, &data.captions);
+    let mut m = caption_metrics_multi(&captions, &refs);
+    m.insert(
+        "references_per_image".into(),
+        data.ids.len() as f64 / keep.len() as f64,
+    );
     m.insert("loss".into(), loss);
     m.insert("perplexity".into(), loss.exp());
     m.insert("images".into(), captions.len() as f64);
     m.insert("images_per_sec".into(), captions.len() as f64 / secs);
-    if let Some(truth) = synth_facts(&ds)? {
+    // The embedded set has one caption per image, so `keep` is every row there.
+    if let (Some(truth), true) = (synth_facts(&ds)?, keep.len() == data.ids.len()) {
         m.extend(attribute_scores(&captions, &data.ids, &truth));
         if let Some(heads) = heads_vs_caption(&lc.model, &captions, &data, &truth, device)? {
             m.extend(heads);
@@ -607,13 +616,14 @@ pub fn evaluate(
     }
     let out = run_dir.join(format!("eval_{}", split.name()));
     crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
-    let rows: Vec<(String, String, String)> = data
-        .ids
+    let rows: Vec<(String, String, String)> = keep
         .iter()
         .zip(&captions)
-        .zip(&data.captions)
         .take(24)
-        .map(|((id, g), r)| (id.clone(), g.clone(), r.clone()))
+        .map(|(&i, g)| {
+            let i = i as usize;
+            (data.ids[i].clone(), g.clone(), data.captions[i].clone())
+        })
         .collect();
     crate::report::caption_page(&out, &ds, &rows, &m).context("writing the caption page")?;
     Ok(m)
