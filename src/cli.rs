@@ -383,6 +383,11 @@ pub enum DataCommand {
         /// Replace an existing dataset folder.
         #[arg(long)]
         force: bool,
+        /// A folder of given splits (train/val/test: `<name>_ids.txt` or `<name>.txt`, one
+        /// image id or file name per line, e.g. the Karpathy splits) instead of the
+        /// seeded 80/10/10.
+        #[arg(long)]
+        splits: Option<PathBuf>,
     },
     /// Write 100–200-word descriptions of a prepared dataset's images with a
     /// vision-language model behind an OpenAI-compatible API; resumable (captions.jsonl).

@@ -143,6 +143,7 @@ fn options(format: Format, src: &Path, images: Option<&Path>, out: &Path) -> Pre
         seed: 0,
         out: out.to_path_buf(),
         force: true,
+        splits: None,
     }
 }
 

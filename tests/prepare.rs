@@ -770,3 +770,66 @@ fn pairs_are_evaluated_once_per_image_against_all_their_captions() {
     assert_eq!(m["references_per_image"], 3.0, "{m:?}");
     assert_eq!(m["images"] as usize * 3, train_items, "{m:?}");
 }
+
+/// `--splits DIR` takes the train/val/test lists as given (ids or file names), keeps an
+/// image's pairs together, and refuses a missing list or an image in two lists.
+#[test]
+fn given_splits_are_used_as_listed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let mut csv = String::from("image,caption\n");
+    for i in 0..10 {
+        jpg(&src.join(format!("p{i}.jpg")), i as u8);
+        for k in 0..2 {
+            csv.push_str(&format!("p{i}.jpg,caption {k} of picture {i}\n"));
+        }
+    }
+    std::fs::write(src.join("c.csv"), csv).unwrap();
+    let splits = dir.path().join("splits");
+    std::fs::create_dir_all(&splits).unwrap();
+    std::fs::write(
+        splits.join("train.txt"),
+        "p0.jpg\np1\np2\np3\np4\np5\nnot_here.jpg\n",
+    )
+    .unwrap();
+    std::fs::write(splits.join("val.txt"), "# a comment\np6\np7\n").unwrap();
+    let out = dir.path().join("out");
+    let args = |out: &Path| {
+        vec![
+            "--format".to_string(),
+            "captions-csv".into(),
+            "--src".into(),
+            src.join("c.csv").to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--multi".into(),
+            "pairs".into(),
+            "--splits".into(),
+            splits.to_str().unwrap().into(),
+        ]
+    };
+    // No test list: refused before any image is decoded.
+    let a = args(&out);
+    let (ok, _, err) = prepare(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && err.contains("no test_ids.txt or test.txt"), "{err}");
+    assert!(!out.exists());
+    std::fs::write(splits.join("test_ids.txt"), "p8\np9\n").unwrap();
+    let (ok, _, err) = prepare(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("1 listed lines name no prepared image"),
+        "{err}"
+    );
+    let read = |s: &str| std::fs::read_to_string(out.join(format!("splits/{s}_ids.txt"))).unwrap();
+    assert_eq!(read("val"), "p6_0\np6_1\np7_0\np7_1\n");
+    assert_eq!(read("test"), "p8_0\np8_1\np9_0\np9_1\n");
+    assert_eq!(read("train").lines().count(), 12);
+    // An image in two lists is refused, naming the file and line.
+    std::fs::write(splits.join("test_ids.txt"), "p8\np1.jpg\n").unwrap();
+    let b = args(&dir.path().join("out2"));
+    let (ok, _, err) = prepare(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && err.contains("test_ids.txt:2: p1 is already listed"),
+        "{err}"
+    );
+}

@@ -38,6 +38,7 @@ pub(super) fn run(cli: &Cli) -> Result<()> {
             size,
             out,
             force,
+            splits,
         }) => {
             let opts = crate::data::prepare::PrepareOptions {
                 format: *format,
@@ -49,6 +50,7 @@ pub(super) fn run(cli: &Cli) -> Result<()> {
                 seed: cli.seed.unwrap_or(0),
                 out: out.clone(),
                 force: *force,
+                splits: splits.clone(),
             };
             let r = crate::data::prepare::prepare(&opts)?;
             println!(

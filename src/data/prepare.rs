@@ -58,6 +58,9 @@ pub struct PrepareOptions {
     pub seed: u64,
     pub out: PathBuf,
     pub force: bool,
+    /// Given train/val/test id lists (see [`super::splits::given_splits`]) instead of the
+    /// seeded 80/10/10.
+    pub splits: Option<PathBuf>,
 }
 
 /// One candidate item before validation.
@@ -566,6 +569,9 @@ fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf
 /// Runs the whole preparation; returns the counted report (also written as report.json).
 pub fn prepare(o: &PrepareOptions) -> Result<PrepareReport> {
     crate::util::signals::stop_gracefully();
+    if let Some(dir) = &o.splits {
+        super::splits::given_split_files(dir)?;
+    }
     if !(MIN_SIZE..=MAX_SIZE).contains(&o.size) {
         bail!("--size {}: give {MIN_SIZE} to {MAX_SIZE} pixels", o.size);
     }
@@ -813,7 +819,18 @@ fn build(o: &PrepareOptions, partial: &Path) -> Result<PrepareReport> {
     write_json(&partial.join("images.json"), &by_image)?;
     let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
     let items: HashMap<&str, &Vec<String>> = groups.iter().map(|(g, i)| (g.as_str(), i)).collect();
-    let [tr, va, te] = super::splits::split_ids(&names, o.seed);
+    let [tr, va, te] = match &o.splits {
+        Some(dir) => {
+            let (parts, unknown, unlisted) = super::splits::given_splits(dir, &names)?;
+            if unknown + unlisted > 0 {
+                eprintln!(
+                    "given splits: {unknown} listed lines name no prepared image (rejected or absent); {unlisted} prepared images are in no list and left out of every split"
+                );
+            }
+            parts
+        }
+        None => super::splits::split_ids(&names, o.seed),
+    };
     let expand = |g: &[String]| -> Vec<String> {
         g.iter()
             .flat_map(|id| {
