@@ -187,9 +187,10 @@ pub struct CycleArgs {
     /// column of its own.
     #[arg(long)]
     pub invertible: Option<PathBuf>,
-    /// Attribute probe run folder (embedded set only); "none" to skip.
-    #[arg(long, default_value = "runs/probe/demo")]
-    pub probe: String,
+    /// Attribute probe run folder, e.g. runs/probe/demo: adds the probe's agreement
+    /// (embedded set only; left out, the cycle is graded by the contrastive model).
+    #[arg(long)]
+    pub probe: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "test")]
     pub split: Split,
     /// Use only the first N images of the split.

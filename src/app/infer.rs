@@ -59,7 +59,7 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
                 captioner: a.captioner.clone(),
                 generator: a.generator.clone(),
                 clip: a.clip.clone(),
-                probe: (a.probe != "none").then(|| PathBuf::from(&a.probe)),
+                probe: a.probe.clone(),
                 invertible: a.invertible.clone(),
                 split: a.split,
                 limit: a.limit,

@@ -349,7 +349,13 @@ fn grouped(
     let items = order
         .into_iter()
         .map(|img| {
-            let id = clean_id(&stem(&img));
+            // An image under a subfolder keeps the folder in its id (`animals/cat.png`:
+            // `animals_cat`), so that equal names in two folders stay two images.
+            let id = if meta_source == "imagefolder" {
+                clean_id(&img[..img.rfind('.').unwrap_or(img.len())])
+            } else {
+                clean_id(&stem(&img))
+            };
             Candidate {
                 meta: MetadataRow {
                     id: id.clone(),
@@ -486,29 +492,56 @@ fn collect_imagefolder(
             pairs.push((f.to_string(), t.to_string()));
         }
     } else {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&o.src)
-            .with_context(|| format!("reading {}", o.src.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_image(p))
-            .collect();
+        let mut files = vec![];
+        images_below(&o.src, &mut files)?;
         files.sort();
         for f in files {
             let txt = f.with_extension("txt");
             let cap = if txt.exists() {
-                read_text(&txt, non_utf8)?
+                first_language(&read_text(&txt, non_utf8)?)
             } else {
                 String::new()
             };
-            pairs.push((
-                f.file_name()
-                    .expect("directory entries have names")
-                    .to_string_lossy()
-                    .into_owned(),
-                cap,
-            ));
+            let rel = f.strip_prefix(&o.src).expect("walked below the source");
+            pairs.push((rel.to_string_lossy().into_owned(), cap));
         }
     }
     Ok(grouped(o.src.clone(), pairs, "imagefolder"))
+}
+
+/// The image files in `dir` and its subfolders; linked folders are not walked (a link
+/// could lead outside the source, or in a circle).
+fn images_below(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            images_below(&path, out)?;
+        } else if is_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A caption file's text without the translations that follow it as `<lang>.utf8=…`
+/// lines (Tux Paint's stamp descriptions: the English line first, then one per language).
+fn first_language(text: &str) -> String {
+    let is_translation = |l: &str| {
+        l.split_once(".utf8=").is_some_and(|(lang, _)| {
+            !lang.is_empty()
+                && lang.len() <= 16
+                && lang
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_@-".contains(c))
+        })
+    };
+    text.lines()
+        .take_while(|l| !is_translation(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
 }
 
 fn collect_text_c10(o: &PrepareOptions, non_utf8: &mut usize) -> Result<(PathBuf, Vec<Candidate>)> {

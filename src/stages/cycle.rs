@@ -57,12 +57,15 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
             bail!("the captioner and the {name} were trained with different tokenizers (tokenizer.json hashes differ); retrain one of them on the same dataset");
         }
     }
+    let ds = Dataset::open(&cap.cfg.data)?;
+    if a.probe.is_some() {
+        ds.require_scene_facts("--probe (the attribute probe)")?;
+    }
     let probe = a
         .probe
         .as_ref()
         .map(|p| load_probe(p, device))
         .transpose()?;
-    let ds = Dataset::open(&cap.cfg.data)?;
     // Everything is compared at the contrastive evaluator's resolution; a generator that
     // draws smaller is upsampled to it.
     let size = clip.cfg.model.image_size as u32;
