@@ -33,7 +33,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle export serve bench-serve screenshots bench fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
+        cycle pipeline export serve bench-serve screenshots bench fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -76,12 +76,16 @@ fuzz: $(LIBTORCH_DEP)
 ## data-synth: render the embedded dataset (5,000 paintings, 64 px; seconds)
 data-synth: $(DATA)/captions.json
 $(DATA)/captions.json: | build
+ifeq ($(DATA),data/synth)
 	$(EK) data synth --out $(DATA) --n 5000 --size 64 --seed 0
+else
+	@echo "error: $(DATA) is not a prepared dataset (no captions.json): run ekphrasis data prepare --out $(DATA) first"; exit 1
+endif
 
 ## tokenizer: byte-level BPE on the training captions
 tokenizer: $(DATA)/tokenizer.json
 $(DATA)/tokenizer.json: $(DATA)/captions.json | build
-	$(EK) tokenizer train --data $(DATA) -c experiments/demo/tokenizer.yaml
+	$(EK) tokenizer train --data $(DATA) -c experiments/$(if $(filter data/synth,$(DATA)),demo,general)/tokenizer.yaml
 
 ## train-captioner: image -> paragraph on the embedded set (~3-4 min on 2 cores)
 train-captioner: runs/captioner/demo/done.json
@@ -145,6 +149,41 @@ runs/unified/demo/eval_prior/metrics.json: runs/unified/demo/done.json
 cycle: reports/demo/index.html
 reports/demo/index.html: runs/captioner/demo/done.json runs/t2i/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json
 	$(EK) cycle --captioner runs/captioner/demo --generator runs/t2i/demo --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/demo
+
+## pipeline: any prepared dataset (DATA=data/<name>) through the general path, no scene
+## facts: tokenizer, contrastive model, captioner, VAE, their evaluations, the cycle and
+## the export (the dataset's tokenizer is trained if it has none). Runs go to runs/<stage>/<name>, the report to reports/<name>; a finished
+## stage is skipped and an interrupted one resumed. PROFILE=cpu (64 px, minutes per stage
+## on 2 cores) or smoke (a few steps per stage, for a first look).
+PROFILE ?= cpu
+NAME = $(notdir $(patsubst %/,%,$(DATA)))
+G := experiments/general
+SMOKE := $(if $(filter smoke,$(PROFILE)),--set train.steps=4 --set train.eval_every=4,)
+ON = --set data=$(DATA) $(SMOKE)
+pipeline: reports/$(NAME)/index.html runs/captioner/$(NAME)/eval_test/metrics.json \
+          runs/clip/$(NAME)/eval_test/metrics.json runs/t2i/$(NAME)/eval_test/metrics.json \
+          models/$(NAME)/captioner/manifest.json models/$(NAME)/t2i/manifest.json
+	@echo "==> $(NAME): report in reports/$(NAME)/index.html, models in models/$(NAME)"
+	@for f in runs/clip/$(NAME)/eval_test runs/captioner/$(NAME)/eval_test runs/t2i/$(NAME)/eval_test; do \
+	  echo "--- $$f/metrics.json"; cat $$f/metrics.json; echo; done
+runs/clip/$(NAME)/done.json: $(DATA)/tokenizer.json
+	$(EK) train clip -c $(G)/clip.yaml $(ON) --run runs/clip/$(NAME) $(call resume,runs/clip/$(NAME))
+runs/captioner/$(NAME)/done.json: $(DATA)/tokenizer.json
+	$(EK) train captioner -c $(G)/captioner.yaml $(ON) --run runs/captioner/$(NAME) $(call resume,runs/captioner/$(NAME))
+runs/t2i/$(NAME)/done.json: runs/clip/$(NAME)/done.json
+	$(EK) train t2i -c $(G)/t2i-vae.yaml $(ON) --set eval.clip=runs/clip/$(NAME) --run runs/t2i/$(NAME) $(call resume,runs/t2i/$(NAME))
+runs/clip/$(NAME)/eval_test/metrics.json: runs/clip/$(NAME)/done.json
+	$(EK) eval clip --run runs/clip/$(NAME) --split test
+runs/captioner/$(NAME)/eval_test/metrics.json: runs/captioner/$(NAME)/done.json
+	$(EK) eval captioner --run runs/captioner/$(NAME) --split test
+runs/t2i/$(NAME)/eval_test/metrics.json: runs/t2i/$(NAME)/done.json
+	$(EK) eval t2i --run runs/t2i/$(NAME) --split test
+reports/$(NAME)/index.html: runs/captioner/$(NAME)/done.json runs/t2i/$(NAME)/done.json runs/clip/$(NAME)/done.json
+	$(EK) cycle --captioner runs/captioner/$(NAME) --generator runs/t2i/$(NAME) --clip runs/clip/$(NAME) --split test --out reports/$(NAME)
+models/$(NAME)/captioner/manifest.json: runs/captioner/$(NAME)/done.json
+	$(EK) export --run runs/captioner/$(NAME) --kind captioner --out models/$(NAME)/captioner
+models/$(NAME)/t2i/manifest.json: runs/t2i/$(NAME)/done.json
+	$(EK) export --run runs/t2i/$(NAME) --kind t2i --out models/$(NAME)/t2i
 
 ## export: the demo models as TorchScript (models/<name>: *.pt, manifest.json,
 ## tokenizer.json) for `caption/draw --model`, `cycle IMAGE…`, `embed`, `retrieve`, Python
