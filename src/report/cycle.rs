@@ -30,50 +30,80 @@ fn get(t: &Table, col: &str, metric: &str) -> Option<f64> {
     t.get(col).and_then(|m| m.get(metric)).copied()
 }
 
-/// A few sentences answering the research question from the table.
-pub fn answer(t: &Table) -> String {
+/// The standard error of a proportion `p` measured on `n` images.
+fn proportion_se(p: f64, n: usize) -> f64 {
+    (p * (1.0 - p) / n.max(1) as f64).sqrt()
+}
+
+/// A few sentences answering the research question from the table of `n` images. A
+/// share of the ceiling is stated only when the ceiling (true captions) is clearly above
+/// the floor (random captions): R-precision apart by more than twice the standard error
+/// of their difference. Otherwise the generator does not use its text, and the cycle
+/// cannot say how much of an image the paragraph carries through it.
+pub fn answer(t: &Table, n: usize) -> String {
     let mut out = vec![];
+    let (floor, ceiling) = ("floor (random caption)", "ceiling (true caption)");
+    let uses_text = match (get(t, ceiling, "r_precision"), get(t, floor, "r_precision")) {
+        (Some(h), Some(f)) => {
+            let se = (proportion_se(h, n).powi(2) + proportion_se(f, n).powi(2)).sqrt();
+            let clear = h - f > 2.0 * se;
+            if !clear {
+                out.push(format!(
+                    "This generator does not use its text: from the true captions its pictures find their caption with R-precision {h:.3} (± {:.3}), and from random captions {f:.3} (± {:.3}), within noise of each other on {n} images. So this cycle cannot say how much of an image a paragraph carries.",
+                    proportion_se(h, n),
+                    proportion_se(f, n)
+                ));
+            }
+            clear
+        }
+        _ => true,
+    };
     let key = if get(t, "cycle", "probe_attr_agreement").is_some() {
         "probe_attr_agreement"
     } else {
         "clip_image_text"
     };
-    if let (Some(c), Some(f), Some(h)) = (
+    if let (true, Some(c), Some(f), Some(h)) = (
+        uses_text,
         get(t, "cycle", key),
-        get(t, "floor (random caption)", key),
-        get(t, "ceiling (true caption)", key),
+        get(t, floor, key),
+        get(t, ceiling, key),
     ) {
-        let closed = if h > f {
-            (c - f) / (h - f) * 100.0
-        } else {
-            0.0
-        };
-        out.push(format!(
-            "Through a paragraph written by the captioner, the reconstruction reaches {key} {c:.3}, against {f:.3} for a random caption (floor) and {h:.3} for the true caption (ceiling): language carries {closed:.0} % of what this generator can carry at all."
-        ));
-        if closed >= 90.0 {
-            out.push("The cycle sits at its ceiling, so the limit is the generator's drawing, not the paragraph.".to_string());
+        if h > f {
+            let closed = (c - f) / (h - f) * 100.0;
+            out.push(format!(
+                "Through a paragraph written by the captioner, the reconstruction reaches {key} {c:.3}, against {f:.3} for a random caption (floor) and {h:.3} for the true caption (ceiling): it keeps {closed:.0} % of the way from floor to ceiling."
+            ));
+            if closed >= 90.0 {
+                out.push("The cycle sits at its ceiling, so the limit is the generator's drawing, not the paragraph.".to_string());
+            }
         }
     }
     if let (Some(c), Some(f), Some(h)) = (
         get(t, "cycle", "r_precision"),
-        get(t, "floor (random caption)", "r_precision"),
-        get(t, "ceiling (true caption)", "r_precision"),
+        get(t, floor, "r_precision"),
+        get(t, ceiling, "r_precision"),
     ) {
-        out.push(format!("The reconstruction picks its original's caption out of 100 with R-precision {c:.3} (floor {f:.3}, ceiling {h:.3})."));
+        out.push(format!("The reconstruction picks its original's caption among up to 100 with R-precision {c:.3} (± {:.3}; floor {f:.3}, ceiling {h:.3}).", proportion_se(c, n)));
     }
-    if let (Some(c), Some(n)) = (
-        get(t, "cycle", "r_precision"),
-        get(t, "nearest neighbour", "r_precision"),
-    ) {
-        let verdict = if c >= n {
-            "matches or beats"
-        } else {
-            "falls short of"
-        };
-        out.push(format!("Generation {verdict} retrieving the nearest training image by caption (R-precision {n:.3})."));
+    let nn = "nearest neighbour";
+    let beaten: Vec<&str> = [
+        ("r_precision", "R-precision"),
+        ("clip_image_image", "the contrastive image–image score"),
+    ]
+    .into_iter()
+    .filter(|(m, _)| matches!((get(t, "cycle", m), get(t, nn, m)), (Some(c), Some(r)) if r > c))
+    .map(|(_, name)| name)
+    .collect();
+    if !beaten.is_empty() {
+        out.push(format!(
+            "Retrieval beats generation: the training image whose caption is nearest to the paragraph is closer to the original on {}.",
+            beaten.join(" and ")
+        ));
+    } else if let (Some(c), Some(r)) = (get(t, "cycle", "r_precision"), get(t, nn, "r_precision")) {
+        out.push(format!("Generation matches or beats retrieving the nearest training image by caption (R-precision {c:.3} against {r:.3})."));
     }
-    if let Some(p) = get(t, "cycle", "psnr") {
+    if let (true, Some(p)) = (uses_text, get(t, "cycle", "psnr")) {
         out.push(format!("Pixel agreement stays low (PSNR {p:.1} dB): a paragraph keeps what is in the picture and where, not the exact pixels."));
     }
     if out.is_empty() {
@@ -83,18 +113,34 @@ pub fn answer(t: &Table) -> String {
     }
 }
 
-/// Writes the cycle's page. `grid_images` holds 5 pictures for each of the split's first
-/// captions, one row per caption (the Reverse Image Caption competition's 5 captions ×
-/// 5 noises), drawn by the caller.
-pub fn write(
-    out: &Path,
-    data: &SplitData,
-    generated: &[String],
-    recon: &Tensor,
-    ceiling: &Tensor,
-    table: &Table,
-    grid_images: Option<&Tensor>,
-) -> Result<()> {
+/// What the cycle's page shows, computed by the cycle stage.
+pub struct Page<'a> {
+    /// The split's originals and their true captions.
+    pub data: &'a SplitData,
+    /// The split's name, for the page.
+    pub split: &'a str,
+    /// The captioner's paragraph of each original.
+    pub generated: &'a [String],
+    /// The pictures drawn from those paragraphs, and from the true captions.
+    pub recon: &'a Tensor,
+    pub ceiling: &'a Tensor,
+    pub table: &'a Table,
+    /// 5 pictures for each of the split's first captions, one row per caption (the
+    /// Reverse Image Caption competition's 5 captions × 5 noises).
+    pub grid_images: Option<&'a Tensor>,
+}
+
+/// Writes the cycle's page (`index.html`) and `examples.json` into `out`.
+pub fn write(out: &Path, page: &Page) -> Result<()> {
+    let Page {
+        data,
+        split,
+        generated,
+        recon,
+        ceiling,
+        table,
+        grid_images,
+    } = *page;
     let metrics: Vec<String> = {
         let mut m: Vec<String> = table.values().flat_map(|c| c.keys().cloned()).collect();
         m.sort();
@@ -161,13 +207,17 @@ pub fn write(
 <h2>Answer</h2><p>{answer}</p>\
 <h2>Metrics</h2><p>Each column compares the original image with the image drawn from: a random other caption (floor), the captioner's paragraph (cycle), \
 nothing (the training image whose caption is nearest to the paragraph), the true caption (ceiling). Embedding scores use the contrastive model trained here \
-(\"own encoder\", not CLIP); probe scores use the attribute probe trained on real images.</p>\
+(\"own encoder\", not CLIP){probe_note}.</p>\
 <table><tr><th>metric</th>{head}</tr>{rows}</table>\
 <h2>Gallery</h2><table><tr><th>original</th><th>generated paragraph</th><th>reconstruction</th><th>from the true caption</th></tr>{gallery}</table>\
 <h2>5 captions × 5 noises</h2><table>{grid}</table></body></html>",
         n = data.ids.len(),
-        split = "test",
-        answer = escape(&answer(table)),
+        answer = escape(&answer(table, data.ids.len())),
+        probe_note = if get(table, "cycle", "probe_attr_agreement").is_some() {
+            "; probe scores use the attribute probe trained on the embedded set's scenes"
+        } else {
+            ""
+        },
     );
     atomic_write(&out.join("index.html"), html.as_bytes())?;
     write_examples(out, data, generated, recon)
@@ -203,4 +253,87 @@ fn write_examples(
         })
         .collect::<Result<Vec<_>>>()?;
     atomic_write(&out.join("examples.json"), &serde_json::to_vec(&examples)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: &[(&str, &[(&str, f64)])]) -> Table {
+        rows.iter()
+            .map(|(col, ms)| {
+                let m = ms.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                (col.to_string(), m)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ceiling_within_noise_of_the_floor_is_no_share_of_anything() {
+        // Tux Paint's figures: 79 images, ceiling 0.038 against floor 0.025.
+        let t = table(&[
+            (
+                "floor (random caption)",
+                &[
+                    ("r_precision", 0.025),
+                    ("clip_image_text", 6.35),
+                    ("clip_image_image", 8.6),
+                ],
+            ),
+            (
+                "cycle",
+                &[
+                    ("r_precision", 0.013),
+                    ("clip_image_text", 7.36),
+                    ("clip_image_image", 13.8),
+                ],
+            ),
+            (
+                "nearest neighbour",
+                &[("r_precision", 0.076), ("clip_image_image", 21.7)],
+            ),
+            (
+                "ceiling (true caption)",
+                &[
+                    ("r_precision", 0.038),
+                    ("clip_image_text", 10.1),
+                    ("clip_image_image", 10.5),
+                ],
+            ),
+        ]);
+        let a = answer(&t, 79);
+        assert!(a.contains("does not use its text"), "{a}");
+        assert!(!a.contains('%'), "{a}");
+        assert!(
+            a.contains("Retrieval beats generation") && a.contains("image–image"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn a_clear_ceiling_gives_the_share_of_the_way_from_floor_to_it() {
+        // The embedded set's demo: 500 images, ceiling 0.908 against floor 0.006.
+        let t = table(&[
+            (
+                "floor (random caption)",
+                &[("r_precision", 0.006), ("probe_attr_agreement", 0.346)],
+            ),
+            (
+                "cycle",
+                &[("r_precision", 0.906), ("probe_attr_agreement", 0.786)],
+            ),
+            ("nearest neighbour", &[("r_precision", 0.900)]),
+            (
+                "ceiling (true caption)",
+                &[("r_precision", 0.908), ("probe_attr_agreement", 0.814)],
+            ),
+        ]);
+        let a = answer(&t, 500);
+        assert!(
+            a.contains("94 % of the way") && a.contains("sits at its ceiling"),
+            "{a}"
+        );
+        assert!(a.contains("Generation matches or beats retrieving"), "{a}");
+        assert!(!a.contains("does not use its text"), "{a}");
+    }
 }

@@ -283,15 +283,16 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
             gen.vs.device(),
         )
     });
-    crate::report::cycle::write(
-        &a.out,
-        &data,
-        &generated,
-        &recon,
-        &ceiling,
-        &table,
-        grid.as_ref(),
-    )?;
+    let page = crate::report::cycle::Page {
+        data: &data,
+        split: a.split.name(),
+        generated: &generated,
+        recon: &recon,
+        ceiling: &ceiling,
+        table: &table,
+        grid_images: grid.as_ref(),
+    };
+    crate::report::cycle::write(&a.out, &page)?;
     Ok(table)
 }
 
