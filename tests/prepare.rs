@@ -338,17 +338,7 @@ fn coco_imagefolder_text_c10_and_art() {
         .unwrap()
         .contains("A long description of work 2."));
     // A prepared real dataset trains a tokenizer like the embedded one.
-    let tok = d.join("tok.yaml");
-    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 64\n").unwrap();
-    let (ok, _, err) = run(&[
-        "tokenizer",
-        "train",
-        "--data",
-        out.to_str().unwrap(),
-        "-c",
-        tok.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    train_tokenizer(&out, 64);
 }
 
 /// A CMYK JPEG (made with Pillow, which can write one) is decoded to RGB.
@@ -633,18 +623,8 @@ fn options_that_read_scene_facts_are_refused_on_a_real_dataset_before_training()
     let out = dir.path().join("real");
     let (ok, _, err) = imagefolder(&src, &out, &[]);
     assert!(ok, "{err}");
-    let tok = dir.path().join("tok.yaml");
-    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 64\n").unwrap();
+    train_tokenizer(&out, 64);
     let d = out.to_str().unwrap();
-    let (ok, _, err) = run(&[
-        "tokenizer",
-        "train",
-        "--data",
-        d,
-        "-c",
-        tok.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo");
     for (stage, file, option) in [
         ("captioner", "captioner.yaml", "model.attribute_weight"),
@@ -716,17 +696,7 @@ fn pairs_are_evaluated_once_per_image_against_all_their_captions() {
         serde_json::from_str(&std::fs::read_to_string(out.join("images.json")).unwrap()).unwrap();
     assert_eq!(groups.len(), 20);
     assert!(groups.values().all(|items| items.len() == 3));
-    let tok = dir.path().join("tok.yaml");
-    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 64\n").unwrap();
-    let (ok, _, err) = run(&[
-        "tokenizer",
-        "train",
-        "--data",
-        d,
-        "-c",
-        tok.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    train_tokenizer(&out, 64);
     let cfg = tiny_captioner_config(dir.path(), &out, 2);
     let run_dir = dir.path().join("cap");
     let r = run_dir.to_str().unwrap();

@@ -126,13 +126,7 @@ fn a_real_dataset_runs_the_general_path_end_to_end() {
         "{captions:?}"
     );
     assert!(captions.keys().all(|k| k.contains('_')), "{captions:?}");
-    let tok = write(
-        d,
-        "tok.yaml",
-        "vocab_size: 300\nmin_frequency: 1\nmax_len: 48\n".into(),
-    );
-    let (ok, _, err) = run(&["tokenizer", "train", "--data", ds, "-c", &tok]);
-    assert!(ok, "{err}");
+    train_tokenizer(&data, 48);
 
     let clip = d.join("clip");
     train_ok(

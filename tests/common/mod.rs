@@ -41,20 +41,31 @@ pub fn tiny_dataset(dir: &Path) -> PathBuf {
         "data", "synth", "--out", d, "--n", "40", "--size", "32", "--device", "cpu",
     ]);
     assert!(ok, "{err}");
-    let tok = dir.join("tokenizer.yaml");
-    std::fs::write(&tok, "vocab_size: 300\nmin_frequency: 1\nmax_len: 256\n").unwrap();
+    train_tokenizer(&data, 256);
+    data
+}
+
+/// Trains a 300-token tokenizer on the prepared dataset `data` (rows of `max_len`).
+pub fn train_tokenizer(data: &Path, max_len: usize) {
+    let tok = data.with_extension("tokenizer.yaml");
+    std::fs::write(
+        &tok,
+        format!("vocab_size: 300\nmin_frequency: 1\nmax_len: {max_len}\n"),
+    )
+    .unwrap();
+    let d = data.to_str().unwrap();
+    let c = tok.to_str().unwrap();
     let (ok, _, err) = run(&[
         "tokenizer",
         "train",
         "--data",
         d,
         "-c",
-        tok.to_str().unwrap(),
+        c,
         "--device",
         "cpu",
     ]);
     assert!(ok, "{err}");
-    data
 }
 
 /// A tiny captioner config for `data`.
