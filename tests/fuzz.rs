@@ -6,20 +6,15 @@
 //! Time-bounded: `EKPHRASIS_FUZZ_SECONDS` per target (default 2 in `make test`;
 //! `make fuzz` runs longer). Failing inputs are saved under target/fuzz-failures/.
 
+mod common;
+
+use common::fuzz_budget;
 use ekphrasis::data::prepare::{prepare, Format, Multi, PrepareOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-fn budget() -> Duration {
-    let s: f64 = std::env::var("EKPHRASIS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
-    Duration::from_secs_f64(s)
-}
+use std::time::Instant;
 
 const INTERESTING: [&[u8]; 14] = [
     b"\0",
@@ -80,7 +75,7 @@ fn fuzz(
     mut check: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> (usize, usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(name.bytes().map(u64::from).sum());
-    let deadline = Instant::now() + budget();
+    let deadline = Instant::now() + fuzz_budget();
     let (mut tried, mut rejected) = (0, 0);
     // The seed itself must be accepted: otherwise the fuzzing tests nothing.
     check(seed).unwrap_or_else(|e| panic!("{name}: the unmutated seed is rejected: {e:#}"));

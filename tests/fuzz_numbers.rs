@@ -23,14 +23,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
-fn budget() -> Duration {
-    let s: f64 = std::env::var("EKPHRASIS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
-    Duration::from_secs_f64(s)
-}
-
 /// `make fuzz` (a budget given) tries every case; `make test` a random share.
 fn exhaustive() -> bool {
     std::env::var("EKPHRASIS_FUZZ_SECONDS").is_ok_and(|s| s != "2")
@@ -120,6 +112,25 @@ struct Counts {
 }
 
 impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.tried += other.tried;
+        self.refused_at_load += other.refused_at_load;
+        self.refused_later += other.refused_later;
+        self.ran += other.ran;
+        self.panics.extend(other.panics);
+    }
+
+    /// Prints the `make fuzz` row of `area` and fails on any panic, listing them.
+    fn finish(&self, area: &str) {
+        eprintln!("{}", self.row(area));
+        assert!(
+            self.panics.is_empty(),
+            "{area}: {} cases failed badly:\n{}",
+            self.panics.len(),
+            self.panics.join("\n")
+        );
+    }
+
     fn row(&self, area: &str) -> String {
         format!(
             "FUZZ|{area}|{}|{}|{}|{}|n/a",
@@ -270,7 +281,7 @@ fn every_numeric_config_field_given_hostile_values_is_refused_or_runs() {
             .flat_map(|p| hostile_values().into_iter().map(move |v| (p.clone(), v)))
             .collect();
         cases.shuffle(&mut rng);
-        let deadline = Instant::now() + budget();
+        let deadline = Instant::now() + fuzz_budget();
         let path = dir.path().join("case.yaml");
         let mut c = Counts::default();
         for (leaf, value) in cases {
@@ -326,20 +337,10 @@ fn every_numeric_config_field_given_hostile_values_is_refused_or_runs() {
             c.ran,
             c.panics.len()
         );
-        all.tried += c.tried;
-        all.refused_at_load += c.refused_at_load;
-        all.refused_later += c.refused_later;
-        all.ran += c.ran;
-        all.panics.extend(c.panics);
+        all.add(c);
     }
     drop(std::panic::take_hook());
-    eprintln!("{}", all.row("config values"));
-    assert!(
-        all.panics.is_empty(),
-        "{} config values panicked:\n{}",
-        all.panics.len(),
-        all.panics.join("\n")
-    );
+    all.finish("config values");
 }
 
 /// The values tried in every numeric flag, as typed on a command line.
@@ -529,11 +530,5 @@ fn every_numeric_flag_given_hostile_values_is_refused_or_runs() {
             }
         }
     }
-    eprintln!("{}", c.row("command-line numbers"));
-    assert!(
-        c.panics.is_empty(),
-        "{} command lines failed badly:\n{}",
-        c.panics.len(),
-        c.panics.join("\n")
-    );
+    c.finish("command-line numbers");
 }

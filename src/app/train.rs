@@ -10,50 +10,25 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
                 "experiments/demo/captioner.yaml",
             )?;
             let s = captioner::train(cfg, yaml, &args.run, args.resume, device)?;
-            println!(
-                "captioner trained: {} steps in {:.1} s; best {:?} at step {:?}; run in {}",
-                s.steps,
-                s.seconds,
-                s.best_metric,
-                s.best_step,
-                args.run.display()
-            );
+            trained("captioner", &s, &args.run);
         }
         Command::Train(TrainCommand::Clip(args)) => {
             let (cfg, yaml) =
                 stage_config::<evaluators::ClipStageConfig>(cli, "experiments/demo/clip.yaml")?;
             let s = evaluators::train_clip(cfg, yaml, &args.run, args.resume, device)?;
-            println!(
-                "clip trained: {} steps in {:.1} s; best {:?}; run in {}",
-                s.steps,
-                s.seconds,
-                s.best_metric,
-                args.run.display()
-            );
+            trained("clip", &s, &args.run);
         }
         Command::Train(TrainCommand::Probe(args)) => {
             let (cfg, yaml) =
                 stage_config::<evaluators::ProbeStageConfig>(cli, "experiments/demo/probe.yaml")?;
             let s = evaluators::train_probe(cfg, yaml, &args.run, args.resume, device)?;
-            println!(
-                "probe trained: {} steps in {:.1} s; best {:?}; run in {}",
-                s.steps,
-                s.seconds,
-                s.best_metric,
-                args.run.display()
-            );
+            trained("probe", &s, &args.run);
         }
         Command::Train(TrainCommand::T2i(args)) => {
             let (cfg, yaml) =
                 stage_config::<t2i::T2IStageConfig>(cli, "experiments/demo/t2i-vae.yaml")?;
             let s = t2i::train(cfg, yaml, &args.run, args.resume, device)?;
-            println!(
-                "t2i trained: {} steps in {:.1} s; best {:?}; run in {}",
-                s.steps,
-                s.seconds,
-                s.best_metric,
-                args.run.display()
-            );
+            trained("t2i", &s, &args.run);
         }
         Command::Train(TrainCommand::Invertible(args)) => {
             let (cfg, yaml) = stage_config::<crate::stages::invertible::InvertibleStageConfig>(
@@ -69,15 +44,21 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
                 "experiments/demo/unified.yaml",
             )?;
             let s = crate::stages::unified::train(cfg, yaml, &args.run, args.resume, device)?;
-            println!(
-                "unified trained: {} steps in {:.1} s; best {:?}; run in {}",
-                s.steps,
-                s.seconds,
-                s.best_metric,
-                args.run.display()
-            );
+            trained("unified", &s, &args.run);
         }
         _ => unreachable!("app::run dispatches only this module's commands here"),
     }
     Ok(())
+}
+
+/// The line a finished training prints.
+fn trained(stage: &str, s: &crate::train::runner::RunSummary, run: &Path) {
+    println!(
+        "{stage} trained: {} steps in {:.1} s; best {:?} at step {:?}; run in {}",
+        s.steps,
+        s.seconds,
+        s.best_metric,
+        s.best_step,
+        run.display()
+    );
 }

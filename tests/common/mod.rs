@@ -198,3 +198,12 @@ pub fn interrupt(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The fuzzers' time budget per target: `EKPHRASIS_FUZZ_SECONDS` (2 s in `make test`).
+pub fn fuzz_budget() -> std::time::Duration {
+    let s: f64 = std::env::var("EKPHRASIS_FUZZ_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    std::time::Duration::from_secs_f64(s)
+}
