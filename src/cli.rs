@@ -467,8 +467,9 @@ pub enum TokenizerCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Run folder (config.yaml, checkpoints, TensorBoard events).
-    #[arg(long)]
+    /// Run folder (config.yaml, checkpoints, TensorBoard events). Also `--run-dir`,
+    /// which torchrun's own parser does not mistake for its `--run-path`.
+    #[arg(long, visible_alias = "run-dir")]
     pub run: PathBuf,
     /// Continue the run in --run from its latest checkpoint.
     #[arg(long)]

@@ -1,8 +1,10 @@
-//! `train <stage>`: each stage's config, trained by its stage.
+//! `train <stage>`: each stage's config, trained by its stage; data-parallel when started
+//! by torchrun (`crate::distributed`).
 
 use super::*;
 
 pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
+    let device = crate::distributed::init_from_env(device)?;
     match &cli.command {
         Command::Train(TrainCommand::Captioner(args)) => {
             let (cfg, yaml) = stage_config::<captioner::CaptionerStageConfig>(
@@ -36,7 +38,9 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
                 "experiments/demo/invertible.yaml",
             )?;
             crate::stages::invertible::train(cfg, yaml, &args.run, args.resume, device)?;
-            println!("invertible bridge trained; run in {}", args.run.display());
+            if crate::distributed::is_writer() {
+                println!("invertible bridge trained; run in {}", args.run.display());
+            }
         }
         Command::Train(TrainCommand::Unified(args)) => {
             let (cfg, yaml) = stage_config::<crate::stages::unified::UnifiedStageConfig>(
@@ -53,6 +57,9 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
 
 /// The line a finished training prints.
 fn trained(stage: &str, s: &crate::train::runner::RunSummary, run: &Path) {
+    if !crate::distributed::is_writer() {
+        return;
+    }
     println!(
         "{stage} trained: {} steps in {:.1} s; best {:?} at step {:?}; run in {}",
         s.steps,

@@ -163,7 +163,8 @@ pub fn load_split(
 }
 
 /// Row indices of micro-batch `micro`: epochs are seeded permutations, the last partial
-/// batch of an epoch is dropped.
+/// batch of an epoch is dropped. In a data-parallel job, this rank's consecutive share
+/// of the global batch of `batch` rows (the same permutation on every rank).
 pub fn batch_indices(n: usize, batch: usize, seed: u64, micro: u64) -> Vec<i64> {
     let batch = batch.min(n).max(1);
     let per_epoch = (n / batch) as u64;
@@ -172,7 +173,7 @@ pub fn batch_indices(n: usize, batch: usize, seed: u64, micro: u64) -> Vec<i64> 
     perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
         seed ^ epoch.wrapping_mul(0x2545_F491_4F6C_DD1D),
     ));
-    perm[j * batch..(j + 1) * batch].to_vec()
+    crate::distributed::shard(&perm[j * batch..(j + 1) * batch])
 }
 
 /// The rows of `rows` (one per image of a split, e.g. attribute targets) that micro-batch
@@ -223,7 +224,9 @@ pub fn random_shift(x: &Tensor, max_shift: i64) -> Tensor {
     let s = x.size()[3];
     let padded = x.replication_pad2d([max_shift, max_shift, max_shift, max_shift]);
     let n = x.size()[0];
-    let offs = Tensor::randint(2 * max_shift + 1, [n, 2], (Kind::Int64, Device::Cpu));
+    let offs = (crate::util::draws::uniform(&[n, 2], Device::Cpu) * (2 * max_shift + 1) as f64)
+        .floor()
+        .to_kind(Kind::Int64);
     let offs: Vec<i64> = Vec::try_from(offs.view([-1])).unwrap_or_default();
     let crops: Vec<Tensor> = (0..n)
         .map(|i| {

@@ -5,6 +5,7 @@
 //! auxiliary loss (`model.attribute_weight`).
 
 use crate::data::synth::scene::{COLOURS, KINDS};
+use crate::util::draws;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 /// Classes of the per-cell kind head: the ten kinds, then "empty".
@@ -90,10 +91,10 @@ impl AttributeHeads {
         };
         let global = f.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
         let global_h = self.global_fc.forward(&global).gelu("tanh");
-        let global = global_h.dropout(0.1, train).apply(&self.global_out);
+        let global = draws::dropout(&global_h, 0.1, train).apply(&self.global_out);
         let cells = f.adaptive_avg_pool2d([3, 3]).flatten(2, 3).transpose(1, 2) + &self.cell_pos; // (B, 9, C)
         let cells_h = self.cell_fc.forward(&cells).gelu("tanh");
-        let cells = cells_h.dropout(0.1, train).apply(&self.cell_out);
+        let cells = draws::dropout(&cells_h, 0.1, train).apply(&self.cell_out);
         AttributeLogits {
             global,
             cells,
@@ -115,8 +116,9 @@ pub fn attribute_loss(global: &Tensor, cells: &Tensor, targets: &Tensor) -> Tens
     // Mean over the rows where a head applies (ignored targets are -1); a batch where
     // none does adds zero, not the NaN of an empty mean.
     let masked_mean = |logits: &Tensor, t: &Tensor| {
-        let n = t.ge(0).sum(Kind::Float).clamp_min(1.0);
-        logits.cross_entropy_loss::<Tensor>(t, None, tch::Reduction::Sum, -1, 0.0) / n
+        let n = t.ge(0).sum(Kind::Float);
+        let sum = logits.cross_entropy_loss::<Tensor>(t, None, tch::Reduction::Sum, -1, 0.0);
+        crate::distributed::global_mean(&sum, &n)
     };
     let mut total = Tensor::zeros([], (Kind::Float, global.device()));
     for (i, (off, w)) in GLOBAL_HEADS.iter().enumerate() {

@@ -103,8 +103,9 @@ impl Clip {
 
     /// Symmetric InfoNCE over the batch: each image's caption is its positive.
     pub fn loss(&self, images: &Tensor, tokens: &Tensor, pad: i64, train: bool) -> Tensor {
-        let i = self.embed_images(images, train);
-        let t = self.embed_texts(tokens, pad, train);
+        // Over the global batch in a data-parallel job (every rank's pairs are negatives).
+        let i = crate::distributed::gather_batch(&self.embed_images(images, train));
+        let t = crate::distributed::gather_batch(&self.embed_texts(tokens, pad, train));
         let logits = i.matmul(&t.tr()) * self.logit_scale();
         let target = Tensor::arange(logits.size()[0], (Kind::Int64, logits.device()));
         (logits.cross_entropy_for_logits(&target) + logits.tr().cross_entropy_for_logits(&target))

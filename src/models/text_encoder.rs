@@ -5,6 +5,7 @@
 //! With `local_layers`, the first layers attend only within each token's sentence.
 
 use crate::nn::transformer::EncoderLayer;
+use crate::util::draws;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -116,7 +117,7 @@ impl TextEncoder {
         let tokens = tokens.narrow(1, 0, l);
         let mask = tokens.ne(pad);
         let mut x = tokens.apply(&self.emb) + self.pos.narrow(0, 0, l);
-        x = x.dropout(self.cfg.dropout, train);
+        x = draws::dropout(&x, self.cfg.dropout, train);
         let local = (self.cfg.local_layers > 0).then(|| self.sentence_mask(&tokens, &mask));
         for (i, layer) in self.layers.iter().enumerate() {
             let m = match &local {

@@ -18,6 +18,7 @@ use super::captioner::{Captioner, CaptionerConfig};
 use super::t2i::facts::{most_likely_rows, FactEmbedding, Facts};
 use super::t2i::generator::{Generator, GeneratorConfig};
 use super::t2i::vae::kl_to_standard_normal;
+use crate::util::draws;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
@@ -290,7 +291,7 @@ impl Unified {
             bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
         }
         let (mu, logvar) = self.posterior(images, true);
-        let z = &mu + (&logvar * 0.5).exp() * mu.randn_like();
+        let z = &mu + (&logvar * 0.5).exp() * draws::normal_like(&mu);
         // Both decoders are told the true facts (teacher forcing); the head learns them.
         let fact_loss = self
             .fact_logits(&z)

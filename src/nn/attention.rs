@@ -1,6 +1,7 @@
 //! Multi-head attention (Vaswani et al. 2017) over libtorch's fused
 //! `scaled_dot_product_attention`, with a key/value cache for autoregressive decoding.
 
+use crate::util::draws;
 use tch::{nn, Tensor};
 
 /// Keys and values already computed, `(B, H, S, Dh)` each.
@@ -38,9 +39,16 @@ impl Attention {
             dim % heads == 0,
             "width {dim} must divide into {heads} heads"
         );
+        let k = nn::linear(&p / "k_proj", kv_dim, dim, Default::default());
+        // A key bias adds the same q·b to every score of a query, which the softmax
+        // cancels: its true gradient is zero, and AdamW would step on rounding noise.
+        // Frozen at its initial value (kept in the checkpoint, so older runs load).
+        if let Some(b) = &k.bs {
+            let _ = b.set_requires_grad(false);
+        }
         Attention {
             q: nn::linear(&p / "q_proj", dim, dim, Default::default()),
-            k: nn::linear(&p / "k_proj", kv_dim, dim, Default::default()),
+            k,
             v: nn::linear(&p / "v_proj", kv_dim, dim, Default::default()),
             o: nn::linear(&p / "out_proj", dim, dim, Default::default()),
             heads,
@@ -184,7 +192,35 @@ impl Attention {
             });
         }
         let p = if train { self.dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, is_causal, None, false);
+        let y = if p > 0.0 {
+            dropped_attention(&q, &k, &v, mask, p, is_causal)
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, is_causal, None, false)
+        };
         y.transpose(1, 2).flatten(2, 3).apply(&self.o) // (B, T, C)
     }
+}
+
+/// Attention with dropout on the weights, written out so the mask is a keyed draw
+/// ([`draws::dropout`]): the fused kernel draws from the generator, which would make a
+/// data-parallel rank's masks differ from one process's.
+fn dropped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<Tensor>,
+    p: f64,
+    causal: bool,
+) -> Tensor {
+    let (t, s) = (q.size()[2], k.size()[2]);
+    let scale = 1.0 / (q.size()[3] as f64).sqrt();
+    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    if causal {
+        let keep = Tensor::ones([t, s], (tch::Kind::Bool, q.device())).tril(s - t);
+        scores = scores.masked_fill(&keep.logical_not(), f64::NEG_INFINITY);
+    }
+    if let Some(m) = mask {
+        scores = scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY);
+    }
+    draws::dropout(&scores.softmax(-1, scores.kind()), p, true).matmul(v)
 }

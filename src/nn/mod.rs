@@ -1,5 +1,7 @@
-//! Shared network blocks: attention with a KV cache, Transformer layers, conv stages.
+//! Shared network blocks: attention with a KV cache, Transformer layers, conv stages,
+//! BatchNorm synchronised across data-parallel ranks.
 
 pub mod attention;
 pub mod conv;
+pub mod sync_batch_norm;
 pub mod transformer;

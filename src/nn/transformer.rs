@@ -2,6 +2,7 @@
 //! and decoder layers (causal self-attention + cross-attention + MLP).
 
 use super::attention::{Attention, KvCache};
+use crate::util::draws;
 use tch::{nn, nn::Module, Tensor};
 
 #[derive(Debug)]
@@ -20,10 +21,8 @@ impl Mlp {
         }
     }
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.fc1)
-            .gelu("tanh")
-            .apply(&self.fc2)
-            .dropout(self.dropout, train)
+        let h = x.apply(&self.fc1).gelu("tanh").apply(&self.fc2);
+        draws::dropout(&h, self.dropout, train)
     }
 }
 
@@ -55,7 +54,7 @@ impl EncoderLayer {
         let h = self
             .attn
             .forward_masked(&self.ln1.forward(x), None, false, None, key_mask, train);
-        let x = x + h.dropout(self.dropout, train);
+        let x = x + draws::dropout(&h, self.dropout, train);
         &x + self.mlp.forward(&self.ln2.forward(&x), train)
     }
 }
@@ -135,11 +134,11 @@ impl DecoderLayer {
         let h = self
             .self_attn
             .forward(&self.ln1.forward(x), None, true, sc, train);
-        let x = x + h.dropout(self.dropout, train);
+        let x = x + draws::dropout(&h, self.dropout, train);
         let h = self
             .cross_attn
             .forward(&self.ln2.forward(&x), Some(ctx), false, cc, train);
-        let x = x + h.dropout(self.dropout, train);
+        let x = x + draws::dropout(&h, self.dropout, train);
         &x + self.mlp.forward(&self.ln3.forward(&x), train)
     }
 }

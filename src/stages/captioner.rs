@@ -447,14 +447,14 @@ pub fn train(
         pretrain_encoder(&mut stage, pre, &opts, resume)?;
     }
     let params = runner::parameters(&stage.vs);
-    eprintln!(
+    crate::util::progress::note(format!(
         "captioner: {:.2}M trainable parameters, {} training images, {} steps of {} on {:?}",
         params as f64 / 1e6,
         stage.train.ids.len(),
         cfg.train.steps,
         cfg.train.batch_size,
         device
-    );
+    ));
     let summary = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &summary)?;
     Ok(summary)

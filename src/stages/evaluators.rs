@@ -350,11 +350,11 @@ pub fn attribute_training_set(
     let rendered = crate::data::images::nchw_batch(&pixels, scenes.len() as i64, native);
     let rendered = crate::data::images::resize_batch(&rendered, train.images.size()[2] as u32);
     rows.extend(scenes.iter().map(cell_targets));
-    println!(
+    crate::util::progress::note_out(format!(
         "{who}: {} training images + {} rendered scenes",
         train.ids.len(),
         scenes.len()
-    );
+    ));
     Ok((
         Tensor::cat(&[&train.images, &rendered], 0),
         rows_tensor(&rows),

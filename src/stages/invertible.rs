@@ -291,10 +291,10 @@ pub fn train(
     if ae_dir.join("done.json").exists() {
         crate::train::checkpoint::load_weights(&ae_vs, &ae_dir, "best", None)?;
     } else {
-        eprintln!(
+        crate::util::progress::note(format!(
             "invertible 1/2: image autoencoder, latent {} dims",
             cfg.autoencoder.model.latent_dim()
-        );
+        ));
         let opts = RunOptions {
             run_dir: ae_dir.clone(),
             resume: resume && crate::train::checkpoint::exists(&ae_dir, "latest"),
@@ -344,10 +344,10 @@ fn train_bridge(
     val_split: &SplitData,
 ) -> Result<()> {
     // 2. The bridge, on frozen latents and frozen sentence embeddings computed once.
-    eprintln!(
+    crate::util::progress::note(format!(
         "invertible 2/2: the bridge f, {} layers of {} dims",
         cfg.bridge.layers, clip.cfg.model.embed_dim
-    );
+    ));
     let dim = clip.cfg.model.embed_dim;
     let z_train = encode_all(ae, &train_split.images, device);
     let z_val = encode_all(ae, &val_split.images, device);

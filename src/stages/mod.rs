@@ -61,16 +61,16 @@ pub fn run_first_phase<P: crate::train::runner::Trainable>(
         tokenizer_hash: opts.tokenizer_hash.clone(),
         seed: opts.seed,
     };
-    eprintln!(
+    crate::util::progress::note(format!(
         "{}: {} steps of {}",
         phase.name, phase.train.steps, phase.train.batch_size
-    );
+    ));
     let summary = runner::run(&mut trainable, phase.train, &phase_opts)?;
     write_done(&dir, &summary)?;
-    eprintln!(
+    crate::util::progress::note(format!(
         "{} trained: {} steps in {:.1} s",
         phase.name, summary.steps, summary.seconds
-    );
+    ));
     Ok(())
 }
 

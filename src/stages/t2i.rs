@@ -396,14 +396,14 @@ pub fn train(
         config_yaml: yaml,
     };
     let params = runner::parameters(&vs);
-    eprintln!(
+    crate::util::progress::note(format!(
         "t2i ({:?}): {:.2}M parameters, {} training images, {} steps of {}",
         cfg.model.kind,
         params as f64 / 1e6,
         train.ids.len(),
         cfg.train.steps,
         cfg.train.batch_size
-    );
+    ));
     let mut stage = T2IStage {
         vs,
         model,
@@ -586,10 +586,10 @@ pub fn tokens_for(tok: &TextTokenizer, texts: &[String], max_len: usize) -> Resu
         }
         let n = tok.token_count(t)?;
         if n > max_len {
-            eprintln!(
+            crate::util::progress::note(format!(
                 "warning: caption {} has {n} tokens; only the first {max_len} are used",
                 i + 1
-            );
+            ));
         }
     }
     tokenize_batch(tok, texts, max_len)

@@ -434,14 +434,14 @@ pub fn train(
         config_yaml: yaml,
     };
     let params = runner::parameters(&vs);
-    eprintln!(
+    crate::util::progress::note(format!(
         "unified: {:.2}M parameters, latent {} dims, {} training images, {} steps of {}",
         params as f64 / 1e6,
         cfg.model.latent_dim,
         train.ids.len(),
         cfg.train.steps,
         cfg.train.batch_size
-    );
+    ));
     let mut stage = UnifiedStage {
         vs,
         model,

@@ -80,6 +80,11 @@ impl AdamW {
         }
     }
 
+    /// The variables this optimizer updates, in name order (shallow handles).
+    pub fn variables(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.var.shallow_clone()).collect()
+    }
+
     /// How many variables this optimizer updates.
     pub fn len(&self) -> usize {
         self.params.len()

@@ -62,6 +62,9 @@ pub fn save(
     tensors: &[(String, Tensor)],
     state: &TrainState,
 ) -> Result<()> {
+    if !crate::distributed::is_writer() {
+        return Ok(()); // rank 0 writes for the whole data-parallel job
+    }
     let name = format!("{tag}.{:08}.safetensors", state.step);
     let state = TrainState {
         weights: Some(name.clone()),

@@ -3,11 +3,17 @@
 //! best checkpoint → stop early or at the last step. Resumable exactly: the data order
 //! and the dropout seed are functions of (seed, micro-step), and the checkpoint holds
 //! the weights, the EMA shadow and the optimizer moments.
+//!
+//! Data-parallel under torchrun (`crate::distributed`): rank 0's weights are broadcast
+//! at the start, each rank computes its share of every micro-batch, gradients are
+//! averaged before clipping, and only rank 0 writes; the ranks agree on every stop.
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::checkpoint::{self, TrainState, FORMAT_VERSION};
 use super::ema::Ema;
 use super::schedule::lr_at;
+use crate::distributed;
+use crate::util::draws;
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -238,8 +244,15 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     if cfg.steps == 0 || cfg.batch_size == 0 || cfg.accumulate == 0 {
         bail!("train.steps, train.batch_size and train.accumulate must be positive");
     }
+    distributed::check_batch(cfg.batch_size, "train.batch_size")?;
     let run_dir = &opts.run_dir;
     let vs = model.var_store();
+    // Every rank starts from rank 0's weights and buffers (before the EMA copies them).
+    let mut all_vars: Vec<Tensor> = checkpoint::model_tensors(vs)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    distributed::broadcast_from_first(&mut all_vars)?;
     // Shallow handles on the variables (they share storage), so `model` can be borrowed
     // mutably by the loop while checkpoints still read the live weights.
     let model_vars = checkpoint::model_tensors(vs);
@@ -316,13 +329,17 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             e.load_state(&tensors)?;
         }
         state = saved;
-        eprintln!("resuming {} at step {}", run_dir.display(), state.step);
+        if distributed::is_writer() {
+            eprintln!("resuming {} at step {}", run_dir.display(), state.step);
+        }
     } else if checkpoint::exists(run_dir, "latest") {
         bail!(
             "{} already holds a run; pass --resume to continue it or choose another --run",
             run_dir.display()
         );
     }
+    // No rank may see rank 0's first files before it has made the checks above.
+    distributed::barrier()?;
     crate::util::fsio::atomic_write(&run_dir.join("config.yaml"), opts.config_yaml.as_bytes())?;
     let mut tb = EventWriter::create(run_dir)?;
 
@@ -349,6 +366,9 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     let pb = crate::util::progress::bar(cfg.steps, "train");
     pb.set_position(state.step);
     let mut stopped_early = false;
+    // Time spent averaging gradients over ranks (the communication share of a step).
+    let mut comm = std::time::Duration::ZERO;
+    let mut evaluating = std::time::Duration::ZERO;
     let mut last_metrics = state.metrics.clone();
     // Test hook: behave as if interrupted right after this step (resume tests).
     let stop_after: Option<u64> = std::env::var("EKPHRASIS_STOP_AFTER_STEP")
@@ -365,14 +385,28 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                 let micro = step * cfg.accumulate + k;
                 // Dropout and any sampling inside the model draw from this seed.
                 let seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(micro);
-                tch::manual_seed(seed.wrapping_add((gi as u64) << 40) as i64);
+                let seed = seed.wrapping_add((gi as u64) << 40);
+                tch::manual_seed(seed as i64);
+                draws::begin(seed);
                 let loss = if single {
-                    model.loss(micro)?
+                    model.loss(micro)
                 } else {
-                    model.group_loss(gi, micro)?
+                    model.group_loss(gi, micro)
+                };
+                let loss = loss.and_then(|l| {
+                    distributed::take_error()?;
+                    Ok(l)
+                });
+                let loss = match loss {
+                    Ok(l) => l,
+                    Err(e) => {
+                        draws::end();
+                        return Err(e);
+                    }
                 };
                 let v = loss.double_value(&[]);
-                if !v.is_finite() {
+                if !distributed::all_agree(v.is_finite())? {
+                    draws::end();
                     let last = if checkpoint::exists(run_dir, "latest") {
                         checkpoint::meta_path(run_dir, "latest")
                             .display()
@@ -383,8 +417,15 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
                     bail!("{} is {v} at step {step} (micro-batch {micro}); stopping. Last good checkpoint: {last}", group.name);
                 }
                 loss_sum += v;
-                (loss / cfg.accumulate as f64).backward();
+                let backward = (loss / cfg.accumulate as f64).f_backward();
+                draws::end();
+                backward.context("backward pass")?;
+                distributed::take_error()?;
             }
+            let t = std::time::Instant::now();
+            distributed::average_gradients(&opt.variables())?;
+            let loss_sum = distributed::mean_of(loss_sum)?;
+            comm += t.elapsed();
             let gnorm = opt.clip_grad_norm(cfg.grad_clip);
             opt.step(lr * group.lr_scale);
             losses.push((group.name.clone(), loss_sum / cfg.accumulate as f64, gnorm));
@@ -421,11 +462,15 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             tb.scalar("train/steps_per_sec", state.step as i64, sps)?;
         }
         let interrupted = INTERRUPTED.load(Ordering::SeqCst) || stop_after == Some(state.step);
+        // One rank's Ctrl-C stops them all at the same step.
+        let interrupted = !distributed::all_agree(!interrupted)?;
         if state.step.is_multiple_of(cfg.eval_every) || state.step == cfg.steps {
+            let eval_start = std::time::Instant::now();
             let metrics = match &ema {
                 Some(e) => e.with_shadow(|| model.evaluate(state.step, &mut tb))?,
                 None => model.evaluate(state.step, &mut tb)?,
             };
+            evaluating += eval_start.elapsed();
             for (k, v) in &metrics {
                 tb.scalar(&format!("val/{k}"), state.step as i64, *v)?;
             }
@@ -473,7 +518,9 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             save("latest", &state, &optimizers, &ema)?;
         }
         tb.flush()?;
+        stopped_early = !distributed::all_agree(!stopped_early)?;
         if interrupted {
+            distributed::barrier()?;
             pb.finish_and_clear();
             bail!(
                 "interrupted at step {}; checkpoint written to {}; continue with --resume",
@@ -492,7 +539,25 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             break;
         }
     }
+    // The other ranks read what rank 0 wrote (the best checkpoint) only after this.
+    distributed::barrier()?;
     pb.finish_and_clear();
+    let training = (start.elapsed() - evaluating).as_secs_f64();
+    let samples = (state.step - first_step) * cfg.accumulate * cfg.batch_size as u64;
+    crate::util::progress::note(format!(
+        "throughput: {:.1} samples/s ({samples} samples in {training:.2} s, evaluation excluded)",
+        samples as f64 / training.max(1e-9)
+    ));
+    if let Some(g) = distributed::current() {
+        let total = training;
+        crate::util::progress::note(format!(
+            "data-parallel: {} ranks ({}), gradient averaging {:.2} s of {total:.2} s of training ({:.1} %)",
+            g.world,
+            g.backend.name(),
+            comm.as_secs_f64(),
+            100.0 * comm.as_secs_f64() / total.max(1e-9)
+        ));
+    }
     Ok(RunSummary {
         steps: state.step,
         best_metric: state.best_metric,

@@ -30,7 +30,12 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` atomically: to a temporary file beside it, synced, renamed.
+/// In a data-parallel job only rank 0 writes (every file of a run goes through here);
+/// the other ranks hold the same weights and read what rank 0 wrote.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    if !crate::distributed::is_writer() {
+        return Ok(());
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -51,6 +56,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Like [`atomic_write`], for a writer callback (used for files tch writes itself).
 pub fn atomic_write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !crate::distributed::is_writer() {
+        return Ok(());
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -79,8 +87,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Takes an exclusive lock on `dir` (its `.lock` file) for as long as the returned file
-/// is held; fails at once, naming the folder, when another process holds it.
-pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+/// is held; fails at once, naming the folder, when another process holds it. The ranks
+/// of one data-parallel job share rank 0's lock (None on the others).
+pub fn lock_dir(dir: &Path) -> Result<Option<std::fs::File>> {
+    if !crate::distributed::is_writer() {
+        return Ok(None);
+    }
     let path = dir.join(".lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -89,7 +101,7 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     match f.try_lock() {
-        Ok(()) => Ok(f),
+        Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
             "{} is in use by another ekphrasis process (training the same --run twice at once would mix their checkpoints)",
             dir.display()

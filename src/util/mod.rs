@@ -1,5 +1,6 @@
 //! Small helpers shared by every stage: atomic file writes, hashing, progress bars.
 
+pub mod draws;
 pub mod fsio;
 pub mod memory;
 pub mod progress;

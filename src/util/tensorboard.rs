@@ -54,12 +54,16 @@ fn masked_crc(data: &[u8]) -> u32 {
 }
 
 pub struct EventWriter {
-    out: BufWriter<File>,
+    /// None on the ranks of a data-parallel job other than 0: they log nothing.
+    out: Option<BufWriter<File>>,
 }
 
 impl EventWriter {
     /// Opens a new event file in `dir` (created if needed).
     pub fn create(dir: &Path) -> Result<Self> {
+        if !crate::distributed::is_writer() {
+            return Ok(EventWriter { out: None });
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         let name = format!(
@@ -70,7 +74,7 @@ impl EventWriter {
         let path = dir.join(name);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = EventWriter {
-            out: BufWriter::new(file),
+            out: Some(BufWriter::new(file)),
         };
         let mut ev = Proto::default();
         ev.double(1, now.as_secs_f64()).bytes(3, b"brain.Event:2");
@@ -79,11 +83,14 @@ impl EventWriter {
     }
 
     fn record(&mut self, data: &[u8]) -> Result<()> {
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
         let len = (data.len() as u64).to_le_bytes();
-        self.out.write_all(&len)?;
-        self.out.write_all(&masked_crc(&len).to_le_bytes())?;
-        self.out.write_all(data)?;
-        self.out.write_all(&masked_crc(data).to_le_bytes())?;
+        out.write_all(&len)?;
+        out.write_all(&masked_crc(&len).to_le_bytes())?;
+        out.write_all(data)?;
+        out.write_all(&masked_crc(data).to_le_bytes())?;
         Ok(())
     }
 
@@ -151,12 +158,17 @@ impl EventWriter {
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        Ok(self.out.flush()?)
+        match self.out.as_mut() {
+            Some(out) => Ok(out.flush()?),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for EventWriter {
     fn drop(&mut self) {
-        let _ = self.out.flush();
+        if let Some(out) = self.out.as_mut() {
+            let _ = out.flush();
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::models::attribute_heads::{attribute_loss, AttributeHeads, AttributeLo
 use crate::models::fact_words::FactWords;
 use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
 use crate::nn::transformer::{DecoderLayer, EncoderLayer, LayerCache};
+use crate::util::draws;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
@@ -327,6 +328,10 @@ impl Captioner {
         let bag = (tokens.apply(words) * &mask).sum_dim_intlist(1, false, Kind::Float)
             / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
         let t = norm(txt_proj.forward(&bag));
+        let (i, t) = (
+            crate::distributed::gather_batch(&i),
+            crate::distributed::gather_batch(&t),
+        );
         let logits = i.matmul(&t.tr()) * 20.0;
         let target = Tensor::arange(logits.size()[0], (Kind::Int64, logits.device()));
         Some(
@@ -421,7 +426,7 @@ impl Captioner {
     ) -> Tensor {
         let t = tokens.size()[1];
         let mut x = tokens.apply(&self.tok_emb) + self.pos_emb.narrow(0, offset, t);
-        x = x.dropout(self.cfg.dropout, train);
+        x = draws::dropout(&x, self.cfg.dropout, train);
         match caches {
             Some(caches) => {
                 for (l, c) in self.layers.iter().zip(caches.iter_mut()) {
@@ -542,20 +547,21 @@ impl Captioner {
                 tch::no_grad(|| self.logits(ctx, &input, 0, None, false).argmax(-1, false));
             // Position i+1 of the input gets the prediction made at position i.
             let shifted = Tensor::cat(&[input.narrow(1, 0, 1), predicted.narrow(1, 0, t - 2)], 1);
-            let pick =
-                Tensor::rand(input.size(), (Kind::Float, input.device())).lt(sampled_fraction);
+            let pick = draws::uniform(&input.size(), input.device()).lt(sampled_fraction);
             let pick = pick.logical_and(&input.ne(pad));
             input = shifted.where_self(&pick, &input);
         }
         let logits = self.logits(ctx, &input, 0, None, train);
         let v = logits.size()[2];
-        let ce = logits.view([-1, v]).cross_entropy_loss::<Tensor>(
+        // The mean over the real tokens of the global batch (ranks hold different counts).
+        let sum = logits.view([-1, v]).cross_entropy_loss::<Tensor>(
             &target.reshape([-1]),
             None,
-            tch::Reduction::Mean,
+            tch::Reduction::Sum,
             pad,
             label_smoothing,
         );
+        let ce = crate::distributed::global_mean(&sum, &target.ne(pad).sum(Kind::Float));
         match (train, self.contrastive_loss(ctx, tokens, pad)) {
             (true, Some(aux)) => ce + aux * self.cfg.contrastive_weight,
             _ => ce,

@@ -4,6 +4,7 @@
 //! of the time steps: DDPM's ancestral posterior (Ho et al. 2020, respaced as in improved
 //! DDPM) and DDIM (Song et al. 2021, η = 0 deterministic).
 
+use crate::util::draws;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -132,9 +133,9 @@ impl Schedule {
     /// should output there.
     pub fn training_example(&self, x0: &Tensor) -> (Tensor, Tensor, Tensor) {
         let b = x0.size()[0];
-        let t = Tensor::randint(self.cfg.timesteps, [b], (Kind::Int64, x0.device()));
+        let t = draws::randint(self.cfg.timesteps, b, x0.device());
         let ab = self.gather(&t);
-        let eps = x0.randn_like();
+        let eps = draws::normal_like(x0);
         let xt = ab.sqrt() * x0 + (ab.neg() + 1.0).sqrt() * &eps;
         let target = match self.cfg.prediction {
             Prediction::Eps => eps,

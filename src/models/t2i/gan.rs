@@ -5,6 +5,7 @@
 //! Reed et al. 2016) and the matching-aware gradient penalty (MA-GP) on real, matching
 //! pairs. Interpolated sentence vectors (INT) are an option.
 
+use crate::util::draws;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -125,7 +126,7 @@ pub fn discriminator_loss(
     let d_real = d.forward(&real, &s);
     let d_fake = d.forward(fake, &s);
     // The same images with the next row's caption: a mismatched pair.
-    let d_mis = d.forward(&real, &s.roll([1], [0]));
+    let d_mis = d.forward(&real, &crate::distributed::roll_global(&s, 1));
     let hinge = (d_real.neg() + 1.0).relu().mean(Kind::Float)
         + ((d_fake + 1.0).relu().mean(Kind::Float) + (d_mis + 1.0).relu().mean(Kind::Float)) * 0.5;
     if cfg.gp_weight <= 0.0 {
@@ -147,7 +148,7 @@ pub fn generator_loss(d: &Discriminator, fake: &Tensor, s: &Tensor) -> Tensor {
 
 /// Standard normal noise with values beyond ±`limit` redrawn (0 = plain normal).
 pub fn truncated_noise(n: i64, dim: i64, limit: f64, device: tch::Device) -> Tensor {
-    let mut z = Tensor::randn([n, dim], (Kind::Float, device));
+    let mut z = draws::normal(&[n, dim], device);
     if limit > 0.0 {
         for _ in 0..16 {
             let out = z.abs().gt(limit);

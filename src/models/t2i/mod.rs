@@ -15,6 +15,7 @@ pub mod vae;
 
 use super::attribute_heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
+use crate::util::draws;
 use anyhow::{bail, Result};
 use diffusion::{DiffusionConfig, Schedule};
 use facts::{FactEmbedding, FactReader, Facts};
@@ -545,7 +546,7 @@ impl TextToImage {
             Body::Diffusion { unet, schedule, .. } => {
                 let b = images.size()[0];
                 let p = schedule.cfg.caption_dropout;
-                let drop = Tensor::rand([b], (Kind::Float, images.device())).lt(p);
+                let drop = draws::uniform(&[b], images.device()).lt(p);
                 let c = self.drop_captions(c, &drop);
                 let (t, xt, target) = schedule.training_example(images);
                 let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
@@ -609,7 +610,7 @@ impl TextToImage {
             if cfg.interpolate {
                 // GAN-INT: a caption halfway between two real ones should also give a
                 // convincing image (the discriminator scores it with the blend).
-                let mix = |x: &Tensor| (x + x.roll([1], [0])) * 0.5;
+                let mix = |x: &Tensor| (x + crate::distributed::roll_global(x, 1)) * 0.5;
                 let g = mix(&c.global);
                 let fake = generator.forward(&z, &g, &c.tokens, &c.mask);
                 loss += gan::generator_loss(discriminator, &fake, &g.detach());
@@ -749,13 +750,11 @@ pub fn sum_terms(terms: Vec<(&'static str, Tensor)>) -> Tensor {
 pub fn noise(cfg: &T2IConfig, n: i64, device: Device) -> Tensor {
     let z_dim = cfg.generator.as_ref().map_or(0, |g| g.z_dim);
     match (cfg.kind, &cfg.gan) {
-        (T2IKind::Vae, _) | (T2IKind::Gan, None) => {
-            Tensor::randn([n, z_dim], (Kind::Float, device))
-        }
+        (T2IKind::Vae, _) | (T2IKind::Gan, None) => draws::normal(&[n, z_dim], device),
         (T2IKind::Gan, Some(g)) => gan::truncated_noise(n, z_dim, g.truncation, device),
         (T2IKind::Diffusion, _) => {
             let s = cfg.image_size;
-            Tensor::randn([n, 3, s, s], (Kind::Float, device))
+            draws::normal(&[n, 3, s, s], device)
         }
     }
 }

@@ -5,6 +5,7 @@
 //! the noise schedule lives in [`super::diffusion`], not here.
 
 use crate::nn::attention::Attention;
+use crate::util::draws;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -96,7 +97,7 @@ impl ResBlock {
         let ss = self.emb.forward(&emb.silu()).unsqueeze(-1).unsqueeze(-1);
         let parts = ss.chunk(2, 1);
         let h = h.apply(&self.norm2) * (&parts[0] + 1.0) + &parts[1];
-        let h = h.silu().dropout(self.dropout, train).apply(&self.conv2);
+        let h = draws::dropout(&h.silu(), self.dropout, train).apply(&self.conv2);
         match &self.skip {
             Some(s) => x.apply(s) + h,
             None => x + h,

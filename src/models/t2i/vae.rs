@@ -6,6 +6,7 @@
 
 use super::generator::Generator;
 use crate::nn::conv::ConvEncoder;
+use crate::util::draws;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 pub struct Posterior {
@@ -97,7 +98,7 @@ pub fn vae_terms(
     mask: &Tensor,
 ) -> (Tensor, Tensor) {
     let (mu, logvar) = posterior.forward(x, cond);
-    let z = &mu + (&logvar * 0.5).exp() * mu.randn_like();
+    let z = &mu + (&logvar * 0.5).exp() * draws::normal_like(&mu);
     let recon = generator.forward(&z, cond, tokens, mask);
     // Summed squared error per image (a Gaussian decoder with σ² = ½ on [-1, 1]),
     // so the KL keeps its natural weight against it.
