@@ -18,6 +18,10 @@ DEVICE ?= auto
 DATA ?= data/synth
 BIN := target/release/ekphrasis
 EK := $(BIN) --device $(DEVICE)
+# NPROC=N trains data-parallel: N processes under torchrun (Gloo on the CPU, NCCL on
+# CUDA); the config's batch is the global batch. Other commands run in one process.
+NPROC ?= 1
+EK_TRAIN := $(if $(filter 1,$(NPROC)),$(EK),scripts/ekphrasis-torchrun --nproc-per-node=$(NPROC) -- --device $(DEVICE))
 
 ifeq ($(origin LIBTORCH), undefined)
 LIBTORCH_DEP := $(TORCH_STAMP)
@@ -33,7 +37,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle pipeline export serve bench-serve screenshots bench fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
+        cycle pipeline export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -90,7 +94,7 @@ $(DATA)/tokenizer.json: $(DATA)/captions.json | build
 ## train-captioner: image -> paragraph on the embedded set (~3-4 min on 2 cores)
 train-captioner: runs/captioner/demo/done.json
 runs/captioner/demo/done.json: $(DATA)/tokenizer.json | build
-	$(EK) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
+	$(EK_TRAIN) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
 
 eval-captioner: runs/captioner/demo/eval_test/metrics.json
 runs/captioner/demo/eval_test/metrics.json: runs/captioner/demo/done.json
@@ -99,7 +103,7 @@ runs/captioner/demo/eval_test/metrics.json: runs/captioner/demo/done.json
 ## train-clip: contrastive image-text embedding, the evaluators' encoder (~3 min)
 train-clip: runs/clip/demo/done.json
 runs/clip/demo/done.json: $(DATA)/tokenizer.json | build
-	$(EK) train clip -c experiments/demo/clip.yaml --run runs/clip/demo $(call resume,runs/clip/demo)
+	$(EK_TRAIN) train clip -c experiments/demo/clip.yaml --run runs/clip/demo $(call resume,runs/clip/demo)
 
 eval-clip: runs/clip/demo/eval_test/metrics.json
 runs/clip/demo/eval_test/metrics.json: runs/clip/demo/done.json
@@ -108,7 +112,7 @@ runs/clip/demo/eval_test/metrics.json: runs/clip/demo/done.json
 ## train-probe: attribute classifier that grades generated images (~2 min)
 train-probe: runs/probe/demo/done.json
 runs/probe/demo/done.json: $(DATA)/captions.json | build
-	$(EK) train probe -c experiments/demo/probe.yaml --run runs/probe/demo $(call resume,runs/probe/demo)
+	$(EK_TRAIN) train probe -c experiments/demo/probe.yaml --run runs/probe/demo $(call resume,runs/probe/demo)
 
 eval-probe: runs/probe/demo/eval_test/metrics.json
 runs/probe/demo/eval_test/metrics.json: runs/probe/demo/done.json
@@ -120,26 +124,26 @@ MODEL ?= vae
 T2I_RUN := runs/t2i/$(if $(filter vae,$(MODEL)),demo,$(MODEL))
 train-t2i: $(T2I_RUN)/done.json
 $(T2I_RUN)/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK) train t2i -c experiments/demo/t2i-$(MODEL).yaml --run $(T2I_RUN) $(call resume,$(T2I_RUN))
+	$(EK_TRAIN) train t2i -c experiments/demo/t2i-$(MODEL).yaml --run $(T2I_RUN) $(call resume,$(T2I_RUN))
 
 eval-t2i: $(T2I_RUN)/eval_test/metrics.json
 $(T2I_RUN)/eval_test/metrics.json: $(T2I_RUN)/done.json
 	$(EK) eval t2i --run $(T2I_RUN) --split test
 
-## train-invertible: seed 002's invertible bridge (autoencoder + invertible MLP; minutes)
+## train-invertible: the invertible bridge (autoencoder + invertible MLP; minutes)
 train-invertible: runs/invertible/demo/done.json
 runs/invertible/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK) train invertible -c experiments/demo/invertible.yaml --run runs/invertible/demo $(if $(wildcard runs/invertible/demo/config.yaml),--resume,)
+	$(EK_TRAIN) train invertible -c experiments/demo/invertible.yaml --run runs/invertible/demo $(if $(wildcard runs/invertible/demo/config.yaml),--resume,)
 
 eval-invertible: runs/invertible/demo/eval_test/metrics.json
 runs/invertible/demo/eval_test/metrics.json: runs/invertible/demo/done.json
 	$(EK) eval invertible --run runs/invertible/demo --split test
 
-## train-unified: seed 001's one-seed-two-outputs generator (~6 min); generate with
+## train-unified: the one-seed-two-outputs generator (~6 min); generate with
 ## `ekphrasis generate --seeds 0..30`
 train-unified: runs/unified/demo/done.json
 runs/unified/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK) train unified -c experiments/demo/unified.yaml --run runs/unified/demo $(call resume,runs/unified/demo)
+	$(EK_TRAIN) train unified -c experiments/demo/unified.yaml --run runs/unified/demo $(call resume,runs/unified/demo)
 
 eval-unified: runs/unified/demo/eval_prior/metrics.json
 runs/unified/demo/eval_prior/metrics.json: runs/unified/demo/done.json
@@ -167,11 +171,11 @@ pipeline: reports/$(NAME)/index.html runs/captioner/$(NAME)/eval_test/metrics.js
 	@for f in runs/clip/$(NAME)/eval_test runs/captioner/$(NAME)/eval_test runs/t2i/$(NAME)/eval_test; do \
 	  echo "--- $$f/metrics.json"; cat $$f/metrics.json; echo; done
 runs/clip/$(NAME)/done.json: $(DATA)/tokenizer.json
-	$(EK) train clip -c $(G)/clip.yaml $(ON) --run runs/clip/$(NAME) $(call resume,runs/clip/$(NAME))
+	$(EK_TRAIN) train clip -c $(G)/clip.yaml $(ON) --run runs/clip/$(NAME) $(call resume,runs/clip/$(NAME))
 runs/captioner/$(NAME)/done.json: $(DATA)/tokenizer.json
-	$(EK) train captioner -c $(G)/captioner.yaml $(ON) --run runs/captioner/$(NAME) $(call resume,runs/captioner/$(NAME))
+	$(EK_TRAIN) train captioner -c $(G)/captioner.yaml $(ON) --run runs/captioner/$(NAME) $(call resume,runs/captioner/$(NAME))
 runs/t2i/$(NAME)/done.json: runs/clip/$(NAME)/done.json
-	$(EK) train t2i -c $(G)/t2i-vae.yaml $(ON) --set eval.clip=runs/clip/$(NAME) --run runs/t2i/$(NAME) $(call resume,runs/t2i/$(NAME))
+	$(EK_TRAIN) train t2i -c $(G)/t2i-vae.yaml $(ON) --set eval.clip=runs/clip/$(NAME) --run runs/t2i/$(NAME) $(call resume,runs/t2i/$(NAME))
 runs/clip/$(NAME)/eval_test/metrics.json: runs/clip/$(NAME)/done.json
 	$(EK) eval clip --run runs/clip/$(NAME) --split test
 runs/captioner/$(NAME)/eval_test/metrics.json: runs/captioner/$(NAME)/done.json
@@ -218,6 +222,10 @@ screenshots: export reports/demo/index.html
 
 ## bench: ekphrasis vs the PyTorch-in-Python reference (bench/reference.py), side by side:
 ## bench/results.json + a table (~5 min; QUICK=1 for a one-minute version)
+## bench-ddp: data-parallel (NPROC processes, Gloo) against one process with NPROC threads
+bench-ddp: build $(PY_STAMP) $(DATA)/tokenizer.json
+	BIN=$(BIN) DATA=$(DATA) NPROC=$(if $(filter 1,$(NPROC)),2,$(NPROC)) $(if $(STEPS),STEPS=$(STEPS),) bench/ddp.sh
+
 bench: build $(PY_STAMP)
 	$(PYTHON) bench/run.py --bin $(BIN) $(if $(QUICK),--quick,)
 
