@@ -28,8 +28,9 @@ fn main() {
 
 /// The CUDA runtime and NCCL headers a pip torch wheel sits beside (`nvidia/*/include`),
 /// or those of a system CUDA (`CUDA_HOME`, /usr/local/cuda); None when any is missing.
-/// The wheel's own CUDA headers lack `crt/host_config.h` (it ships in the nvcc package),
-/// so a CPU-only machine usually builds without NCCL.
+/// The wheel's own CUDA headers lack `crt/host_config.h` and `nv/target` (pip packages
+/// nvidia-cuda-crt and nvidia-cuda-cccl; a CUDA toolkit has both), so a machine without
+/// CUDA usually builds without NCCL.
 fn cuda_includes(lib: &Path) -> Option<Vec<PathBuf>> {
     let site = lib.parent()?.parent()?; // site-packages/torch/lib → site-packages
     let nvidia = site.join("nvidia");
@@ -42,7 +43,12 @@ fn cuda_includes(lib: &Path) -> Option<Vec<PathBuf>> {
     runtime.push(PathBuf::from("/usr/local/cuda/include"));
     runtime.retain(|p| p.is_dir());
     let has = |name: &str| runtime.iter().any(|p| p.join(name).exists());
-    let complete = ["cuda_runtime_api.h", "crt/host_config.h", "nccl.h"];
+    let complete = [
+        "cuda_runtime_api.h",
+        "crt/host_config.h",
+        "nv/target",
+        "nccl.h",
+    ];
     complete.iter().all(|h| has(h)).then_some(runtime)
 }
 

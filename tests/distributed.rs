@@ -144,6 +144,15 @@ fn largest_difference(a: &Path, b: &Path) -> (f64, String) {
     worst
 }
 
+/// Prints the difference (a `DDP|` row for the log) and fails beyond float tolerance.
+fn assert_same(what: &str, d: f64, name: &str) {
+    eprintln!("DDP| {what}: largest weight difference {d:.2e} ({name})");
+    assert!(
+        d < 1e-5,
+        "{what}: 2 ranks differ from 1 process by {d} at {name}"
+    );
+}
+
 fn one_process(cfg: &Path, run: &Path) {
     let out = bin()
         .args(train_args(cfg, run))
@@ -168,20 +177,9 @@ fn two_gloo_ranks_with_half_the_batch_train_the_same_weights_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path());
     let cfg = captioner_config(dir.path(), &data, 4);
-    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    one_process(&cfg, &one);
-
-    let port = free_port();
-    let args = train_args(&cfg, &two);
-    let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(&args, r, 2, port, 60)).collect();
-    for (r, child) in ranks.into_iter().enumerate() {
-        let (ok, text) = wait_within(child, Duration::from_secs(180), "a rank");
-        assert!(ok, "rank {r} failed:\n{text}");
-        assert!(!text.contains("panicked"), "rank {r}:\n{text}");
-    }
-    let (d, name) = largest_difference(&one, &two);
-    eprintln!("DDP| env launch: largest weight difference {d:.2e} ({name})");
-    assert!(d < 1e-5, "2 ranks differ from 1 process by {d} at {name}");
+    let (d, name) = one_against_two(dir.path(), "captioner", cfg.to_str().unwrap(), "cap");
+    assert_same("env launch", d, &name);
+    let (one, two) = (dir.path().join("cap-one"), dir.path().join("cap-two"));
     // Rank 0 alone wrote: one event file, no files from rank 1.
     let events = std::fs::read_dir(&two)
         .unwrap()
@@ -214,11 +212,7 @@ fn two_gloo_ranks_with_half_the_batch_train_the_same_weights_as_one_process() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "torchrun failed:\n{text}");
     let (d, name) = largest_difference(&one, &three);
-    eprintln!("DDP| torchrun: largest weight difference {d:.2e} ({name})");
-    assert!(
-        d < 1e-5,
-        "torchrun's 2 ranks differ from 1 process by {d} at {name}"
-    );
+    assert_same("torchrun", d, &name);
 }
 
 #[test]
@@ -359,30 +353,43 @@ fn the_contrastive_model_and_a_gan_with_two_optimizers_train_the_same_on_two_ran
     // BatchNorm in the image encoder.
     let clip = common::clip_cfg(dir.path(), &data);
     let (d, name) = one_against_two(dir.path(), "clip", &clip, "clip");
-    eprintln!("DDP| clip: largest weight difference {d:.2e} ({name})");
-    assert!(
-        d < 1e-5,
-        "clip: 2 ranks differ from 1 process by {d} at {name}"
-    );
+    assert_same("clip", d, &name);
 
     // A GAN: the discriminator's and the generator's optimizers step in turn, noise keyed
     // per sample, mismatched pairs across ranks, the gradient penalty's double backward.
-    // No block is 8 channels wide: GroupNorm's 8 groups would then normalise each channel
-    // alone and cancel the conv bias before it, whose zero gradient AdamW (β1 = 0) turns
-    // into ±lr steps on rounding noise, in one process as in two.
     let gan = common::write(
         dir.path(),
         "gan.yaml",
         format!(
-            "data: {}\nseed: 0\nmodel:\n  kind: gan\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, dropout: 0.1}}\n  generator: {{z_dim: 8, channels: [32, 16, 16], attention_max_side: 8}}\n  gan: {{disc_channels: [8, 16, 32], lr_d_scale: 4.0, gp_weight: 2.0, gp_power: 6.0, interpolate: false, truncation: 0.0}}\ntrain: {{steps: 3, batch_size: 8, lr: 2.0e-4, beta1: 0.0, beta2: 0.9, weight_decay: 0.0, grad_clip: 0.0, warmup: 0, min_lr_ratio: 1.0, eval_every: 3, ema: 0.9}}\neval: {{clip: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+            "data: {}\nseed: 0\nmodel:\n  kind: gan\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, dropout: 0.1}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}}\n  gan: {{disc_channels: [8, 16, 32], lr_d_scale: 4.0, gp_weight: 2.0, gp_power: 6.0, interpolate: false, truncation: 0.0}}\ntrain: {{steps: 3, batch_size: 8, lr: 2.0e-4, beta1: 0.0, beta2: 0.9, weight_decay: 0.0, grad_clip: 0.0, warmup: 0, min_lr_ratio: 1.0, eval_every: 3, ema: 0.9}}\neval: {{clip: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
             data.display(),
             dir.path().join("clip-one").display()
         ),
     );
     let (d, name) = one_against_two(dir.path(), "t2i", &gan, "gan");
-    eprintln!("DDP| gan: largest weight difference {d:.2e} ({name})");
-    assert!(
-        d < 1e-5,
-        "gan: 2 ranks differ from 1 process by {d} at {name}"
-    );
+    assert_same("gan", d, &name);
+}
+
+#[test]
+fn a_two_phase_stage_trains_the_same_on_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path());
+    // The graders the tiny VAE configs name, trained once in one process.
+    for (stage, cfg, run) in [
+        ("clip", common::clip_cfg(dir.path(), &data), "clip_run"),
+        ("probe", common::probe_cfg(dir.path(), &data), "probe_run"),
+    ] {
+        common::train_ok(stage, &cfg, &dir.path().join(run));
+    }
+    // The scene-supervised VAE: its text side is pretrained alone (phase one, its own
+    // run folder and runner), then the VAE trains with it frozen (phase two). Both phases
+    // must run to the end on both ranks; phase one must match one process. Phase two
+    // differs by 4.5e-4 (the facts-free VAE by 4.4e-5), not yet explained; see
+    // docs/results.md.
+    let facts = common::t2i_facts_cfg(dir.path(), &data);
+    one_against_two(dir.path(), "t2i", &facts, "facts");
+    let (one, two) = (dir.path().join("facts-one"), dir.path().join("facts-two"));
+    let (d, name) = largest_difference(&one.join("text"), &two.join("text"));
+    assert_same("two-phase VAE, phase one", d, &name);
+    assert!(two.join("done.json").exists(), "phase two finished");
 }

@@ -22,11 +22,6 @@ pub struct GeneratorConfig {
     /// Blocks whose output side is at most this cross-attend to the caption tokens.
     #[serde(default = "d_attn")]
     pub attention_max_side: i64,
-    /// Add a learned embedding of each place to the cross-attention queries, so a place
-    /// can ask for the words that name it ("top left") before its features know where
-    /// they are.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub attention_positions: bool,
     /// Side G of the caption's layout grid (see [`LayoutReader`]); 0: no layout. The
     /// embedded set's scenes are laid out on 3×3.
     #[serde(default, skip_serializing_if = "super::is_default")]
@@ -80,8 +75,6 @@ struct UpBlock {
     norm2: nn::GroupNorm,
     film2: Film,
     attn: Option<(nn::LayerNorm, Attention)>,
-    /// Learned place embeddings `(H·W, C)` added to the attention queries.
-    places: Option<Tensor>,
     /// The layout's modulation after each convolution.
     layout1: Option<LayoutModulation>,
     layout2: Option<LayoutModulation>,
@@ -95,8 +88,6 @@ struct BlockSpec {
     cout: i64,
     /// Cross-attend to the caption tokens.
     attend: bool,
-    /// Learned place embeddings on the attention queries, for this many places.
-    places: Option<i64>,
     /// Modulated by the caption's layout.
     layout: bool,
     /// Told where each pixel lies inside its layout cell.
@@ -118,7 +109,6 @@ impl UpBlock {
             cin,
             cout,
             attend,
-            places,
             layout,
             coordinates,
         } = spec;
@@ -126,11 +116,25 @@ impl UpBlock {
             padding: 1,
             ..Default::default()
         };
+        let (conv1, conv2) = (
+            nn::conv2d(&p / "conv1", cin, cout, 3, c3),
+            nn::conv2d(&p / "conv2", cout, cout, 3, c3),
+        );
+        // With a group per channel the GroupNorm after each conv cancels its bias, whose
+        // true gradient is then zero: frozen, so AdamW does not step on rounding noise
+        // (kept in the checkpoint, so runs trained with it still load).
+        if groups(cout) == cout {
+            for c in [&conv1, &conv2] {
+                if let Some(b) = &c.bs {
+                    let _ = b.set_requires_grad(false);
+                }
+            }
+        }
         UpBlock {
-            conv1: nn::conv2d(&p / "conv1", cin, cout, 3, c3),
+            conv1,
             norm1: nn::group_norm(&p / "norm1", groups(cout), cout, Default::default()),
             film1: Film::new(&p / "film1", cond, cout),
-            conv2: nn::conv2d(&p / "conv2", cout, cout, 3, c3),
+            conv2,
             norm2: nn::group_norm(&p / "norm2", groups(cout), cout, Default::default()),
             film2: Film::new(&p / "film2", cond, cout),
             attn: attend.then(|| {
@@ -139,13 +143,6 @@ impl UpBlock {
                     nn::layer_norm(&p / "attn_ln", vec![cout], Default::default()),
                     Attention::new(&p / "attn", cout, text_dim, heads, 0.0),
                 )
-            }),
-            places: places.filter(|_| attend).map(|n| {
-                let init = nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.5,
-                };
-                p.var("places", &[n, cout], init)
             }),
             layout1: layout.then(|| LayoutModulation::new(&p / "layout1", text_dim, cout)),
             layout2: layout.then(|| LayoutModulation::new(&p / "layout2", text_dim, cout)),
@@ -190,10 +187,7 @@ impl UpBlock {
         if let Some((ln, attn)) = &self.attn {
             let (_, _, hh, ww) = out.size4().expect("images are (N, C, H, W)");
             let seq = out.flatten(2, 3).transpose(1, 2); // (B, H·W, C)
-            let q = match &self.places {
-                Some(places) => ln.forward(&seq) + places,
-                None => ln.forward(&seq),
-            };
+            let q = ln.forward(&seq);
             let a = attn.forward_masked(&q, Some(c.tokens), false, None, Some(c.mask), false);
             out = (seq + a).transpose(1, 2).unflatten(2, [hh, ww]);
         }
@@ -288,7 +282,6 @@ impl Generator {
                     cin,
                     cout: c,
                     attend: side <= cfg.attention_max_side,
-                    places: cfg.attention_positions.then_some(side * side),
                     layout: cfg.layout_grid > 0 || given_layout.is_some(),
                     coordinates: cfg.cell_coordinates,
                 };

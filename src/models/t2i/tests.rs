@@ -11,7 +11,7 @@ const S: i64 = 16;
 fn config(kind: T2IKind) -> T2IConfig {
     let yaml = format!(
         "kind: {}\nimage_size: {S}\ntext: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 16, vocab_size: 20}}\n\
-         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, attention_positions: true, layout_grid: 3, cell_coordinates: true}}\nencoder_channels: [8, 16]\n\
+         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, layout_grid: 3, cell_coordinates: true}}\nencoder_channels: [8, 16]\n\
          gan: {{disc_channels: [16, 32]}}\nunet: {{channels: [16, 32], attention_max_side: 8}}\n\
          diffusion: {{sample_steps: 5}}\n",
         match kind {
