@@ -63,11 +63,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn train_args(cfg: &Path, run: &Path) -> Vec<String> {
+fn train_args(stage: &str, cfg: &Path, run: &Path) -> Vec<String> {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     vec![
         "train".into(),
-        "captioner".into(),
+        stage.into(),
         "-c".into(),
         s(cfg),
         "--run-dir".into(),
@@ -153,9 +153,9 @@ fn assert_same(what: &str, d: f64, name: &str) {
     );
 }
 
-fn one_process(cfg: &Path, run: &Path) {
+fn one_process(stage: &str, cfg: &Path, run: &Path) {
     let out = bin()
-        .args(train_args(cfg, run))
+        .args(train_args(stage, cfg, run))
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
@@ -205,7 +205,7 @@ fn two_gloo_ranks_with_half_the_batch_train_the_same_weights_as_one_process() {
             &format!("--master-port={}", free_port()),
         ])
         .arg(env!("CARGO_BIN_EXE_ekphrasis"))
-        .args(train_args(&cfg, &three))
+        .args(train_args("captioner", &cfg, &three))
         .env("EKPHRASIS_DIST_TIMEOUT", "60")
         .output()
         .unwrap();
@@ -221,9 +221,9 @@ fn a_data_parallel_run_resumes_to_the_same_weights() {
     let data = tiny_dataset(dir.path());
     let cfg = captioner_config(dir.path(), &data, 4);
     let (whole, resumed) = (dir.path().join("whole"), dir.path().join("resumed"));
-    one_process(&cfg, &whole);
+    one_process("captioner", &cfg, &whole);
     // Two ranks stop after step 2 (as if interrupted), then resume to step 4.
-    let mut args = train_args(&cfg, &resumed);
+    let mut args = train_args("captioner", &cfg, &resumed);
     let port = free_port();
     let stopped: Vec<Child> = (0..2)
         .map(|r| spawn_rank_with(&args, r, 2, port, &[("EKPHRASIS_STOP_AFTER_STEP", "2")]))
@@ -274,7 +274,7 @@ fn a_rank_that_dies_or_never_comes_ends_the_job_with_an_error_not_a_hang() {
     // Never comes: rank 0 of 2 alone gives up after the timeout with a clear error.
     let cfg = captioner_config(dir.path(), &data, 4);
     let lonely = spawn_rank(
-        &train_args(&cfg, &dir.path().join("lonely")),
+        &train_args("captioner", &cfg, &dir.path().join("lonely")),
         0,
         2,
         free_port(),
@@ -292,7 +292,7 @@ fn a_rank_that_dies_or_never_comes_ends_the_job_with_an_error_not_a_hang() {
 
     // Dies mid-run: rank 1 is killed; rank 0 stops with an error.
     let cfg = captioner_config(dir.path(), &data, 1_000_000);
-    let args = train_args(&cfg, &dir.path().join("killed"));
+    let args = train_args("captioner", &cfg, &dir.path().join("killed"));
     let port = free_port();
     let rank0 = spawn_rank(&args, 0, 2, port, 20);
     let mut rank1 = spawn_rank(&args, 1, 2, port, 20);
@@ -307,37 +307,14 @@ fn a_rank_that_dies_or_never_comes_ends_the_job_with_an_error_not_a_hang() {
 /// Trains `stage` with `cfg` once in one process and once on two Gloo ranks; returns
 /// the largest weight difference.
 fn one_against_two(dir: &Path, stage: &str, cfg: &str, name: &str) -> (f64, String) {
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     let (one, two) = (
         dir.join(format!("{name}-one")),
         dir.join(format!("{name}-two")),
     );
-    let args = |run: &Path| -> Vec<String> {
-        vec![
-            "train".into(),
-            stage.into(),
-            "-c".into(),
-            cfg.into(),
-            "--run-dir".into(),
-            s(run),
-            "--device".into(),
-            "cpu".into(),
-        ]
-    };
-    let out = bin()
-        .args(args(&one))
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    one_process(stage, Path::new(cfg), &one);
+    let args = train_args(stage, Path::new(cfg), &two);
     let port = free_port();
-    let ranks: Vec<Child> = (0..2)
-        .map(|r| spawn_rank(&args(&two), r, 2, port, 60))
-        .collect();
+    let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(&args, r, 2, port, 60)).collect();
     for (r, child) in ranks.into_iter().enumerate() {
         let (ok, text) = wait_within(child, Duration::from_secs(180), "a rank");
         assert!(ok, "{name}: rank {r} failed:\n{text}");
