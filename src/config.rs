@@ -85,7 +85,11 @@ const COUNTS: [(&str, i64); 6] = [
 pub const MAX_GUIDANCE: f64 = 100.0;
 
 /// Numbers that must lie in a closed range.
-const RANGES: [(&str, f64, f64); 2] = [("guidance", 0.0, MAX_GUIDANCE), ("eta", 0.0, 1.0)];
+const RANGES: [(&str, f64, f64); 3] = [
+    ("guidance", 0.0, MAX_GUIDANCE),
+    ("eta", 0.0, 1.0),
+    ("adam_eps", 1e-12, 1.0),
+];
 
 /// Fractions that must lie in [0, 1).
 const FRACTIONS: [&str; 5] = ["dropout", "caption_dropout", "ema", "beta1", "beta2"];
@@ -293,5 +297,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/no/such.yaml"), "{e}");
+    }
+
+    #[test]
+    fn adams_epsilon_must_be_positive_and_at_most_one() {
+        let tree = |eps: &str| {
+            serde_yaml::from_str::<Value>(&format!("train: {{adam_eps: {eps}}}")).unwrap()
+        };
+        assert!(check_values(&tree("1.0e-6"), "").is_ok());
+        for bad in ["0", "-1.0e-8", "2.0"] {
+            let e = check_values(&tree(bad), "").unwrap_err().to_string();
+            assert!(e.contains("train.adam_eps"), "{bad}: {e}");
+        }
     }
 }

@@ -348,7 +348,7 @@ fn the_contrastive_model_and_a_gan_with_two_optimizers_train_the_same_on_two_ran
 }
 
 #[test]
-fn a_two_phase_stage_trains_the_same_on_two_ranks() {
+fn the_vaes_and_a_two_phase_stage_train_the_same_on_two_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path());
     // The graders the tiny VAE configs name, trained once in one process.
@@ -358,15 +358,44 @@ fn a_two_phase_stage_trains_the_same_on_two_ranks() {
     ] {
         common::train_ok(stage, &cfg, &dir.path().join(run));
     }
+    // AdamW's ε at 1e-5: the VAEs' summed pixel loss leaves many gradient elements near
+    // 1e-8 (PyTorch's ε), where the reduction order's rounding decides the step. At 1e-8
+    // the two runs differ by up to 4.5e-4 after one such step; with the ε raised they
+    // agree to 1e-6, so what differs is rounding, not the gradients.
+    let with_eps = |text: String| {
+        let out = text
+            .replace("eval_every: 4}", "eval_every: 4, adam_eps: 1.0e-5}")
+            .replace("eval_every: 3}}", "eval_every: 3, adam_eps: 1.0e-5}}");
+        assert!(out.matches("adam_eps").count() >= 1, "{out}");
+        out
+    };
+    // The facts-free VAE: a learned prior, a layout read off the caption.
+    let vae = common::t2i_cfg(dir.path(), &data);
+    let vae = common::write(
+        dir.path(),
+        "vae-eps.yaml",
+        with_eps(std::fs::read_to_string(vae).unwrap()),
+    );
+    let (d, name) = one_against_two(dir.path(), "t2i", &vae, "vae");
+    assert_same("VAE", d, &name);
     // The scene-supervised VAE: its text side is pretrained alone (phase one, its own
-    // run folder and runner), then the VAE trains with it frozen (phase two). Both phases
-    // must run to the end on both ranks; phase one must match one process. Phase two
-    // differs by 4.5e-4 (the facts-free VAE by 4.4e-5), not yet explained; see
-    // docs/results.md.
+    // run folder and runner), then the VAE trains with it frozen (phase two).
     let facts = common::t2i_facts_cfg(dir.path(), &data);
-    one_against_two(dir.path(), "t2i", &facts, "facts");
+    let facts = common::write(
+        dir.path(),
+        "facts-eps.yaml",
+        with_eps(std::fs::read_to_string(facts).unwrap()),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&facts)
+            .unwrap()
+            .matches("adam_eps")
+            .count(),
+        2
+    );
+    let (d, name) = one_against_two(dir.path(), "t2i", &facts, "facts");
+    assert_same("two-phase VAE, phase two", d, &name);
     let (one, two) = (dir.path().join("facts-one"), dir.path().join("facts-two"));
     let (d, name) = largest_difference(&one.join("text"), &two.join("text"));
     assert_same("two-phase VAE, phase one", d, &name);
-    assert!(two.join("done.json").exists(), "phase two finished");
 }

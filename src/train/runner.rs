@@ -40,6 +40,10 @@ pub struct TrainConfig {
     pub beta1: f64,
     #[serde(default = "d_beta2")]
     pub beta2: f64,
+    /// AdamW's ε. An element whose gradient is below it moves by less than lr; near it,
+    /// rounding noise in the gradient decides the step (PyTorch's default, 1e-8).
+    #[serde(default = "d_adam_eps", skip_serializing_if = "is_default_adam_eps")]
+    pub adam_eps: f64,
     /// Global gradient-norm clip; 0 disables.
     #[serde(default = "d_clip")]
     pub grad_clip: f64,
@@ -71,6 +75,12 @@ fn d_beta1() -> f64 {
 }
 fn d_beta2() -> f64 {
     0.999
+}
+fn d_adam_eps() -> f64 {
+    1e-8
+}
+fn is_default_adam_eps(eps: &f64) -> bool {
+    *eps == d_adam_eps()
 }
 fn d_clip() -> f64 {
     1.0
@@ -259,6 +269,7 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     let adam_cfg = AdamWConfig {
         beta1: cfg.beta1,
         beta2: cfg.beta2,
+        eps: cfg.adam_eps,
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
