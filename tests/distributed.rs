@@ -306,7 +306,30 @@ fn a_rank_that_dies_or_never_comes_ends_the_job_with_an_error_not_a_hang() {
 
 /// Trains `stage` with `cfg` once in one process and once on two Gloo ranks; returns
 /// the largest weight difference.
+/// [`one_against_two`] for a stage that keeps its checkpoints in `parts` (subfolders of
+/// the run), each compared and asserted.
+fn one_against_two_in(dir: &Path, stage: &str, cfg: &str, name: &str, parts: &[&str]) {
+    one_against_two_runs(dir, stage, cfg, name);
+    let (one, two) = (
+        dir.join(format!("{name}-one")),
+        dir.join(format!("{name}-two")),
+    );
+    for part in parts {
+        let (d, tensor) = largest_difference(&one.join(part), &two.join(part));
+        assert_same(&format!("{name} {part}"), d, &tensor);
+    }
+}
+
 fn one_against_two(dir: &Path, stage: &str, cfg: &str, name: &str) -> (f64, String) {
+    one_against_two_runs(dir, stage, cfg, name);
+    largest_difference(
+        &dir.join(format!("{name}-one")),
+        &dir.join(format!("{name}-two")),
+    )
+}
+
+/// Trains `stage` once in one process (`<name>-one`) and once on two ranks (`<name>-two`).
+fn one_against_two_runs(dir: &Path, stage: &str, cfg: &str, name: &str) {
     let (one, two) = (
         dir.join(format!("{name}-one")),
         dir.join(format!("{name}-two")),
@@ -319,7 +342,6 @@ fn one_against_two(dir: &Path, stage: &str, cfg: &str, name: &str) -> (f64, Stri
         let (ok, text) = wait_within(child, Duration::from_secs(180), "a rank");
         assert!(ok, "{name}: rank {r} failed:\n{text}");
     }
-    largest_difference(&one, &two)
 }
 
 #[test]
@@ -348,7 +370,7 @@ fn the_contrastive_model_and_a_gan_with_two_optimizers_train_the_same_on_two_ran
 }
 
 #[test]
-fn the_vaes_and_a_two_phase_stage_train_the_same_on_two_ranks() {
+fn the_vaes_the_unified_generator_and_the_bridge_train_the_same_on_two_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path());
     // The graders the tiny VAE configs name, trained once in one process.
@@ -398,4 +420,25 @@ fn the_vaes_and_a_two_phase_stage_train_the_same_on_two_ranks() {
     let (one, two) = (dir.path().join("facts-one"), dir.path().join("facts-two"));
     let (d, name) = largest_difference(&one.join("text"), &two.join("text"));
     assert_same("two-phase VAE, phase one", d, &name);
+
+    // The unified generator (one latent, a caption and a picture) and the invertible
+    // bridge (an autoencoder, then the bridge on its latents: two runners).
+    let (clip, probe) = (dir.path().join("clip_run"), dir.path().join("probe_run"));
+    let unified = common::write(dir.path(), "unified.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  latent_dim: 32\n  memory_tokens: 4\n  captioner: {{encoder: cnn, channels: [8, 16], dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32}}\n  generator: {{z_dim: 32, channels: [16, 16, 8], attention_max_side: 8}}\n  beta_warmup: 2\n  facts: true\n  fact_weight: 10\n  caption_memory: false\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4, adam_eps: 1.0e-5}}\neval:\n  clip: {}\n  probe: {}\n  samples: 6\n  decode: {{strategy: greedy, max_tokens: 24}}\nbest: {{name: attribute_agreement, higher_is_better: true}}\n",
+        data.display(), clip.display(), probe.display()
+    ));
+    let (d, name) = one_against_two(dir.path(), "unified", &unified, "unified");
+    assert_same("unified", d, &name);
+    let bridge = common::write(dir.path(), "invertible.yaml", format!(
+        "data: {}\nseed: 0\ntext_embedder: {}\nautoencoder:\n  model: {{image_size: 32, channels: [8, 16, 16], latent_channels: 1}}\n  train: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4, adam_eps: 1.0e-5}}\nbridge:\n  layers: 2\n  bidirectional: 0.5\n  train: {{steps: 6, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 3, adam_eps: 1.0e-5}}\neval: {{clip: {}, probe: {}, subset: 4}}\n",
+        data.display(), clip.display(), clip.display(), probe.display()
+    ));
+    one_against_two_in(
+        dir.path(),
+        "invertible",
+        &bridge,
+        "bridge",
+        &["autoencoder", "bridge"],
+    );
 }
