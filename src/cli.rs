@@ -53,6 +53,11 @@ pub enum Command {
     Retrieve(RetrieveArgs),
     /// An image and its caption from one seed, with a unified-generator run.
     Generate(GenerateArgs),
+    /// Score pictures against the captions they were painted from (the Reverse Image
+    /// Caption competition's flow): per image the image–text cosine distance under an
+    /// exported contrastive model, and over the set a label-free Inception-style score.
+    /// Writes a CSV (image, caption, cosine_distance) and a JSON summary beside it.
+    Score(ScoreArgs),
     /// Measure things: `bench loader` (decode + resize images/s, batches/s from cache).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -150,6 +155,24 @@ pub struct RetrieveArgs {
     /// How many results to print.
     #[arg(long, default_value_t = 5)]
     pub k: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Folder of the pictures to score (PNG or JPEG).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// CSV with a `caption` column and, optionally, an `image` column naming each row's
+    /// file in --images. Without `image`, the pictures in name order go k to a row (as
+    /// `ekphrasis draw --captions FILE --n k` writes them).
+    #[arg(long)]
+    pub captions: PathBuf,
+    /// Exported contrastive model (`make export`), trained apart from the generator.
+    #[arg(long, default_value = "models/clip")]
+    pub model: PathBuf,
+    /// The CSV to write; the summary goes beside it as <name>.json.
+    #[arg(long, default_value = "score.csv")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -316,6 +316,7 @@ fn exported_models_match_the_trainer_python_and_commands() {
         5,
         "2 captions, 2 pictures, cycle.json"
     );
+    score_command(d, &data, &clip, &vae);
     let emb = d.join("emb");
     ok(&[
         "embed",
@@ -405,5 +406,153 @@ fn exported_models_match_the_trainer_python_and_commands() {
     assert_clean_error(
         &["caption", "--model", &s(&cap), &img[0], "--device", "cpu"],
         "format_version 99",
+    );
+}
+
+/// `score`: pictures drawn two per caption, paired in name order, and real images named
+/// in an `image` column, against the exported contrastive model; the CSV's distances are
+/// 1 − cos of the model's own embeddings.
+fn score_command(d: &Path, data: &Path, clip: &Path, painter: &Path) {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let captions: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("captions.json")).unwrap())
+            .unwrap();
+    let ids = ["synth_00000", "synth_00001", "synth_00002"];
+    let text = |id: &str| captions[id].as_str().unwrap().to_string();
+    let mut w = csv::Writer::from_path(d.join("score_captions.csv")).unwrap();
+    w.write_record(["caption"]).unwrap();
+    for id in ids {
+        w.write_record([text(id)]).unwrap();
+    }
+    w.flush().unwrap();
+    let drawn = d.join("score_drawn");
+    let csv_path = s(&d.join("score_captions.csv"));
+    ok(&[
+        "draw",
+        "--model",
+        &s(painter),
+        "--captions",
+        &csv_path,
+        "--n",
+        "2",
+        "--grid",
+        "--out",
+        &s(&drawn),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        drawn.join("grid.png").exists(),
+        "the sheet lies beside the pictures"
+    );
+    let out = d.join("drawn_score.csv");
+    let line = ok(&[
+        "score",
+        "--images",
+        &s(&drawn),
+        "--captions",
+        &csv_path,
+        "--model",
+        &s(clip),
+        "--out",
+        &s(&out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        line.contains("scored 6 images against 3 distinct captions"),
+        "{line}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    let is = summary["inception_style"].as_f64().unwrap();
+    assert!((1.0..=3.0 + 1e-9).contains(&is), "{summary}");
+    let rows = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        csv::Reader::from_reader(rows.as_bytes()).records().count(),
+        6
+    );
+
+    // Real images named in an `image` column: the distances are the model's own.
+    let named = d.join("score_named.csv");
+    let mut w = csv::Writer::from_path(&named).unwrap();
+    w.write_record(["image", "caption"]).unwrap();
+    for id in ids {
+        w.write_record([format!("{id}.png"), text(id)]).unwrap();
+    }
+    w.flush().unwrap();
+    let out = d.join("real_score.csv");
+    ok(&[
+        "score",
+        "--images",
+        &s(&data.join("images")),
+        "--captions",
+        &s(&named),
+        "--model",
+        &s(clip),
+        "--out",
+        &s(&out),
+        "--device",
+        "cpu",
+    ]);
+    let m = ExportedClip::load(clip, Device::Cpu).unwrap();
+    let paths: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| data.join("images").join(format!("{id}.png")))
+        .collect();
+    let img = m
+        .embed_images(&load_batch(&paths, m.manifest.image_size as u32).unwrap())
+        .unwrap();
+    let txt = m
+        .embed_texts(&ids.iter().map(|id| text(id)).collect::<Vec<_>>())
+        .unwrap();
+    let want: Vec<f64> =
+        Vec::try_from((img * txt).sum_dim_intlist(1, false, Kind::Double).neg() + 1.0).unwrap();
+    let mut r = csv::Reader::from_path(&out).unwrap();
+    for (rec, want) in r.records().zip(want) {
+        let got: f64 = rec.unwrap()[2].parse().unwrap();
+        assert!((got - want).abs() < 1e-5, "distance {got} vs {want}");
+    }
+
+    // Bad input is named before the model loads.
+    let bad = d.join("score_bad.csv");
+    std::fs::write(&bad, "image,caption\nnope.png,a house\n").unwrap();
+    assert_clean_error(
+        &[
+            "score",
+            "--images",
+            &s(&drawn),
+            "--captions",
+            &s(&bad),
+            "--model",
+            &s(clip),
+        ],
+        "row 2 names image \"nope.png\"",
+    );
+    assert_clean_error(
+        &[
+            "score",
+            "--images",
+            &s(&drawn),
+            "--captions",
+            &s(&named),
+            "--model",
+            &s(clip),
+        ],
+        "not a file",
+    );
+    std::fs::write(&bad, "caption\na\nb\nc\nd\n").unwrap();
+    assert_clean_error(
+        &[
+            "score",
+            "--images",
+            &s(&drawn),
+            "--captions",
+            &s(&bad),
+            "--model",
+            &s(clip),
+        ],
+        "4 captions",
     );
 }

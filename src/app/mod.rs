@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod exported;
 mod infer;
+mod score;
 mod train;
 
 use crate::cli::{
@@ -90,6 +91,7 @@ pub fn run(cli: Cli) -> Result<()> {
         | Command::Caption(_)
         | Command::Embed(_)
         | Command::Retrieve(_) => infer::run(&cli, device)?,
+        Command::Score(a) => score::run(a, device)?,
         Command::Export(a) => {
             let kind = crate::export::trace::run_kind(&a.run, a.kind)?;
             let t0 = std::time::Instant::now();

@@ -124,6 +124,19 @@ pub fn inception_style_score(posteriors: &Tensor) -> f64 {
     kl.mean(Kind::Double).exp().double_value(&[])
 }
 
+/// The temperature of [`caption_posteriors`]: CLIP's largest logit scale (Radford et al.
+/// 2021), a fixed number so scores compare across contrastive models.
+pub const CAPTION_TEMPERATURE: f64 = 100.0;
+
+/// p(c | x) over a set of distinct captions as classes: the softmax of
+/// [`CAPTION_TEMPERATURE`] × cosine between each unit image embedding `(N, E)` and each
+/// unit caption embedding `(C, E)`. With [`inception_style_score`] it gives an
+/// Inception-style score that needs no class labels: high when each picture is sharply
+/// one caption's and the pictures spread over all of them (between 1 and C).
+pub fn caption_posteriors(images: &Tensor, captions: &Tensor) -> Tensor {
+    (images.matmul(&captions.tr()) * CAPTION_TEMPERATURE).softmax(-1, Kind::Double)
+}
+
 /// Mean pairwise L2 distance between rows (the diversity of several images of one
 /// caption; zero means mode collapse).
 pub fn mean_pairwise_distance(x: &Tensor) -> f64 {
