@@ -24,6 +24,23 @@ pub struct SplitData {
     pub size: i64,
 }
 
+/// The image of each row as a group number (rows of one image share it), for metrics
+/// where another caption of the same picture must not count as a distractor.
+/// `image_of` maps item ids to image ids (an item missing from it is its own image).
+pub fn image_groups(
+    ids: &[String],
+    image_of: &std::collections::HashMap<String, String>,
+) -> Vec<usize> {
+    let mut number: std::collections::HashMap<&str, usize> = Default::default();
+    ids.iter()
+        .map(|id| {
+            let image = image_of.get(id).map_or(id.as_str(), String::as_str);
+            let next = number.len();
+            *number.entry(image).or_insert(next)
+        })
+        .collect()
+}
+
 /// One row per image of a split whose items may share images (`--multi pairs`): the
 /// index of each image's first item, and all of that image's captions in the split, in
 /// item order. `image_of` maps item ids to image ids (an item missing from it is its

@@ -8,21 +8,54 @@ use rand::SeedableRng;
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
-/// Rank (0 = best) of the true partner for each query, given similarity `(N, N)` with
-/// the truth on the diagonal.
-fn ranks(sim: &Tensor) -> Vec<i64> {
-    let diag = sim.diagonal(0, 0, 1).unsqueeze(1);
-    let better = sim.gt_tensor(&diag).sum_dim_intlist(1, false, Kind::Int64);
-    Vec::try_from(better.to_device(tch::Device::Cpu)).expect("a tensor of the kind we made")
-}
-
 /// Recall@1/5/10 and median rank (1-based), image→text and text→image, for unit
 /// embeddings where row i of each is a pair.
 pub fn retrieval(images: &Tensor, texts: &Tensor) -> BTreeMap<String, f64> {
-    let sim = images.matmul(&texts.tr());
+    let n = images.size()[0] as usize;
+    retrieval_grouped(images, texts, &(0..n).collect::<Vec<_>>())
+}
+
+/// [`retrieval`] for pairs that share images: `groups[i]` names row i's image (several
+/// captions of one picture). Image→text asks once per image and counts a hit when any
+/// of its captions ranks within k (the COCO 5-captions protocol); text→image ranks each
+/// caption's image among the distinct images. Another caption of the same image is
+/// never a distractor. With every group of one row, this is plain [`retrieval`].
+pub fn retrieval_grouped(
+    images: &Tensor,
+    texts: &Tensor,
+    groups: &[usize],
+) -> BTreeMap<String, f64> {
+    let cpu = tch::Device::Cpu;
+    let sim = images
+        .matmul(&texts.tr())
+        .to_device(cpu)
+        .to_kind(Kind::Float);
+    let g = Tensor::from_slice(&groups.iter().map(|&x| x as i64).collect::<Vec<_>>());
+    let same = g.unsqueeze(1).eq_tensor(&g.unsqueeze(0));
+    // The first row of each group stands for its image.
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = groups.iter().map(|x| seen.insert(*x)).collect();
+    let first = Tensor::from_slice(&first);
+    // i2t: an image's best own caption against the captions of other images.
+    let best_own = sim
+        .masked_fill(&same.logical_not(), f64::NEG_INFINITY)
+        .amax(&[1i64][..], true);
+    let i2t = sim
+        .gt_tensor(&best_own)
+        .logical_and(&same.logical_not())
+        .sum_dim_intlist(1, false, Kind::Int64)
+        .masked_select(&first);
+    // t2i: a caption's image against the other distinct images.
+    let st = sim.tr();
+    let own = st.diagonal(0, 0, 1).unsqueeze(1);
+    let candidates = first.unsqueeze(0).logical_and(&same.logical_not());
+    let t2i = st
+        .gt_tensor(&own)
+        .logical_and(&candidates)
+        .sum_dim_intlist(1, false, Kind::Int64);
     let mut m = BTreeMap::new();
-    for (dir, s) in [("i2t", sim.shallow_clone()), ("t2i", sim.tr())] {
-        let r = ranks(&s);
+    for (dir, r) in [("i2t", i2t), ("t2i", t2i)] {
+        let r: Vec<i64> = Vec::try_from(r).expect("a tensor of the kind we made");
         for k in [1, 5, 10] {
             let hit = r.iter().filter(|&&x| x < k).count() as f64 / r.len() as f64;
             m.insert(format!("{dir}_r{k}"), hit);
@@ -37,9 +70,69 @@ pub fn retrieval(images: &Tensor, texts: &Tensor) -> BTreeMap<String, f64> {
     m
 }
 
+/// [`retrieval_grouped`] averaged over folds of `fold` distinct images in row order (the
+/// COCO "1k test" protocol: 5 folds of 1,000 images with 5 captions each). None when
+/// the rows hold fewer than `fold` images; a last partial fold is left out.
+pub fn retrieval_folds(
+    images: &Tensor,
+    texts: &Tensor,
+    groups: &[usize],
+    fold: usize,
+) -> Option<BTreeMap<String, f64>> {
+    let mut order: Vec<usize> = vec![];
+    for g in groups {
+        if !order.contains(g) {
+            order.push(*g);
+        }
+    }
+    let folds = order.len() / fold.max(1);
+    if folds == 0 {
+        return None;
+    }
+    let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+    for f in 0..folds {
+        let members: std::collections::HashSet<usize> =
+            order[f * fold..(f + 1) * fold].iter().copied().collect();
+        let rows: Vec<i64> = (0..groups.len())
+            .filter(|&i| members.contains(&groups[i]))
+            .map(|i| i as i64)
+            .collect();
+        let idx = Tensor::from_slice(&rows).to_device(images.device());
+        let sub_groups: Vec<usize> = rows.iter().map(|&i| groups[i as usize]).collect();
+        let m = retrieval_grouped(
+            &images.index_select(0, &idx),
+            &texts.index_select(0, &idx),
+            &sub_groups,
+        );
+        for (k, v) in m {
+            *sum.entry(k).or_default() += v / folds as f64;
+        }
+    }
+    Some(sum)
+}
+
 /// R-precision: for each image, rank its true caption among it and `distractors` random
 /// other captions; the share ranked first. Chance is 1/(distractors+1).
 pub fn r_precision(images: &Tensor, texts: &Tensor, distractors: usize, seed: u64) -> f64 {
+    let n = images.size()[0] as usize;
+    r_precision_grouped(
+        images,
+        texts,
+        &(0..n).collect::<Vec<_>>(),
+        distractors,
+        seed,
+    )
+}
+
+/// [`r_precision`] for pairs that share images (`groups[i]`: row i's image): the
+/// distractors are drawn from the captions of other images only.
+pub fn r_precision_grouped(
+    images: &Tensor,
+    texts: &Tensor,
+    groups: &[usize],
+    distractors: usize,
+    seed: u64,
+) -> f64 {
     let n = images.size()[0] as usize;
     if n < 2 {
         return 0.0;
@@ -49,9 +142,9 @@ pub fn r_precision(images: &Tensor, texts: &Tensor, distractors: usize, seed: u6
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut hits = 0;
     for (i, row) in sim.iter().enumerate() {
-        let others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        let others: Vec<usize> = (0..n).filter(|&j| groups[j] != groups[i]).collect();
         let picked: Vec<&usize> = others
-            .choose_multiple(&mut rng, distractors.min(n - 1))
+            .choose_multiple(&mut rng, distractors.min(others.len()))
             .collect();
         if picked.iter().all(|&&j| row[j] < row[i]) {
             hits += 1;
@@ -180,6 +273,59 @@ mod tests {
             "unrelated pairs: R-precision {rp} should be near 1/100"
         );
         assert!((clip_score(&x, &x) - 100.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn captions_of_one_image_are_never_each_others_distractors() {
+        // Two images, two captions each (rows 0-1: image A, rows 2-3: image B). A's
+        // second caption leans to B and B's second to A.
+        let images = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]).view([4, 2]);
+        let texts = Tensor::from_slice(&[1.0f32, 0.0, 0.6, 0.8, 0.0, 1.0, 0.8, 0.6]).view([4, 2]);
+        let groups = [0, 0, 1, 1];
+        let m = retrieval_grouped(&images, &texts, &groups);
+        // Each image's best caption is its own: both image queries hit at 1.
+        assert_eq!(m["i2t_r1"], 1.0);
+        // Each weak caption ranks the other image first; B counts once, not twice.
+        assert_eq!((m["t2i_r1"], m["t2i_r5"]), (0.5, 1.0));
+        let plain = retrieval(&images, &texts);
+        assert_eq!(
+            plain["i2t_r1"], 0.5,
+            "ungrouped, A's second row counts its own caption against it"
+        );
+        assert_eq!(r_precision_grouped(&images, &texts, &groups, 99, 0), 0.5);
+        // One row per group: the grouped metrics are the plain ones.
+        let x = l2_normalise(&randn(50, 8, 4));
+        let y = l2_normalise(&(&x + randn(50, 8, 5) * 0.5));
+        let singles: Vec<usize> = (0..50).collect();
+        assert_eq!(retrieval(&x, &y), retrieval_grouped(&x, &y, &singles));
+        assert_eq!(
+            r_precision(&x, &y, 9, 3),
+            r_precision_grouped(&x, &y, &singles, 9, 3)
+        );
+    }
+
+    #[test]
+    fn folds_average_retrieval_over_groups_of_images() {
+        // 4 images with 2 captions each; folds of 2 images: rows 0-3, then 4-7.
+        let x = l2_normalise(&randn(4, 8, 6));
+        let images = x.repeat_interleave_self_int(2, Some(0), None);
+        let texts = l2_normalise(&(&images + randn(8, 8, 7) * 0.3));
+        let groups = [0, 0, 1, 1, 2, 2, 3, 3];
+        let m = retrieval_folds(&images, &texts, &groups, 2).unwrap();
+        let a = retrieval_grouped(
+            &images.narrow(0, 0, 4),
+            &texts.narrow(0, 0, 4),
+            &groups[..4],
+        );
+        let b = retrieval_grouped(
+            &images.narrow(0, 4, 4),
+            &texts.narrow(0, 4, 4),
+            &groups[4..],
+        );
+        for k in ["i2t_r1", "t2i_r1", "t2i_median_rank"] {
+            assert!((m[k] - (a[k] + b[k]) / 2.0).abs() < 1e-12, "{k}");
+        }
+        assert!(retrieval_folds(&images, &texts, &groups, 5).is_none());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! are loaded read-only by every stage they grade.
 
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, SplitData};
+use crate::data::loader::{
+    batch_indices, image_groups, load_split, micro_batch, to_float, SplitData,
+};
 use crate::data::synth::scene_of;
 use crate::data::tokenizer::TextTokenizer;
-use crate::eval::embedding::{r_precision, retrieval};
+use crate::eval::embedding::{r_precision_grouped, retrieval_folds, retrieval_grouped};
 use crate::models::clip::{Clip, ClipConfig};
 use crate::models::probe::{attribute_accuracy, cell_targets, targets, Probe, ProbeConfig};
 use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
@@ -100,6 +102,8 @@ struct ClipStage {
     cfg: ClipStageConfig,
     train: SplitData,
     val: SplitData,
+    /// The image of each validation row (several captions may share one).
+    val_groups: Vec<usize>,
     device: Device,
 }
 
@@ -129,7 +133,7 @@ impl Trainable for ClipStage {
             self.tok.pad,
             self.device,
         );
-        let mut m = retrieval(&img, &txt);
+        let mut m = retrieval_grouped(&img, &txt, &self.val_groups);
         m.retain(|k, _| k.ends_with("r1") || k.ends_with("r10"));
         m.insert("mean_r1".into(), (m["i2t_r1"] + m["t2i_r1"]) / 2.0);
         m.insert(
@@ -177,6 +181,7 @@ pub fn train_clip(
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
+    let val_groups = image_groups(&val.ids, &ds.image_of_items()?);
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
         resume,
@@ -193,6 +198,7 @@ pub fn train_clip(
         cfg: cfg.clone(),
         train,
         val,
+        val_groups,
         device,
     };
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
@@ -238,8 +244,17 @@ pub fn eval_clip(
         lc.tok.pad,
         device,
     );
-    let mut m = retrieval(&img, &txt);
-    m.insert("r_precision".into(), r_precision(&img, &txt, 99, 0));
+    // Captions of one picture (`--multi pairs`) are never each other's distractors.
+    let groups = image_groups(&data.ids, &ds.image_of_items()?);
+    let mut m = retrieval_grouped(&img, &txt, &groups);
+    m.insert(
+        "r_precision".into(),
+        r_precision_grouped(&img, &txt, &groups, 99, 0),
+    );
+    // The COCO 1k protocol where the split is large enough: folds of 1,000 images.
+    if let Some(folds) = retrieval_folds(&img, &txt, &groups, 1000) {
+        m.extend(folds.into_iter().map(|(k, v)| (format!("1k_{k}"), v)));
+    }
     m.insert(
         "clip_score".into(),
         crate::eval::embedding::clip_score(&img, &txt),

@@ -11,7 +11,8 @@ use crate::data::loader::{batch_rows, load_split, micro_batch, to_float, to_u8, 
 use crate::data::synth::paint::paint;
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
-    clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance, r_precision,
+    clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance,
+    r_precision_grouped,
 };
 use crate::models::probe::{attribute_accuracy, slot_accuracies};
 use crate::models::t2i::diffusion::{DiffusionConfig, Sampler};
@@ -182,7 +183,12 @@ pub fn generation_scores(
     let (_, real_feat) = embed_images(&clip.model, &resized(reference, clip_size), device);
     let mut m = BTreeMap::new();
     m.insert("clip_score".into(), clip_score(&img, &txt));
-    m.insert("r_precision".into(), r_precision(&img, &txt, 99, 0));
+    // Another caption of the same picture is not a distractor.
+    let groups = crate::data::loader::image_groups(caption_ids, &ds.image_of_items()?);
+    m.insert(
+        "r_precision".into(),
+        r_precision_grouped(&img, &txt, &groups, 99, 0),
+    );
     m.insert("fd_own".into(), frechet_distance(&feat, &real_feat));
     m.insert("kid_own".into(), kid(&feat, &real_feat));
     if let Some(p) = probe {
