@@ -489,12 +489,21 @@ fn tiny_spine_end_to_end() {
         ] {
             assert!(m[k].is_number(), "{col}.{k} in metrics.json");
         }
+        // Every per-image figure carries its spread.
+        for k in ["r_precision", "psnr", "clip_image_image", "clip_image_text"] {
+            let se = m[format!("{k}_se")].as_f64().unwrap_or(-1.0);
+            assert!(se >= 0.0 && se.is_finite(), "{col}.{k}_se in metrics.json");
+        }
     }
     assert!(metrics["cycle"]["second_pass_bleu4"].is_number());
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert!(
         html.contains("cycle (invertible bridge)"),
         "the bridge has its column"
+    );
+    assert!(
+        html.contains(" ± ") && !html.contains("<td>psnr_se</td>"),
+        "spreads shown beside their figures, not as rows"
     );
     assert!(
         html.contains("<h2>Answer</h2>") && html.matches("<img").count() >= 4 * 3 + 4 * 5,

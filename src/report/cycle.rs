@@ -142,7 +142,12 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
         grid_images,
     } = *page;
     let metrics: Vec<String> = {
-        let mut m: Vec<String> = table.values().flat_map(|c| c.keys().cloned()).collect();
+        // A `<name>_se` entry is shown as ± beside `<name>`, not as a row of its own.
+        let mut m: Vec<String> = table
+            .values()
+            .flat_map(|c| c.keys().cloned())
+            .filter(|k| !k.ends_with("_se"))
+            .collect();
         m.sort();
         m.dedup();
         m
@@ -162,9 +167,10 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
     for m in &metrics {
         rows.push_str(&format!("<tr><td>{}</td>", escape(m)));
         for &c in &columns {
-            match get(table, c, m) {
-                Some(v) => rows.push_str(&format!("<td>{v:.3}</td>")),
-                None => rows.push_str("<td></td>"),
+            match (get(table, c, m), get(table, c, &format!("{m}_se"))) {
+                (Some(v), Some(se)) => rows.push_str(&format!("<td>{v:.3} ± {se:.3}</td>")),
+                (Some(v), None) => rows.push_str(&format!("<td>{v:.3}</td>")),
+                (None, _) => rows.push_str("<td></td>"),
             }
         }
         rows.push_str("</tr>");
@@ -207,7 +213,7 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
 <h2>Answer</h2><p>{answer}</p>\
 <h2>Metrics</h2><p>Each column compares the original image with the image drawn from: a random other caption (floor), the captioner's paragraph (cycle), \
 nothing (the training image whose caption is nearest to the paragraph), the true caption (ceiling). Embedding scores use the contrastive model trained here \
-(\"own encoder\", not CLIP){probe_note}.</p>\
+(\"own encoder\", not CLIP){probe_note}. ± is the standard error over the {n} images (of a proportion, for R-precision).</p>\
 <table><tr><th>metric</th>{head}</tr>{rows}</table>\
 <h2>Gallery</h2><table><tr><th>original</th><th>generated paragraph</th><th>reconstruction</th><th>from the true caption</th></tr>{gallery}</table>\
 <h2>5 captions × 5 noises</h2><table>{grid}</table></body></html>",

@@ -12,8 +12,8 @@ use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{load_split, to_float};
 use crate::eval::embedding::r_precision;
 use crate::eval::image::{histogram_intersection, psnr, ssim};
-use crate::eval::mean;
 use crate::eval::text::caption_metrics;
+use crate::eval::{mean, standard_error};
 use crate::models::probe::attribute_accuracy;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -203,35 +203,33 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
     for col in &columns {
         let (emb, feat) = embed_images(&clip.model, &col.images, device);
         let mut m = BTreeMap::new();
+        // Each per-image figure with its standard error (`<name>_se`), so the page can
+        // show whether two columns differ by more than noise.
+        let mut put = |name: &str, per_image: Vec<f64>| {
+            m.insert(name.to_string(), mean(&per_image));
+            m.insert(format!("{name}_se"), standard_error(&per_image));
+        };
+        let per_row = |t: Tensor| -> Result<Vec<f64>> {
+            Ok(Vec::<f64>::try_from(
+                t.to_kind(Kind::Double).to_device(Device::Cpu),
+            )?)
+        };
         let cos_ii = (&emb * &orig_emb).sum_dim_intlist(1, false, Kind::Float);
-        m.insert(
-            "clip_image_image".into(),
-            (cos_ii.clamp_min(0.0) * 100.0)
-                .mean(Kind::Float)
-                .double_value(&[]),
-        );
-        m.insert(
-            "clip_image_text".into(),
-            crate::eval::embedding::clip_score(&emb, &orig_txt),
-        );
-        m.insert(
-            "r_precision".into(),
-            r_precision(&emb, &orig_txt, 99, a.seed),
-        );
-        m.insert(
-            "feature_distance".into(),
-            (&feat - &orig_feat)
-                .norm_scalaropt_dim(2, [1], false)
-                .mean(Kind::Float)
-                .double_value(&[]),
+        put("clip_image_image", per_row(cos_ii.clamp_min(0.0) * 100.0)?);
+        let cos_it = (&emb * &orig_txt).sum_dim_intlist(1, false, Kind::Float);
+        put("clip_image_text", per_row(cos_it.clamp_min(0.0) * 100.0)?);
+        put(
+            "feature_distance",
+            per_row((&feat - &orig_feat).norm_scalaropt_dim(2, [1], false))?,
         );
         let x = to_float(&col.images, Device::Cpu);
-        m.insert("psnr".into(), mean(&psnr(&x_orig, &x)));
-        m.insert("ssim".into(), mean(&ssim(&x_orig, &x)));
-        m.insert(
-            "colour_histogram".into(),
-            mean(&histogram_intersection(&x_orig, &x)),
-        );
+        put("psnr", psnr(&x_orig, &x));
+        put("ssim", ssim(&x_orig, &x));
+        put("colour_histogram", histogram_intersection(&x_orig, &x));
+        let rp = r_precision(&emb, &orig_txt, 99, a.seed);
+        m.insert("r_precision".into(), rp);
+        let n = col.images.size()[0].max(1) as f64;
+        m.insert("r_precision_se".into(), (rp * (1.0 - rp) / n).sqrt());
         if let (Some(p), Some(t)) = (&probe, &truth) {
             m.insert(
                 "probe_attr_agreement".into(),
