@@ -196,6 +196,8 @@ fn tensorboard_reader_reads_our_event_files() {
         }
         w.image("grid", 3, &[200u8; 4 * 6 * 3], 4, 6).unwrap();
         w.text("caption", 3, "a red house").unwrap();
+        let weights = tch::Tensor::from_slice(&[0.0f32, 1.0, 1.0, 2.0, 4.0]);
+        w.histogram("weights/w", 3, &weights).unwrap();
     }
     let script = r#"
 import sys
@@ -205,7 +207,8 @@ acc.Reload()
 vals = [round(e.value, 4) for e in acc.Scalars("train/loss")]
 img = acc.Images("grid")[0]
 txt = acc.Tensors("caption")[0].tensor_proto.string_val[0].decode()
-print(vals, img.width, img.height, txt)
+h = acc.Histograms("weights/w")[0].histogram_value
+print(vals, img.width, img.height, txt, h.min, h.max, h.num, h.sum, int(sum(h.bucket)))
 "#;
     let out = std::process::Command::new(py)
         .args(["-c", script, dir.path().to_str().unwrap()])
@@ -219,7 +222,7 @@ print(vals, img.width, img.height, txt)
     );
     assert_eq!(
         stdout.trim(),
-        "[1.0, 0.5, 0.3333, 0.25, 0.2] 6 4 a red house"
+        "[1.0, 0.5, 0.3333, 0.25, 0.2] 6 4 a red house 0.0 4.0 5.0 8.0 5"
     );
 }
 

@@ -476,6 +476,16 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         // One rank's Ctrl-C stops them all at the same step.
         let interrupted = !distributed::all_agree(!interrupted)?;
         if state.step.is_multiple_of(cfg.eval_every) || state.step == cfg.steps {
+            // The live weights and this step's gradients, as trainer users expect to see
+            // them (TensorBoard's histogram tab); the EMA shadow is not swapped in yet.
+            for (name, var) in model_vars.iter().filter(|(_, v)| v.requires_grad()) {
+                let name = name.strip_prefix("model.").unwrap_or(name);
+                tb.histogram(&format!("weights/{name}"), state.step as i64, var)?;
+                let grad = var.grad();
+                if grad.defined() {
+                    tb.histogram(&format!("grads/{name}"), state.step as i64, &grad)?;
+                }
+            }
             let eval_start = std::time::Instant::now();
             let metrics = match &ema {
                 Some(e) => e.with_shadow(|| model.evaluate(state.step, &mut tb))?,

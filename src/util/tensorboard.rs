@@ -1,4 +1,4 @@
-//! A TensorBoard event-file writer: scalars, images (PNG) and text (the text plugin),
+//! A TensorBoard event-file writer: scalars, histograms, images (PNG) and text (the text plugin),
 //! written as TFRecord-framed `Event` protobufs. Hand-encoded because the few messages
 //! needed are small and the Rust crates for this lack the text plugin.
 
@@ -46,7 +46,15 @@ impl Proto {
     fn message(&mut self, field: u32, m: &Proto) -> &mut Self {
         self.bytes(field, &m.0)
     }
+    /// A packed repeated double field.
+    fn doubles(&mut self, field: u32, v: &[f64]) -> &mut Self {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.bytes(field, &bytes)
+    }
 }
+
+/// Buckets of a [`EventWriter::histogram`].
+const HISTOGRAM_BUCKETS: usize = 30;
 
 fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c::crc32c(data);
@@ -108,6 +116,54 @@ impl EventWriter {
     pub fn scalar(&mut self, tag: &str, step: i64, v: f64) -> Result<()> {
         let mut value = Proto::default();
         value.bytes(1, tag.as_bytes()).float(2, v as f32);
+        self.event(step, value)
+    }
+
+    /// A histogram of `values` (a weight or gradient tensor) in 30 equal buckets between
+    /// its minimum and maximum; non-finite values are left out.
+    pub fn histogram(&mut self, tag: &str, step: i64, values: &tch::Tensor) -> Result<()> {
+        let v: Vec<f64> = Vec::try_from(
+            values
+                .detach()
+                .to_device(tch::Device::Cpu)
+                .to_kind(tch::Kind::Double)
+                .reshape([-1]),
+        )?;
+        let v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Ok(());
+        }
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let width = ((hi - lo) / HISTOGRAM_BUCKETS as f64).max(f64::MIN_POSITIVE);
+        let mut counts = vec![0.0; HISTOGRAM_BUCKETS];
+        for x in &v {
+            let i = (((x - lo) / width) as usize).min(HISTOGRAM_BUCKETS - 1);
+            counts[i] += 1.0;
+        }
+        // Right edges; the last is the maximum itself.
+        let limits: Vec<f64> = (1..=HISTOGRAM_BUCKETS)
+            .map(|i| {
+                if i == HISTOGRAM_BUCKETS {
+                    hi
+                } else {
+                    lo + width * i as f64
+                }
+            })
+            .collect();
+        let mut h = Proto::default();
+        h.double(1, lo)
+            .double(2, hi)
+            .double(3, v.len() as f64)
+            .double(4, v.iter().sum())
+            .double(5, v.iter().map(|x| x * x).sum())
+            .doubles(6, &limits)
+            .doubles(7, &counts);
+        let mut value = Proto::default();
+        value.bytes(1, tag.as_bytes()).message(5, &h);
         self.event(step, value)
     }
 
