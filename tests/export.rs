@@ -516,43 +516,24 @@ fn score_command(d: &Path, data: &Path, clip: &Path, painter: &Path) {
     }
 
     // Bad input is named before the model loads.
+    let refused = |captions: &Path, expect: &str| {
+        assert_clean_error(
+            &[
+                "score",
+                "--images",
+                &s(&drawn),
+                "--captions",
+                &s(captions),
+                "--model",
+                &s(clip),
+            ],
+            expect,
+        );
+    };
     let bad = d.join("score_bad.csv");
     std::fs::write(&bad, "image,caption\nnope.png,a house\n").unwrap();
-    assert_clean_error(
-        &[
-            "score",
-            "--images",
-            &s(&drawn),
-            "--captions",
-            &s(&bad),
-            "--model",
-            &s(clip),
-        ],
-        "row 2 names image \"nope.png\"",
-    );
-    assert_clean_error(
-        &[
-            "score",
-            "--images",
-            &s(&drawn),
-            "--captions",
-            &s(&named),
-            "--model",
-            &s(clip),
-        ],
-        "not a file",
-    );
+    refused(&bad, "row 2 names image \"nope.png\"");
+    refused(&named, "not a file");
     std::fs::write(&bad, "caption\na\nb\nc\nd\n").unwrap();
-    assert_clean_error(
-        &[
-            "score",
-            "--images",
-            &s(&drawn),
-            "--captions",
-            &s(&bad),
-            "--model",
-            &s(clip),
-        ],
-        "4 captions",
-    );
+    refused(&bad, "4 captions");
 }

@@ -257,15 +257,12 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
     distributed::check_batch(cfg.batch_size, "train.batch_size")?;
     let run_dir = &opts.run_dir;
     let vs = model.var_store();
-    // Every rank starts from rank 0's weights and buffers (before the EMA copies them).
-    let mut all_vars: Vec<Tensor> = checkpoint::model_tensors(vs)
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect();
-    distributed::broadcast_from_first(&mut all_vars)?;
     // Shallow handles on the variables (they share storage), so `model` can be borrowed
     // mutably by the loop while checkpoints still read the live weights.
     let model_vars = checkpoint::model_tensors(vs);
+    // Every rank starts from rank 0's weights and buffers (before the EMA copies them).
+    let mut shared: Vec<Tensor> = model_vars.iter().map(|(_, t)| t.shallow_clone()).collect();
+    distributed::broadcast_from_first(&mut shared)?;
     let adam_cfg = AdamWConfig {
         beta1: cfg.beta1,
         beta2: cfg.beta2,
