@@ -103,7 +103,7 @@ class DownStage(nn.Module):
 
 
 class AttributeHeads(nn.Module):
-    """The cell-structured attribute heads (src/models/attribute_heads.rs) without the
+    """The cell-structured attribute heads (src/scenes/heads.rs) without the
     mixing convolution, as the captioner's auxiliary loss uses them."""
 
     def __init__(self, c, hidden):

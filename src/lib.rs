@@ -12,6 +12,7 @@ pub mod export;
 pub mod models;
 pub mod nn;
 pub mod report;
+pub mod scenes;
 pub mod serve;
 pub mod stages;
 pub mod train;

@@ -22,7 +22,6 @@ fn config(encoder: EncoderKind) -> CaptionerConfig {
         dropout: 0.0,
         image_size: 32,
         vocab_size: 50,
-        contrastive_weight: 0.0,
         attribute_weight: 0.0,
         attribute_hidden: 16,
         attribute_mix: false,

@@ -1,10 +1,8 @@
 //! Every shipped experiment config parses (unknown keys are refused) and builds its model,
 //! so a GPU config nobody can run in CI still cannot rot into a typo or a shape mismatch.
 
-use ekphrasis::models::{
-    captioner::Captioner, clip::Clip, fact_words::FactWords, probe::Probe, t2i::TextToImage,
-    unified::Unified,
-};
+use ekphrasis::models::{captioner::Captioner, clip::Clip, t2i::TextToImage, unified::Unified};
+use ekphrasis::scenes::{fact_words::FactWords, probe::Probe};
 use ekphrasis::stages::{
     captioner::CaptionerStageConfig,
     evaluators::{ClipStageConfig, ProbeStageConfig},

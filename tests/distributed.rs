@@ -391,7 +391,7 @@ fn the_vaes_the_unified_generator_and_the_bridge_train_the_same_on_two_ranks() {
         assert!(out.matches("adam_eps").count() >= 1, "{out}");
         out
     };
-    // The facts-free VAE: a learned prior, a layout read off the caption.
+    // The facts-free VAE, reading the text end to end.
     let vae = common::t2i_cfg(dir.path(), &data);
     let vae = common::write(
         dir.path(),

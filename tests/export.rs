@@ -104,8 +104,7 @@ fn exported_models_match_the_trainer_python_and_commands() {
             "kind: vae\n  image_size: 32\n",
             "kind: diffusion\n  image_size: 16\n  unet: {channels: [8, 16], attention_max_side: 8}\n  diffusion: {sample_steps: 3, sampler: ddim, eta: 0.0, guidance: 2.5}\n",
         )
-        .replace("  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, layout_grid: 3}\n", "")
-        .replace("  prior: learned\n", "");
+        .replace("  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}\n", "");
     let diffusion_cfg = write(d, "diffusion.yaml", diffusion_cfg);
     let diffusion = train_and_export(d, "t2i", "t2i", "diffusion", &diffusion_cfg);
     let facts = train_and_export(d, "t2i", "t2i", "facts", &t2i_facts_cfg(d, &data));

@@ -189,7 +189,7 @@ fn build_and_step(kind: &str, path: &Path, tok: &TextTokenizer) -> anyhow::Resul
         "probe" => {
             let c: evaluators::ProbeStageConfig = ekphrasis::config::load(path, &[])?;
             let vs = tch::nn::VarStore::new(cpu);
-            let m = ekphrasis::models::probe::Probe::new(&vs.root(), &c.model)?;
+            let m = ekphrasis::scenes::probe::Probe::new(&vs.root(), &c.model)?;
             m.predict_rows(&images(2, c.model.image_size));
         }
         "t2i" => {
@@ -198,7 +198,7 @@ fn build_and_step(kind: &str, path: &Path, tok: &TextTokenizer) -> anyhow::Resul
             let x = images(2, c.model.image_size);
             let facts = facts();
             let facts = m.wants_attributes().then_some(&facts);
-            if m.gan_losses(0, &x, &t, facts, tok.pad).is_none() {
+            if m.gan_losses(0, &x, &t, tok.pad).is_none() {
                 let _ = m.loss(&x, &t, facts, tok.pad, 0)?.f_sum(Kind::Float)?;
             }
         }

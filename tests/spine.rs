@@ -15,13 +15,11 @@ fn other_generators(d: &Path, data: &Path) {
     let gan = vae.replace(
         head,
         "kind: gan\n  image_size: 32\n  gan: {disc_channels: [8, 16], interpolate: true, truncation: 1.5}\n",
-    )
-    .replace("  prior: learned\n", "");
+    );
     let diffusion = vae.replace(
         head,
         "kind: diffusion\n  image_size: 16\n  unet: {channels: [8, 16], attention_max_side: 8}\n  diffusion: {sample_steps: 3}\n",
-    ).replace("  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, layout_grid: 3}\n", "")
-        .replace("  prior: learned\n", "");
+    ).replace("  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}\n", "");
     let facts = std::fs::read_to_string(t2i_facts_cfg(d, data)).unwrap();
     let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     for (name, cfg) in [("gan", gan), ("diffusion", diffusion), ("facts", facts)] {

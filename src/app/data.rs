@@ -15,7 +15,7 @@ pub(super) fn run(cli: &Cli) -> Result<()> {
                 "rendering {n} synthetic paintings at {size} px into {}",
                 out.display()
             );
-            let s = crate::data::synth::render_dataset(out, *n, *size, seed, *force)?;
+            let s = crate::scenes::render_dataset(out, *n, *size, seed, *force)?;
             println!(
                 "rendered {} images in {:.2} s ({:.0} images/s); splits train/val/test {}/{}/{}; paragraph words min {} mean {:.1} max {}",
                 s.n,

@@ -1,4 +1,4 @@
-//! Datasets: the embedded synthetic set, the on-disk layout, splits, the tokenizer, the
+//! Datasets: the on-disk layout, splits, the tokenizer, the
 //! tensor loader and model-written descriptions for real artworks.
 
 pub mod bench;
@@ -8,6 +8,5 @@ pub mod layout;
 pub mod loader;
 pub mod prepare;
 pub mod splits;
-pub mod synth;
 pub mod tokenizer;
 pub mod vlm;

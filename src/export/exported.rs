@@ -87,7 +87,9 @@ fn batched<T>(
 }
 
 fn config<T: serde::de::DeserializeOwned>(dir: &Path, m: &Manifest, key: &str) -> Result<T> {
-    serde_json::from_value(m.config[key].clone())
+    let tree = serde_yaml::to_value(&m.config[key])
+        .with_context(|| format!("{}: manifest config.{key} is malformed", dir.display()))?;
+    crate::config::retired::from_value(tree, key)
         .with_context(|| format!("{}: manifest config.{key} is malformed", dir.display()))
 }
 

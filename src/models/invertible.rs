@@ -11,7 +11,7 @@ use tch::{nn, Kind, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Diagonal {
-    /// U's diagonal is the constant 1 (the seed's k_i): det W = 1 always.
+    /// U's diagonal is the constant 1 (Menon et al.'s k_i): det W = 1 always.
     Fixed,
     /// U's diagonal is sign·exp(s) with s learned and the sign fixed at creation.
     Learned,

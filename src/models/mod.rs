@@ -1,11 +1,8 @@
 //! The networks: each model owns its layers and its loss, not the training loop.
 
-pub mod attribute_heads;
 pub mod captioner;
 pub mod clip;
-pub mod fact_words;
 pub mod invertible;
-pub mod probe;
 pub mod t2i;
 pub mod text_encoder;
 pub mod unified;

@@ -13,11 +13,11 @@
 //! describe the same scene. Without it the two decoders each read the latent their own
 //! way, and agree on 9 % of the facts (docs/results.md).
 
-use super::attribute_heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use super::captioner::{Captioner, CaptionerConfig};
-use super::t2i::facts::{most_likely_rows, FactEmbedding, Facts};
 use super::t2i::generator::{Generator, GeneratorConfig};
 use super::t2i::vae::kl_to_standard_normal;
+use crate::scenes::facts::{most_likely_rows, FactEmbedding, Facts};
+use crate::scenes::heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use crate::util::draws;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

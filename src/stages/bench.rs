@@ -185,7 +185,7 @@ pub fn gan_steps(
     let loss = |group: usize| {
         let (m, images, tokens) = (&m, &images, &tokens);
         Box::new(move || {
-            m.gan_losses(group, images, tokens, None, 0)
+            m.gan_losses(group, images, tokens, 0)
                 .context("a GAN has two losses")
         })
     };

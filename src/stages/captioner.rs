@@ -4,13 +4,13 @@ use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{
     batch_indices, batch_rows, load_split, random_shift, to_float, Prefetcher, SplitData,
 };
-use crate::data::synth::{parse, scene_of};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::text::{caption_metrics, caption_metrics_multi};
 use crate::models::captioner::decode::DecodeOptions;
 use crate::models::captioner::{Captioner, CaptionerConfig, ENCODER_PREFIXES};
-use crate::models::fact_words::FactWords;
-use crate::models::probe::{attribute_accuracy, facts_of_row, is_probe_fact, rows_from_logits};
+use crate::scenes::fact_words::FactWords;
+use crate::scenes::probe::{attribute_accuracy, facts_of_row, is_probe_fact, rows_from_logits};
+use crate::scenes::{parse, scene_of};
 use crate::stages::evaluators::{attribute_training_set, scene_targets};
 use crate::train::checkpoint;
 use crate::train::runner::{self, BestMetric, Group, RunOptions, TrainConfig, Trainable};
@@ -26,8 +26,8 @@ use tch::{nn, Device, Tensor};
 pub struct LossConfig {
     #[serde(default)]
     pub label_smoothing: f64,
-    /// Scheduled sampling: from this fraction of training on (the seed: teacher forcing
-    /// for the first 80 %), feed back the model's own tokens…
+    /// Scheduled sampling (Bengio et al. 2015): from this fraction of training on
+    /// (default: teacher forcing for the first 80 %), feed back the model's own tokens…
     #[serde(default = "d_ss_start")]
     pub sampling_start: f64,
     /// …for up to this share of input tokens (ramped linearly to the end). 0 disables.

@@ -14,7 +14,7 @@ use crate::eval::embedding::r_precision;
 use crate::eval::image::{histogram_intersection, psnr, ssim};
 use crate::eval::text::caption_metrics;
 use crate::eval::{mean, standard_error};
-use crate::models::probe::attribute_accuracy;
+use crate::scenes::probe::attribute_accuracy;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

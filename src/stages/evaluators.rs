@@ -6,11 +6,11 @@ use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{
     batch_indices, image_groups, load_split, micro_batch, to_float, SplitData,
 };
-use crate::data::synth::scene_of;
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{r_precision_grouped, retrieval_folds, retrieval_grouped};
 use crate::models::clip::{Clip, ClipConfig};
-use crate::models::probe::{attribute_accuracy, cell_targets, targets, Probe, ProbeConfig};
+use crate::scenes::probe::{attribute_accuracy, cell_targets, targets, Probe, ProbeConfig};
+use crate::scenes::scene_of;
 use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};
@@ -45,7 +45,7 @@ pub struct ProbeStageConfig {
     #[serde(default)]
     pub limit_train: Option<usize>,
     /// Scenes rendered in memory beside the training split (never a val/test image; see
-    /// [`crate::data::synth::render_extra`]). The probe memorises 4,000 images within
+    /// [`crate::scenes::render_extra`]). The probe memorises 4,000 images within
     /// ~900 steps; fresh scenes keep it learning the attributes instead.
     #[serde(default)]
     pub extra_renders: usize,
@@ -280,7 +280,7 @@ fn colour_labels(ds: &Dataset, ids: &[String]) -> Result<Vec<String>> {
         .iter()
         .map(|id| match rows.get(id) {
             Some(r) if r.has_scene() => scene_of(r)
-                .map(|s| crate::data::synth::scene::STYLES[s.style].to_string())
+                .map(|s| crate::scenes::scene::STYLES[s.style].to_string())
                 .unwrap_or_default(),
             Some(r) if !r.style.is_empty() => r.style.clone(),
             Some(r) => r.medium.clone(),
@@ -308,14 +308,14 @@ pub fn scene_targets(ds: &Dataset, ids: &[String]) -> Result<Vec<Vec<i64>>> {
 fn scene_rows(
     ds: &Dataset,
     ids: &[String],
-    layout: fn(&crate::data::synth::scene::Scene) -> Vec<i64>,
+    layout: fn(&crate::scenes::scene::Scene) -> Vec<i64>,
 ) -> Result<Vec<Vec<i64>>> {
     Ok(scenes_of(ds, ids)?.iter().map(layout).collect())
 }
 
 /// The embedded set's scenes of images `ids`, from `metadata.csv`; an id that is
 /// missing, or not a synthetic scene, is an error that names it.
-pub fn scenes_of(ds: &Dataset, ids: &[String]) -> Result<Vec<crate::data::synth::scene::Scene>> {
+pub fn scenes_of(ds: &Dataset, ids: &[String]) -> Result<Vec<crate::scenes::scene::Scene>> {
     let rows: HashMap<String, crate::data::layout::MetadataRow> = ds
         .metadata()?
         .into_iter()
@@ -345,7 +345,7 @@ pub fn cell_target_tensor(ds: &Dataset, ids: &[String]) -> Result<Tensor> {
 
 /// The images (uint8, the split's size) and [`cell_targets`] rows an attribute reader
 /// trains on: the training split, then `extra` scenes from
-/// [`crate::data::synth::render_extra`]. The renders are drawn at the dataset's own size
+/// [`crate::scenes::render_extra`]. The renders are drawn at the dataset's own size
 /// and resized like its images, so they look alike at any resolution (drawn directly at
 /// 48 px they cost the probe 0.02 test accuracy).
 pub fn attribute_training_set(
@@ -361,7 +361,7 @@ pub fn attribute_training_set(
     }
     let first = train.ids.first().context("the training split is empty")?;
     let native = stored_side(ds, first)?;
-    let (scenes, pixels) = crate::data::synth::render_extra(seed, extra, native as usize);
+    let (scenes, pixels) = crate::scenes::render_extra(seed, extra, native as usize);
     let rendered = crate::data::images::nchw_batch(&pixels, scenes.len() as i64, native);
     let rendered = crate::data::images::resize_batch(&rendered, train.images.size()[2] as u32);
     rows.extend(scenes.iter().map(cell_targets));
@@ -505,7 +505,7 @@ pub fn eval_probe(run_dir: &Path, split: Split, device: Device) -> Result<BTreeM
         ),
         ("images".to_string(), data.ids.len() as f64),
     ]);
-    for (slot, acc) in crate::models::probe::slot_accuracies(&pred, &truth) {
+    for (slot, acc) in crate::scenes::probe::slot_accuracies(&pred, &truth) {
         m.insert(format!("acc_{slot}"), acc);
     }
     crate::util::fsio::write_json(

@@ -34,7 +34,7 @@ pub struct BridgeStage {
     pub slope: f64,
     #[serde(default = "d_diag")]
     pub diagonal: crate::models::invertible::Diagonal,
-    /// Weight of ‖f⁻¹(y) − z‖² beside the captioning loss ‖f(z) − y‖² (0 = the seed's
+    /// Weight of ‖f⁻¹(y) − z‖² beside the captioning loss ‖f(z) − y‖² (0 = Menon et al.'s
     /// captioning-only training).
     #[serde(default)]
     pub bidirectional: f64,
@@ -57,7 +57,7 @@ pub struct InvertibleStageConfig {
     pub autoencoder: AutoencoderStage,
     pub bridge: BridgeStage,
     pub eval: T2IEvalConfig,
-    /// σ of the noise added to f(E_I(x)) before inverting (the seed's finding).
+    /// σ of the noise added to f(E_I(x)) before inverting (Menon et al.'s finding).
     #[serde(default = "d_noise")]
     pub inversion_noise: f64,
 }
@@ -74,7 +74,7 @@ fn bridge_config(cfg: &InvertibleStageConfig, dim: i64) -> InvertibleConfig {
     }
 }
 
-/// Checks what serde cannot: the seed's squareness requirement and an invertible slope.
+/// Checks what serde cannot: Menon et al.'s squareness requirement and an invertible slope.
 fn validate(cfg: &InvertibleStageConfig, embed_dim: i64) -> Result<()> {
     let ae = &cfg.autoencoder.model;
     if ae.channels.is_empty() || ae.image_size % (1 << ae.channels.len()) != 0 {

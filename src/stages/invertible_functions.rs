@@ -36,7 +36,7 @@ pub struct FunctionBenchOptions {
 
 type Target = fn(&Tensor) -> Tensor;
 
-/// A row of the table to reproduce: name, g, its domain, the seed's learning and
+/// A row of the table to reproduce: name, g, its domain, Menon et al.'s learning and
 /// inversion errors.
 type Function = (&'static str, Target, (f64, f64), f64, f64);
 

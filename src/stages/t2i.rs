@@ -8,15 +8,15 @@ use super::evaluators::{
 };
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{batch_rows, load_split, micro_batch, to_float, to_u8, SplitData};
-use crate::data::synth::paint::paint;
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance,
     r_precision_grouped,
 };
-use crate::models::probe::{attribute_accuracy, slot_accuracies};
 use crate::models::t2i::diffusion::{DiffusionConfig, Sampler};
 use crate::models::t2i::{sum_terms, Condition, T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
+use crate::scenes::paint::paint;
+use crate::scenes::probe::{attribute_accuracy, slot_accuracies};
 use crate::train::runner::{
     self, BestMetric, Group, RunOptions, RunSummary, TrainConfig, Trainable,
 };
@@ -68,7 +68,6 @@ impl T2IStageConfig {
     pub fn scene_options(&self) -> Vec<&'static str> {
         [
             (self.model.facts.is_some(), "model.facts"),
-            (self.model.attribute_weight > 0.0, "model.attribute_weight"),
             (
                 self.pretrain.is_some(),
                 "pretrain (the text side learns the scene facts)",
@@ -288,9 +287,9 @@ impl Trainable for T2IStage {
     }
     fn group_loss(&mut self, g: usize, micro: u64) -> Result<Tensor> {
         // Both groups see the same micro-batch: D steps on it, then G against the new D.
-        let (x, t, a) = self.batch(micro)?;
+        let (x, t, _) = self.batch(micro)?;
         self.model
-            .gan_losses(g, &x, &t, a.as_ref(), self.tok.pad)
+            .gan_losses(g, &x, &t, self.tok.pad)
             .context("optimizer groups are only used by a GAN")
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
@@ -385,7 +384,7 @@ pub fn train(
     let attribute_targets = if model.wants_attributes() {
         Some(
             super::evaluators::cell_target_tensor(&ds, &train.ids)
-                .context("model.attribute_weight > 0 needs the embedded set's scene metadata")?,
+                .context("model.facts needs the embedded set's scene metadata")?,
         )
     } else {
         None
@@ -510,8 +509,8 @@ pub fn read_facts(
         );
         let (global, cells) = tch::no_grad(|| model.fact_logits(&t, pad, false))
             .context("the model has no fact reader (model.facts)")?;
-        rows.extend(crate::models::probe::rows_from_logits(
-            &crate::models::attribute_heads::AttributeLogits {
+        rows.extend(crate::scenes::probe::rows_from_logits(
+            &crate::scenes::heads::AttributeLogits {
                 hidden: global.zeros_like(),
                 global,
                 cells,

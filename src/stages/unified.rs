@@ -8,13 +8,13 @@ use super::evaluators::{
 use super::t2i::resized;
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{batch_rows, load_split, micro_batch, to_u8, SplitData};
-use crate::data::synth::parse::{fact_scores, parse};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{clip_score, frechet_distance, kid, mean_pairwise_distance};
 use crate::eval::text::{distinct_n, repeated_trigram_rate, words};
 use crate::models::captioner::decode::DecodeOptions;
-use crate::models::probe::{facts_of_row, is_probe_fact};
 use crate::models::unified::{gumbel, Unified, UnifiedConfig, UnifiedLoss};
+use crate::scenes::parse::{fact_scores, parse};
+use crate::scenes::probe::{facts_of_row, is_probe_fact};
 use crate::train::runner::{self, BestMetric, RunOptions, RunSummary, TrainConfig, Trainable};
 use crate::util::tensorboard::EventWriter;
 use anyhow::{bail, Context, Result};

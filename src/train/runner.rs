@@ -201,6 +201,7 @@ fn check_same_config(run_dir: &Path, new_yaml: &str) -> Result<()> {
         if let Some(t) = v.get_mut("train").and_then(|t| t.as_mapping_mut()) {
             t.remove("steps");
         }
+        crate::config::retired::drop_all_off(&mut v);
         Some(v)
     };
     let (Some(old), Some(new)) = (strip(&old_yaml), strip(new_yaml)) else {

@@ -148,7 +148,7 @@ pub fn t2i_cfg(dir: &Path, data: &Path) -> String {
     let clip = dir.join("clip_run");
     let probe = dir.join("probe_run");
     write(dir, "t2i.yaml", format!(
-        "data: {}\nseed: 0\nmodel:\n  kind: vae\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, layout_grid: 3}}\n  encoder_channels: [8, 16]\n  prior: learned\n  attribute_weight: 1.0\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel:\n  kind: vae\n  image_size: 32\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\n  generator: {{z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}}\n  encoder_channels: [8, 16]\n  beta_warmup: 2\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, probe: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
         data.display(), clip.display(), probe.display()
     ))
 }
@@ -157,16 +157,17 @@ pub fn t2i_cfg(dir: &Path, data: &Path) -> String {
 /// (`model.facts`) with cell coordinates, the text side pretrained first for three steps.
 pub fn t2i_facts_cfg(dir: &Path, data: &Path) -> String {
     let vae = std::fs::read_to_string(t2i_cfg(dir, data)).unwrap();
-    let facts = vae
-        .replace(
+    let facts =
+        vae.replace(
             "max_len: 256}\n",
             "max_len: 256, local_layers: 1}\n  facts: {}\n",
         )
         // As the demo VAE: each block told where its pixels lie in their cells.
-        .replace(", layout_grid: 3}", ", cell_coordinates: true}")
-        .replace("  attribute_weight: 1.0\n", "")
-        + "pretrain: {train: {steps: 3, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 3}}\n";
-    assert!(facts.contains("facts: {}") && !facts.contains("layout_grid"));
+        .replace(
+            "attention_max_side: 8}",
+            "attention_max_side: 8, cell_coordinates: true}",
+        ) + "pretrain: {train: {steps: 3, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 3}}\n";
+    assert!(facts.contains("facts: {}") && facts.contains("cell_coordinates"));
     write(dir, "t2i_facts.yaml", facts)
 }
 

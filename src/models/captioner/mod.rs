@@ -5,10 +5,10 @@
 
 pub mod decode;
 
-use crate::models::attribute_heads::{attribute_loss, AttributeHeads, AttributeLogits};
-use crate::models::fact_words::FactWords;
 use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
 use crate::nn::transformer::{DecoderLayer, EncoderLayer, LayerCache};
+use crate::scenes::fact_words::FactWords;
+use crate::scenes::heads::{attribute_loss, AttributeHeads, AttributeLogits};
 use crate::util::draws;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -51,10 +51,6 @@ pub struct CaptionerConfig {
     /// Set from the tokenizer at build time.
     #[serde(default)]
     pub vocab_size: i64,
-    /// Weight of an auxiliary contrastive loss (CoCa, Yu et al. 2022) between the pooled
-    /// image grid and a bag-of-words embedding of the caption; 0 disables it.
-    #[serde(default)]
-    pub contrastive_weight: f64,
     /// Weight of an auxiliary attribute loss: the probe's cell-structured heads
     /// ([`AttributeHeads`]) read the facts of the training paragraph (sky, ground, style,
     /// and each grid cell's object) off the CNN's feature map. It tells the encoder what
@@ -113,8 +109,6 @@ pub struct Captioner {
     pos_emb: Tensor,
     layers: Vec<DecoderLayer>,
     ln_f: nn::LayerNorm,
-    /// The auxiliary contrastive heads (image side, caption side) when enabled.
-    contrastive: Option<(nn::Linear, nn::Embedding, nn::Linear)>,
     /// The auxiliary attribute heads over the CNN's feature map when enabled, and with
     /// `attribute_context` the projection and positions of their hidden states.
     attributes: Option<AttributeHeads>,
@@ -243,13 +237,6 @@ impl Captioner {
                 })
                 .collect(),
             ln_f: nn::layer_norm(p / "ln_f", vec![cfg.dim], Default::default()),
-            contrastive: (cfg.contrastive_weight > 0.0).then(|| {
-                (
-                    nn::linear(p / "aux_image", cfg.dim, cfg.dim, Default::default()),
-                    nn::embedding(p / "aux_words", cfg.vocab_size, cfg.dim, Default::default()),
-                    nn::linear(p / "aux_text", cfg.dim, cfg.dim, Default::default()),
-                )
-            }),
             attributes: (cfg.attribute_weight > 0.0).then(|| {
                 let c = *cfg.channels.last().expect("channels checked non-empty");
                 AttributeHeads::new(
@@ -315,30 +302,6 @@ impl Captioner {
             })),
             ImageEncoder::Vit { .. } => None,
         }
-    }
-
-    /// Symmetric InfoNCE between the mean of the image grid and the mean of the
-    /// caption's word embeddings: it rewards an encoder that can tell which words
-    /// describe its image, a signal the next-token loss only gives slowly.
-    fn contrastive_loss(&self, ctx: &Tensor, tokens: &Tensor, pad: i64) -> Option<Tensor> {
-        let (img_proj, words, txt_proj) = self.contrastive.as_ref()?;
-        let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-6);
-        let i = norm(img_proj.forward(&ctx.mean_dim(1, false, Kind::Float)));
-        let mask = tokens.ne(pad).unsqueeze(-1).to_kind(Kind::Float);
-        let bag = (tokens.apply(words) * &mask).sum_dim_intlist(1, false, Kind::Float)
-            / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
-        let t = norm(txt_proj.forward(&bag));
-        let (i, t) = (
-            crate::distributed::gather_batch(&i),
-            crate::distributed::gather_batch(&t),
-        );
-        let logits = i.matmul(&t.tr()) * 20.0;
-        let target = Tensor::arange(logits.size()[0], (Kind::Int64, logits.device()));
-        Some(
-            (logits.cross_entropy_for_logits(&target)
-                + logits.tr().cross_entropy_for_logits(&target))
-                / 2.0,
-        )
     }
 
     /// Checks an image batch before it reaches the network.
@@ -496,7 +459,7 @@ impl Captioner {
     /// Teacher-forced cross-entropy of `tokens` `(B, L)` given images; padding ignored.
     /// With `sampled_fraction` > 0, that share of the input tokens is replaced by the
     /// model's own predictions (parallel scheduled sampling, Mihaylova & Martins 2019).
-    /// `attributes` `(B, 39)` ([`crate::models::probe::cell_targets`] rows) add the
+    /// `attributes` `(B, 39)` ([`crate::scenes::probe::cell_targets`] rows) add the
     /// auxiliary attribute loss when the model has its heads.
     #[allow(clippy::too_many_arguments)]
     pub fn loss(
@@ -561,10 +524,6 @@ impl Captioner {
             pad,
             label_smoothing,
         );
-        let ce = crate::distributed::global_mean(&sum, &target.ne(pad).sum(Kind::Float));
-        match (train, self.contrastive_loss(ctx, tokens, pad)) {
-            (true, Some(aux)) => ce + aux * self.cfg.contrastive_weight,
-            _ => ce,
-        }
+        crate::distributed::global_mean(&sum, &target.ne(pad).sum(Kind::Float))
     }
 }

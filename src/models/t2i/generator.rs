@@ -3,12 +3,11 @@
 //! upsampling blocks double the resolution. Every block is modulated by the caption
 //! (FiLM, the channel-wise affine "fusion" of DF-GAN, Tao et al. 2022), and blocks at
 //! low resolution also cross-attend to the caption's tokens, so words like "top left"
-//! can bind to places. With `layout_grid`, a [`LayoutReader`] also reads a grid of place
-//! vectors off the caption and every block is modulated by it, place by place. A
-//! generator built [`Generator::painting_from_places`] takes its condition's tokens as
-//! those place vectors (the facts of [`super::facts`]).
+//! can bind to places. A generator built [`Generator::painting_from_places`] takes its
+//! condition's tokens as a grid of place vectors (the facts of [`crate::scenes::facts`])
+//! and every block is modulated by them, place by place.
 
-use super::layout::{LayoutModulation, LayoutReader};
+use super::layout::LayoutModulation;
 use crate::nn::attention::Attention;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
@@ -22,13 +21,9 @@ pub struct GeneratorConfig {
     /// Blocks whose output side is at most this cross-attend to the caption tokens.
     #[serde(default = "d_attn")]
     pub attention_max_side: i64,
-    /// Side G of the caption's layout grid (see [`LayoutReader`]); 0: no layout. The
-    /// embedded set's scenes are laid out on 3×3.
-    #[serde(default, skip_serializing_if = "super::is_default")]
-    pub layout_grid: i64,
     /// Tell every block where each pixel lies inside its layout cell (CoordConv, Liu et
     /// al. 2018): a learned projection of [`cell_coordinates`] is added to the block's
-    /// input. Needs a layout (`layout_grid`, or a generator painting from places).
+    /// input. Needs a generator painting from places.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cell_coordinates: bool,
 }
@@ -237,7 +232,6 @@ pub struct Generator {
     blocks: Vec<UpBlock>,
     to_rgb: nn::Conv2D,
     c0: i64,
-    layout: Option<LayoutReader>,
     /// The side of the grid the condition's tokens are laid out on, when they are the
     /// place vectors themselves.
     given_layout: Option<i64>,
@@ -282,7 +276,7 @@ impl Generator {
                     cin,
                     cout: c,
                     attend: side <= cfg.attention_max_side,
-                    layout: cfg.layout_grid > 0 || given_layout.is_some(),
+                    layout: given_layout.is_some(),
                     coordinates: cfg.cell_coordinates,
                 };
                 let b = UpBlock::new(&p / "blocks" / i, spec, cond, text_dim);
@@ -305,16 +299,8 @@ impl Generator {
                 },
             ),
             c0,
-            layout: (cfg.layout_grid > 0 && given_layout.is_none())
-                .then(|| LayoutReader::new(&p / "layout", cfg.layout_grid, text_dim)),
             given_layout,
         }
-    }
-
-    /// The layout's place vectors `(B, G², D)` for caption tokens `(B, L, D)` and their
-    /// mask, when the generator reads a layout.
-    pub fn layout_places(&self, tokens: &Tensor, token_mask: &Tensor) -> Option<Tensor> {
-        self.layout.as_ref().map(|l| l.forward(tokens, token_mask))
     }
 
     pub fn output_side(&self) -> i64 {
@@ -339,11 +325,7 @@ impl Generator {
             cond,
             tokens,
             mask: token_mask,
-            layout: match (self.given_layout, &self.layout) {
-                (Some(grid), _) => Some((tokens.shallow_clone(), grid)),
-                (None, Some(l)) => Some((l.forward(tokens, token_mask), l.grid)),
-                (None, None) => None,
-            },
+            layout: self.given_layout.map(|grid| (tokens.shallow_clone(), grid)),
         };
         for blk in &self.blocks {
             x = blk.forward(&x, &caption);

@@ -4,7 +4,6 @@
 //! guidance).
 
 pub mod diffusion;
-pub mod facts;
 pub mod gan;
 pub mod generator;
 pub mod layout;
@@ -13,18 +12,18 @@ mod tests;
 pub mod unet;
 pub mod vae;
 
-use super::attribute_heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
+use crate::scenes::facts::{FactEmbedding, FactReader, Facts};
+use crate::scenes::heads::attribute_loss;
 use crate::util::draws;
 use anyhow::{bail, Result};
 use diffusion::{DiffusionConfig, Schedule};
-use facts::{FactEmbedding, FactReader, Facts};
 use gan::{Discriminator, GanConfig};
 use generator::{Generator, GeneratorConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use unet::{UNet, UNetConfig};
-use vae::{vae_terms, LearnedPrior, Posterior};
+use vae::{vae_terms, Posterior};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,17 +31,6 @@ pub enum T2IKind {
     Vae,
     Gan,
     Diffusion,
-}
-
-/// The VAE's prior over z: see [`vae::LearnedPrior`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VaePrior {
-    /// N(0, I), the textbook CVAE's.
-    #[default]
-    Standard,
-    /// p(z | t), an MLP on the caption vector (Sohn et al. 2015).
-    Learned,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -62,9 +50,6 @@ pub struct T2IConfig {
     pub beta: f64,
     #[serde(default)]
     pub beta_warmup: u64,
-    /// VAE: the prior the KL pulls toward and samples come from.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub prior: VaePrior,
     /// gan: the discriminator and the adversarial training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gan: Option<GanConfig>,
@@ -74,14 +59,6 @@ pub struct T2IConfig {
     /// diffusion: schedule, prediction target, guidance and sampler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<DiffusionConfig>,
-    /// Weight of an auxiliary loss on the text encoder: a small head reads the
-    /// paragraph's facts (sky, ground, style, and each grid cell's object, the probe's
-    /// target layout) off the caption's global vector, so the condition carries them
-    /// from the first steps instead of after the generator has learned to ask. The
-    /// targets are what the training paragraph states; 0 disables it (needed off the
-    /// embedded set).
-    #[serde(default)]
-    pub attribute_weight: f64,
     /// Paint from the scene's facts read off the caption (see [`facts`]; vae, embedded
     /// set): the text encoder feeds a fact reader taught by the paragraph's facts, and
     /// the generator paints from the reader's facts, never from the text directly.
@@ -89,19 +66,11 @@ pub struct T2IConfig {
     pub facts: Option<FactsConfig>,
 }
 
-/// `model.facts`.
+/// `model.facts`: no options; its presence switches the fact path on.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct FactsConfig {
-    /// Train the generator on each training paragraph's true facts (teacher forcing)
-    /// instead of the reader's reading of it. Drawing always uses the reader's.
-    #[serde(default)]
-    pub teacher_forcing: bool,
-}
+pub struct FactsConfig {}
 
-pub(super) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
-    *v == T::default()
-}
 fn d_enc() -> Vec<i64> {
     vec![32, 64, 128, 128]
 }
@@ -139,7 +108,6 @@ enum Body {
     Vae {
         generator: Generator,
         posterior: Posterior,
-        prior: Option<LearnedPrior>,
     },
     Gan {
         generator: Generator,
@@ -159,11 +127,6 @@ enum Body {
 pub struct TextToImage {
     pub cfg: T2IConfig,
     pub text: TextEncoder,
-    /// The text side's auxiliary attribute head, when `attribute_weight` > 0.
-    text_attributes: Option<nn::Sequential>,
-    /// With a 3×3 layout, the auxiliary head that reads each cell's object off its place
-    /// vector (the text head then reads the sky, ground and style only).
-    layout_attributes: Option<nn::Sequential>,
     /// With `facts`: the reader of the caption's facts and their embedding.
     facts: Option<(FactReader, FactEmbedding)>,
     /// The text side (encoder and fact reader) was trained first and is frozen.
@@ -183,8 +146,8 @@ fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a T> {
 
 fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
     let gcfg = need(&cfg.generator, kind, "generator")?;
-    if gcfg.cell_coordinates && cfg.facts.is_none() && gcfg.layout_grid == 0 {
-        bail!("model.generator.cell_coordinates needs a layout: set model.facts or model.generator.layout_grid");
+    if gcfg.cell_coordinates && cfg.facts.is_none() {
+        bail!("model.generator.cell_coordinates needs the cells model.facts paints from");
     }
     let d = cfg.text.dim;
     let g = match cfg.facts {
@@ -208,21 +171,11 @@ impl TextToImage {
         if cfg.text.vocab_size <= 0 {
             bail!("t2i: vocab_size is not set (it comes from the tokenizer)");
         }
-        if cfg.prior == VaePrior::Learned && cfg.kind != T2IKind::Vae {
-            bail!("model.prior: learned is a vae's; a {:?} has none", cfg.kind);
-        }
-        if cfg.facts.is_some() {
-            if cfg.kind != T2IKind::Vae {
-                bail!(
-                    "model.facts is implemented for the vae; a {:?} paints from the text",
-                    cfg.kind
-                );
-            }
-            if cfg.attribute_weight > 0.0
-                || cfg.generator.as_ref().is_some_and(|g| g.layout_grid > 0)
-            {
-                bail!("model.facts has its own fact reader and layout: leave model.attribute_weight and model.generator.layout_grid unset");
-            }
+        if cfg.facts.is_some() && cfg.kind != T2IKind::Vae {
+            bail!(
+                "model.facts is implemented for the vae; a {:?} paints from the text",
+                cfg.kind
+            );
         }
         let text = TextEncoder::new(p / "text", &cfg.text);
         let body = match cfg.kind {
@@ -237,8 +190,6 @@ impl TextToImage {
                         cfg.text.dim,
                         z_dim,
                     ),
-                    prior: (cfg.prior == VaePrior::Learned)
-                        .then(|| LearnedPrior::new(p / "prior", cfg.text.dim, z_dim)),
                 }
             }
             T2IKind::Gan => {
@@ -294,28 +245,7 @@ impl TextToImage {
                 }
             }
         };
-        let grid = cfg.generator.as_ref().map_or(0, |g| g.layout_grid);
-        if cfg.attribute_weight > 0.0 && ![0, 3].contains(&grid) {
-            bail!(
-                "model.attribute_weight teaches the embedded set's 3×3 cells: model.generator.layout_grid must be 0 or 3, not {grid}"
-            );
-        }
-        let wants = cfg.attribute_weight > 0.0;
         let d = cfg.text.dim;
-        let head = |q: nn::Path, out: i64| {
-            nn::seq()
-                .add(nn::linear(&q / "fc", d, 2 * d, Default::default()))
-                .add_fn(|x| x.gelu("tanh"))
-                .add(nn::linear(&q / "out", 2 * d, out, Default::default()))
-        };
-        let cells_on_layout = wants && grid == 3 && cfg.kind != T2IKind::Diffusion;
-        // Under "text." and "generator." so a GAN's generator group trains them.
-        let text_attributes = wants.then(|| {
-            let cells = if cells_on_layout { 0 } else { 9 * CELL_WIDTH };
-            head(p / "text" / "attributes", GLOBAL_WIDTH + cells)
-        });
-        let layout_attributes =
-            cells_on_layout.then(|| head(p / "generator" / "layout" / "attributes", CELL_WIDTH));
         // The reader under "text." (it is the text side), the embedding under
         // "generator." (it is what the generator paints from).
         let facts = cfg.facts.as_ref().map(|_| {
@@ -327,8 +257,6 @@ impl TextToImage {
         Ok(TextToImage {
             cfg: cfg.clone(),
             text,
-            text_attributes,
-            layout_attributes,
             facts,
             text_frozen: false,
             body,
@@ -381,8 +309,7 @@ impl TextToImage {
 
     /// The condition a facts model trains its generator on, and, while the text side
     /// still trains, the reader's loss. The generator never passes gradients to the
-    /// text: it paints from the true facts (teacher forcing) or from the reader's,
-    /// detached.
+    /// text: it paints from the reader's facts, detached.
     fn fact_training_condition(
         &self,
         tokens: &Tensor,
@@ -395,21 +322,14 @@ impl TextToImage {
         let Some(t) = targets else {
             bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
         };
-        let teacher = self.cfg.facts.as_ref().is_some_and(|f| f.teacher_forcing);
-        let read = if self.text_frozen {
-            (!teacher).then(|| tch::no_grad(|| self.fact_logits(tokens, pad, false)))
+        let (global, cells) = if self.text_frozen {
+            tch::no_grad(|| self.fact_logits(tokens, pad, false))
         } else {
-            Some(self.fact_logits(tokens, pad, true))
+            self.fact_logits(tokens, pad, true)
         }
-        .flatten();
-        let loss = match (&read, self.text_frozen) {
-            (Some((global, cells)), false) => Some(attribute_loss(global, cells, t)),
-            _ => None,
-        };
-        let facts = match (&read, teacher) {
-            (Some((global, cells)), false) => Facts::from_logits(&global.detach(), &cells.detach()),
-            _ => Facts::one_hot(t),
-        };
+        .expect("a facts model has a reader");
+        let loss = (!self.text_frozen).then(|| attribute_loss(&global, &cells, t));
+        let facts = Facts::from_logits(&global.detach(), &cells.detach());
         Ok((fact_condition(embedding, &facts), loss))
     }
 
@@ -443,43 +363,9 @@ impl TextToImage {
         }
     }
 
-    /// The auxiliary attribute loss of the caption's global vector, weighted, when the
-    /// model has the head and the batch has targets `(B, 39)` (rows of
-    /// [`crate::models::probe::cell_targets`]); zero otherwise.
-    fn text_attribute_loss(&self, c: &Condition, targets: Option<&Tensor>) -> Tensor {
-        match (&self.text_attributes, targets) {
-            (Some(head), Some(t)) => {
-                let out = c.global.apply(head);
-                let global = out.narrow(1, 0, GLOBAL_WIDTH);
-                let places = self
-                    .layout_attributes
-                    .as_ref()
-                    .zip(self.generator())
-                    .and_then(|(head, g)| Some((head, g.layout_places(&c.tokens, &c.mask)?)));
-                let cells = match places {
-                    Some((head, places)) => places.apply(head), // (B, 9, W)
-                    None => out
-                        .narrow(1, GLOBAL_WIDTH, 9 * CELL_WIDTH)
-                        .unflatten(1, [9, CELL_WIDTH]),
-                };
-                attribute_loss(&global, &cells, t) * self.cfg.attribute_weight
-            }
-            _ => Tensor::zeros([], (Kind::Float, c.global.device())),
-        }
-    }
-
-    /// The vae's or gan's generator.
-    fn generator(&self) -> Option<&Generator> {
-        match &self.body {
-            Body::Vae { generator, .. } | Body::Gan { generator, .. } => Some(generator),
-            Body::Diffusion { .. } => None,
-        }
-    }
-
-    /// Whether the model trains with the scene facts (the auxiliary attribute loss, or
-    /// `facts`), and so needs targets.
+    /// Whether the model trains with the scene facts (`facts`), and so needs targets.
     pub fn wants_attributes(&self) -> bool {
-        self.text_attributes.is_some() || self.facts.is_some()
+        self.facts.is_some()
     }
 
     /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens,
@@ -499,7 +385,7 @@ impl TextToImage {
     }
 
     /// The weighted terms that [`TextToImage::loss`] sums, named for the training log:
-    /// `pixel` and `kl` (β·KL) of a VAE or `denoise` of diffusion, then `attributes`
+    /// `pixel` and `kl` (β·KL) of a VAE or `denoise` of diffusion, then `facts`
     /// when the model has the auxiliary heads and the batch has targets.
     pub fn loss_terms(
         &self,
@@ -512,26 +398,15 @@ impl TextToImage {
         let (c, aux) = if self.reads_facts() {
             self.fact_training_condition(tokens, attributes, pad)?
         } else {
-            let c = self.condition(tokens, pad, true);
-            let aux = (self.wants_attributes() && attributes.is_some())
-                .then(|| self.text_attribute_loss(&c, attributes));
-            (c, aux)
+            (self.condition(tokens, pad, true), None)
         };
         let mut terms = match &self.body {
             Body::Vae {
                 generator,
                 posterior,
-                prior,
             } => {
-                let (pixel, kl) = vae_terms(
-                    posterior,
-                    prior.as_ref(),
-                    generator,
-                    images,
-                    &c.global,
-                    &c.tokens,
-                    &c.mask,
-                );
+                let (pixel, kl) =
+                    vae_terms(posterior, generator, images, &c.global, &c.tokens, &c.mask);
                 let ramp = if self.cfg.beta_warmup == 0 {
                     1.0
                 } else {
@@ -558,12 +433,7 @@ impl TextToImage {
                 )
             }
         };
-        let name = if self.reads_facts() {
-            "facts"
-        } else {
-            "attributes"
-        };
-        terms.extend(aux.map(|a| (name, a)));
+        terms.extend(aux.map(|a| ("facts", a)));
         Ok(terms)
     }
 
@@ -580,7 +450,6 @@ impl TextToImage {
         group: usize,
         images: &Tensor,
         tokens: &Tensor,
-        attributes: Option<&Tensor>,
         pad: i64,
     ) -> Option<Tensor> {
         let Body::Gan {
@@ -605,8 +474,7 @@ impl TextToImage {
         } else {
             let c = self.condition(tokens, pad, true);
             let fake = generator.forward(&z, &c.global, &c.tokens, &c.mask);
-            let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence())
-                + self.text_attribute_loss(&c, attributes);
+            let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence());
             if cfg.interpolate {
                 // GAN-INT: a caption halfway between two real ones should also give a
                 // convincing image (the discriminator scores it with the blend).
@@ -699,18 +567,10 @@ impl TextToImage {
         })
     }
 
-    /// The vae or gan generator's images for noise `z` `(B, z)`, standard normal (a
-    /// learned prior maps it to its latent); `None` for diffusion.
+    /// The vae or gan generator's images for noise `z` `(B, z)`, standard normal;
+    /// `None` for diffusion.
     pub fn generate(&self, cond: &Condition, z: &Tensor) -> Option<Tensor> {
         match &self.body {
-            Body::Vae {
-                generator,
-                prior: Some(prior),
-                ..
-            } => {
-                let z = prior.reparameterize(&cond.global, z);
-                Some(generator.forward(&z, &cond.global, &cond.tokens, &cond.mask))
-            }
             Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
                 Some(generator.forward(z, &cond.global, &cond.tokens, &cond.mask))
             }

@@ -11,7 +11,7 @@ const S: i64 = 16;
 fn config(kind: T2IKind) -> T2IConfig {
     let yaml = format!(
         "kind: {}\nimage_size: {S}\ntext: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 16, vocab_size: 20}}\n\
-         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8, layout_grid: 3, cell_coordinates: true}}\nencoder_channels: [8, 16]\n\
+         generator: {{z_dim: 8, channels: [32, 16], attention_max_side: 8}}\nencoder_channels: [8, 16]\n\
          gan: {{disc_channels: [16, 32]}}\nunet: {{channels: [16, 32], attention_max_side: 8}}\n\
          diffusion: {{sample_steps: 5}}\n",
         match kind {
@@ -91,65 +91,15 @@ fn vae_and_diffusion_overfit_one_batch() {
 }
 
 #[test]
-fn the_text_attribute_heads_learn_the_captions_facts() {
-    // With a 3×3 layout the cells' facts are read off the place vectors, without one
-    // off the caption's global vector.
-    for grid in [3, 0] {
-        let mut cfg = config(T2IKind::Vae);
-        cfg.attribute_weight = 1.0;
-        let g = cfg.generator.as_mut().unwrap();
-        g.layout_grid = grid;
-        // Cell coordinates need a layout.
-        g.cell_coordinates = grid > 0;
-        tch::manual_seed(0);
-        let vs = VarStore::new(Device::Cpu);
-        let m = TextToImage::new(&vs.root(), &cfg).unwrap();
-        assert_eq!(m.layout_attributes.is_some(), grid == 3);
-        let (_, tokens) = batch();
-        let targets = scene_rows();
-        let aux = |m: &TextToImage| {
-            let c = m.condition(&tokens, 0, false);
-            m.text_attribute_loss(&c, Some(&targets)).double_value(&[])
-        };
-        let before = aux(&m);
-        assert!(
-            before > 5.0,
-            "grid {grid}: seven heads near chance: {before}"
-        );
-        assert!(m.wants_attributes());
-        let mut o = opt(&vs, &["text.".into(), "generator.".into()]);
-        for _ in 0..80 {
-            o.zero_grad();
-            let c = m.condition(&tokens, 0, true);
-            m.text_attribute_loss(&c, Some(&targets)).backward();
-            o.step(3e-3);
-        }
-        let after = aux(&m);
-        assert!(
-            after < 0.2 * before,
-            "grid {grid}: attribute loss {before} → {after}"
-        );
-        // Without targets the term is zero, so a model off the embedded set trains as
-        // before.
-        let c = m.condition(&tokens, 0, false);
-        assert_eq!(m.text_attribute_loss(&c, None).double_value(&[]), 0.0);
-    }
-}
-
-#[test]
 fn the_loss_is_the_sum_of_its_named_terms() {
-    let mut cfg = config(T2IKind::Vae);
-    cfg.attribute_weight = 1.0;
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let m = TextToImage::new(&vs.root(), &cfg).unwrap();
+    let (_vs, m) = facts_model();
     let (images, tokens) = batch();
     let targets = scene_rows();
     let terms = m
         .loss_terms(&images, &tokens, Some(&targets), 0, 1000)
         .unwrap();
     let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["pixel", "kl", "attributes"]);
+    assert_eq!(names, ["pixel", "kl", "facts"]);
     for (name, t) in &terms {
         let v = t.double_value(&[]);
         assert!(v.is_finite() && v >= 0.0, "{name}: {v}");
@@ -172,40 +122,26 @@ fn the_loss_is_the_sum_of_its_named_terms() {
 }
 
 #[test]
-fn the_layout_reads_each_caption_and_steers_the_picture() {
-    let (vs, m) = build(T2IKind::Vae);
-    let g = m.generator().unwrap();
+fn the_place_by_place_modulation_starts_as_the_identity_and_trains() {
+    let (vs, m) = facts_model();
     let (images, tokens) = batch();
-    let c = m.condition(&tokens, 0, false);
-    let places = g.layout_places(&c.tokens, &c.mask).unwrap();
-    assert_eq!(places.size(), vec![8, 9, 32]);
-    // Every caption gets its own layout.
-    assert!(
-        (&places - places.roll([1], [0]))
-            .abs()
-            .max()
-            .double_value(&[])
-            > 1e-3
-    );
-    // The modulation starts as the identity (zero projections), so at first no
-    // gradient reaches the reader; training must open that path and move both.
+    let targets = scene_rows();
+    // The modulation starts as the identity (zero projections), so at first the cells'
+    // facts change nothing; training must open that path.
+    let name = "generator.blocks.0.layout1.weight";
     let vars = vs.variables();
-    let watched = [
-        "generator.layout.places",
-        "generator.blocks.0.layout1.weight",
-    ];
-    let start: Vec<Tensor> = watched.iter().map(|n| vars[*n].copy()).collect();
-    assert_eq!(start[1].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    let start = vars[name].copy();
+    assert_eq!(start.abs().sum(Kind::Float).double_value(&[]), 0.0);
     let mut o = opt(&vs, &[]);
     for _ in 0..30 {
         o.zero_grad();
-        m.loss(&images, &tokens, None, 0, 1000).unwrap().backward();
+        m.loss(&images, &tokens, Some(&targets), 0, 1000)
+            .unwrap()
+            .backward();
         o.step(3e-3);
     }
-    for (name, before) in watched.iter().zip(&start) {
-        let moved = (&vars[*name] - before).abs().max().double_value(&[]);
-        assert!(moved > 1e-4, "{name} did not train: {moved}");
-    }
+    let moved = (&vars[name] - start).abs().max().double_value(&[]);
+    assert!(moved > 1e-4, "{name} did not train: {moved}");
 }
 
 #[test]
@@ -229,9 +165,7 @@ fn gan_discriminator_separates_real_from_mismatched_pairs() {
     let before = margin(&m);
     for _ in 0..60 {
         d.zero_grad();
-        m.gan_losses(0, &images, &tokens, None, 0)
-            .unwrap()
-            .backward();
+        m.gan_losses(0, &images, &tokens, 0).unwrap().backward();
         d.step(1e-3);
     }
     let after = margin(&m);
@@ -242,9 +176,7 @@ fn gan_discriminator_separates_real_from_mismatched_pairs() {
     // The generator's loss reaches the generator and not the discriminator's optimizer.
     let mut g = opt(&vs, &["generator.".into(), "text.".into()]);
     g.zero_grad();
-    m.gan_losses(1, &images, &tokens, None, 0)
-        .unwrap()
-        .backward();
+    m.gan_losses(1, &images, &tokens, 0).unwrap().backward();
     assert!(g.clip_grad_norm(0.0) > 0.0);
 }
 
@@ -306,19 +238,9 @@ fn missing_sections_are_config_errors() {
     cfg.gan.as_mut().unwrap().disc_channels = vec![8, 8, 8, 8, 8];
     let err = config_error(&cfg);
     assert!(err.contains("disc_channels"), "{err}");
-    let mut cfg = config(T2IKind::Gan);
-    cfg.prior = VaePrior::Learned;
-    let err = config_error(&cfg);
-    assert!(err.contains("model.prior"), "{err}");
-    // The auxiliary heads teach 3×3 cells: another layout cannot take them.
+    // Cell coordinates are relative to the facts' cells: without them they mean nothing.
     let mut cfg = config(T2IKind::Vae);
-    cfg.attribute_weight = 1.0;
-    cfg.generator.as_mut().unwrap().layout_grid = 4;
-    let err = config_error(&cfg);
-    assert!(err.contains("layout_grid"), "{err}");
-    // Cell coordinates are relative to a layout's cells: without one they mean nothing.
-    let mut cfg = config(T2IKind::Vae);
-    cfg.generator.as_mut().unwrap().layout_grid = 0;
+    cfg.generator.as_mut().unwrap().cell_coordinates = true;
     let err = config_error(&cfg);
     assert!(err.contains("cell_coordinates"), "{err}");
 }
@@ -343,23 +265,24 @@ fn cell_coordinates_are_offsets_from_each_cells_centre() {
 }
 
 #[test]
-fn kl_between_gaussians_matches_the_closed_form() {
+fn kl_to_the_standard_normal_matches_the_closed_form() {
     let mu = Tensor::from_slice(&[0.5f32, -1.0]).view([1, 2]);
     let lv = Tensor::from_slice(&[0.2f32, -0.3]).view([1, 2]);
-    let zero = mu.zeros_like();
-    let standard = vae::kl_to_standard_normal(&mu, &lv).double_value(&[0]);
-    let general = vae::kl_between(&mu, &lv, &zero, &zero).double_value(&[0]);
-    assert!((standard - general).abs() < 1e-6, "{standard} vs {general}");
-    assert!(vae::kl_between(&mu, &lv, &mu, &lv).double_value(&[0]).abs() < 1e-6);
-    // KL(N(0, 1) ‖ N(0, 4)) = ½ (ln 4 − 1 + ¼).
-    let four = Tensor::from_slice(&[4f32.ln()]).view([1, 1]);
-    let z = Tensor::zeros([1, 1], (Kind::Float, Device::Cpu));
-    let kl = vae::kl_between(&z, &z, &z, &four).double_value(&[0]);
-    assert!((kl - 0.5 * (4f64.ln() - 0.75)).abs() < 1e-6, "{kl}");
+    let kl = vae::kl_to_standard_normal(&mu, &lv).double_value(&[0]);
+    // ½ Σ (μ² + σ² − ln σ² − 1).
+    let want: f64 = [(0.5f64, 0.2f64), (-1.0, -0.3)]
+        .iter()
+        .map(|(m, l)| 0.5 * (m * m + l.exp() - l - 1.0))
+        .sum();
+    assert!((kl - want).abs() < 1e-6, "{kl} vs {want}");
+    assert_eq!(
+        vae::kl_to_standard_normal(&mu.zeros_like(), &lv.zeros_like()).double_value(&[0]),
+        0.0
+    );
 }
 
 /// Eight one-object scene rows for [`batch`]'s captions (the layout of
-/// [`crate::models::probe::cell_targets`]): the sky follows the caption, one object in
+/// [`crate::scenes::probe::cell_targets`]): the sky follows the caption, one object in
 /// cell 0.
 fn scene_rows() -> Tensor {
     let rows: Vec<i64> = (0..8i64)
@@ -372,44 +295,9 @@ fn scene_rows() -> Tensor {
     Tensor::from_slice(&rows).view([8, 39])
 }
 
-#[test]
-fn a_learned_prior_paints_each_caption_from_noise() {
-    let mut cfg = config(T2IKind::Vae);
-    cfg.prior = VaePrior::Learned;
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let m = TextToImage::new(&vs.root(), &cfg).unwrap();
-    let (images, tokens) = batch();
-    let error = |m: &TextToImage| {
-        tch::manual_seed(3);
-        let c = m.condition(&tokens, 0, false);
-        let x = m.sample(&c, &m.noise(8, Device::Cpu));
-        (x - &images).square().mean(Kind::Float).double_value(&[])
-    };
-    let before = error(&m);
-    let mut o = opt(&vs, &[]);
-    for _ in 0..150 {
-        o.zero_grad();
-        m.loss(&images, &tokens, None, 0, 1000).unwrap().backward();
-        o.step(3e-3);
-    }
-    let after = error(&m);
-    assert!(
-        after < 0.25 * before,
-        "samples vs their captions' images: {before} → {after}"
-    );
-    // The prior was trained: the same noise gives another latent for another caption.
-    let Body::Vae { prior: Some(p), .. } = &m.body else {
-        unreachable!()
-    };
-    let g = m.condition(&tokens, 0, false).global;
-    let (mu, _) = p.forward(&g);
-    assert!((&mu - mu.roll([1], [0])).abs().max().double_value(&[]) > 1e-3);
-}
-
 fn facts_model() -> (VarStore, TextToImage) {
     let mut cfg = config(T2IKind::Vae);
-    cfg.generator.as_mut().unwrap().layout_grid = 0;
+    cfg.generator.as_mut().unwrap().cell_coordinates = true;
     cfg.text.local_layers = 1;
     cfg.text.sentence_ends = vec![19];
     cfg.facts = Some(FactsConfig::default());
@@ -472,15 +360,9 @@ fn a_facts_vae_paints_from_the_nine_cells_its_reader_finds() {
 }
 
 #[test]
-fn facts_are_the_vaes_alone_and_replace_the_older_text_options() {
+fn facts_are_the_vaes_alone() {
     let mut cfg = config(T2IKind::Gan);
-    cfg.generator.as_mut().unwrap().layout_grid = 0;
     cfg.facts = Some(FactsConfig::default());
-    let vs = VarStore::new(Device::Cpu);
-    let err = TextToImage::new(&vs.root(), &cfg).err().unwrap();
-    assert!(err.to_string().contains("implemented for the vae"), "{err}");
-    let mut cfg = config(T2IKind::Vae);
-    cfg.facts = Some(FactsConfig::default());
-    let err = TextToImage::new(&vs.root(), &cfg).err().unwrap();
-    assert!(err.to_string().contains("layout_grid"), "{err}");
+    let err = config_error(&cfg);
+    assert!(err.contains("implemented for the vae"), "{err}");
 }

@@ -6,8 +6,8 @@
 //! input and output embeddings, copying a fact into the paragraph becomes reading a
 //! vector that already points at the words to write.
 
-use crate::data::synth::scene::{position_name, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES};
-use crate::models::attribute_heads::{AttributeLogits, CELL_HEADS, GLOBAL_HEADS};
+use crate::scenes::heads::{AttributeLogits, CELL_HEADS, GLOBAL_HEADS};
+use crate::scenes::scene::{position_name, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES};
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -103,7 +103,7 @@ impl FactWords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::attribute_heads::{CELL_WIDTH, GLOBAL_WIDTH};
+    use crate::scenes::heads::{CELL_WIDTH, GLOBAL_WIDTH};
 
     /// A toy tokenizer: one token per character code below the vocabulary.
     fn chars(text: &str) -> Result<Vec<i64>> {

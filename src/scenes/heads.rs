@@ -4,7 +4,7 @@
 //! probe is a CNN under these heads; the captioner can train its encoder with them as an
 //! auxiliary loss (`model.attribute_weight`).
 
-use crate::data::synth::scene::{COLOURS, KINDS};
+use crate::scenes::scene::{COLOURS, KINDS};
 use crate::util::draws;
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -103,7 +103,7 @@ impl AttributeHeads {
     }
 
     /// Cross-entropy of every head that applies, summed; `targets` `(B, 39)` are rows of
-    /// [`crate::models::probe::cell_targets`] (-1 where a head does not apply).
+    /// [`crate::scenes::probe::cell_targets`] (-1 where a head does not apply).
     pub fn loss(&self, f: &Tensor, targets: &Tensor, train: bool) -> Tensor {
         let l = self.logits(f, train);
         attribute_loss(&l.global, &l.cells, targets)

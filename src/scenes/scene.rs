@@ -222,7 +222,7 @@ mod tests {
                 let rows = if is_sky_kind(o.kind) { 0..2 } else { 1..3 };
                 assert!(rows.contains(&o.row()));
                 let classes = detail_classes(o.kind);
-                match crate::models::probe::detail_index(o.detail) {
+                match crate::scenes::probe::detail_index(o.detail) {
                     Some(d) => assert!((0..classes as i64).contains(&d), "{o:?}"),
                     None => assert_eq!(classes, 0, "{o:?}"),
                 }

@@ -1,18 +1,14 @@
-//! The embedded synthetic art dataset: deterministic small "paintings" with a
+//! Rendering the embedded scene set to disk: deterministic small "paintings" with a
 //! 100–200-word paragraph each and exact attribute ground truth in `metadata.csv`.
 
-pub mod describe;
-pub mod paint;
-pub mod parse;
-pub mod scene;
-
+use super::scene::{Scene, STYLES};
+use super::{describe, paint};
 use crate::data::layout::{metadata_csv, MetadataRow};
 use crate::data::splits::write_splits;
 use crate::util::fsio::{atomic_write, write_json};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use rayon::prelude::*;
-use scene::{Scene, STYLES};
 use std::collections::BTreeMap;
 use std::path::Path;
 

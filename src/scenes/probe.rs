@@ -4,13 +4,11 @@
 //! generated images ("probe attribute accuracy") and its kind posteriors give an
 //! Inception-Score-style score.
 
-use crate::data::synth::scene::{
+use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
+use crate::scenes::heads::{AttributeHeads, AttributeLogits, CELL_HEADS, CELL_KINDS, GLOBAL_HEADS};
+use crate::scenes::scene::{
     detail_classes, position_name, Detail, Scene, COLOURS, GROUNDS, KINDS, SIZES, SKIES, STYLES,
 };
-use crate::models::attribute_heads::{
-    AttributeHeads, AttributeLogits, CELL_HEADS, CELL_KINDS, GLOBAL_HEADS,
-};
-use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -300,7 +298,7 @@ fn slot_counts(pred: &[Vec<i64>], truth: &[Vec<i64>]) -> [(usize, usize); 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::attribute_heads::DETAIL_WIDTH;
+    use crate::scenes::heads::DETAIL_WIDTH;
     use rand::SeedableRng;
 
     #[test]

@@ -1,46 +1,9 @@
-//! Experiment configs: YAML files deserialised into serde structs that refuse unknown
-//! keys, with `--set a.b=c` overrides applied on top.
-//!
-//! Errors in the file name the file, line and field (serde_yaml reports them while
-//! parsing the original text); errors an override causes name the override.
+//! Value checks a config passes before any model is built: sizes, counts, ranges,
+//! fractions, learning rates, channel lists and width ÷ heads, by field name wherever
+//! they stand; and a bound on bracket nesting, checked before the YAML parser runs.
 
-use anyhow::{bail, Context, Result};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use anyhow::{bail, Result};
 use serde_yaml::Value;
-use std::path::Path;
-
-/// Reads `path` as a `T`, then applies `overrides` (`a.b=c`, the value parsed as YAML).
-pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    check_nesting(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    // First pass on the text itself, so errors carry the file's own line numbers.
-    let parsed: T =
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut value: Value = serde_yaml::from_str(&text)?;
-    if overrides.is_empty() {
-        check_values(&value, "").map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        return Ok(parsed);
-    }
-    for o in overrides {
-        apply_override(&mut value, o)?;
-    }
-    check_values(&value, "").map_err(|e| {
-        anyhow::anyhow!(
-            "{} after --set {}: {e}",
-            path.display(),
-            overrides.join(" --set ")
-        )
-    })?;
-    serde_yaml::from_value(value).map_err(|e| {
-        anyhow::anyhow!(
-            "{} after --set {}: {e}",
-            path.display(),
-            overrides.join(" --set ")
-        )
-    })
-}
 
 /// Sizes that must be whole numbers from 1 up to a bound, by field name wherever they
 /// stand in a config: a zero or negative width, or one that asks for terabytes, is
@@ -185,7 +148,7 @@ const MAX_NESTING: usize = 64;
 
 /// Refuses flow collections nested deeper than [`MAX_NESTING`] before the parser sees
 /// them (brackets inside quotes and comments are not counted).
-fn check_nesting(text: &str) -> Result<()> {
+pub(super) fn check_nesting(text: &str) -> Result<()> {
     let mut depth = 0usize;
     for (n, line) in text.lines().enumerate() {
         let mut quote = None::<char>;
@@ -212,92 +175,9 @@ fn check_nesting(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sets one dotted key; intermediate mappings are created as needed.
-pub fn apply_override(root: &mut Value, assignment: &str) -> Result<()> {
-    let Some((key, raw)) = assignment.split_once('=') else {
-        bail!("--set {assignment:?}: expected key.path=value");
-    };
-    let new: Value = serde_yaml::from_str(raw)
-        .with_context(|| format!("--set {assignment:?}: value is not YAML"))?;
-    let mut node = root;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if part.is_empty() {
-            bail!("--set {assignment:?}: empty key segment");
-        }
-        let Value::Mapping(map) = node else {
-            bail!(
-                "--set {assignment:?}: {} is not a section",
-                parts[..i].join(".")
-            );
-        };
-        let k = Value::String(part.to_string());
-        if i + 1 == parts.len() {
-            map.insert(k, new);
-            return Ok(());
-        }
-        node = map
-            .entry(k)
-            .or_insert_with(|| Value::Mapping(Default::default()));
-    }
-    unreachable!("split always yields a segment")
-}
-
-pub fn to_yaml<T: Serialize>(cfg: &T) -> Result<String> {
-    Ok(serde_yaml::to_string(cfg)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
-
-    #[derive(Deserialize, Debug)]
-    #[serde(deny_unknown_fields)]
-    struct Inner {
-        lr: f64,
-    }
-    #[derive(Deserialize, Debug)]
-    #[serde(deny_unknown_fields)]
-    struct Cfg {
-        seed: u64,
-        train: Inner,
-    }
-
-    fn write(text: &str) -> tempfile::NamedTempFile {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), text).unwrap();
-        f
-    }
-
-    #[test]
-    fn overrides_apply_and_errors_name_file_line_and_field() {
-        let f = write("seed: 1\ntrain:\n  lr: 0.1\n");
-        let c: Cfg = load(f.path(), &["train.lr=0.5".into()]).unwrap();
-        assert_eq!((c.seed, c.train.lr), (1, 0.5));
-
-        let bad = write("seed: 1\ntrain:\n  lr: 0.1\n  lrr: 2\n");
-        let e = load::<Cfg>(bad.path(), &[]).unwrap_err().to_string();
-        assert!(
-            e.contains("lrr")
-                && e.contains("line 4")
-                && e.contains(&bad.path().display().to_string()),
-            "{e}"
-        );
-
-        let wrong_type = write("seed: x\ntrain:\n  lr: 0.1\n");
-        let e = load::<Cfg>(wrong_type.path(), &[]).unwrap_err().to_string();
-        assert!(e.contains("seed") && e.contains("line 1"), "{e}");
-
-        let e = load::<Cfg>(f.path(), &["train.nope=1".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("nope") && e.contains("--set"), "{e}");
-        let e = load::<Cfg>(Path::new("/no/such.yaml"), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/no/such.yaml"), "{e}");
-    }
 
     #[test]
     fn adams_epsilon_must_be_positive_and_at_most_one() {

@@ -11,24 +11,24 @@
 //! a loss it can learn from: the reader is taught the facts by cross-entropy, and the
 //! generator paints from a small, exact, spatially arranged condition.
 
-use super::layout::LayoutReader;
-use crate::data::synth::scene::{detail_classes, is_sky_kind, KINDS, MAX_OBJECTS};
-use crate::models::attribute_heads::{
+use super::place_reader::LayoutReader;
+use crate::models::text_encoder::Encoded;
+use crate::scenes::heads::{
     CELL_HEADS, CELL_KINDS, CELL_WIDTH, DETAIL_WIDTH, GLOBAL_HEADS, GLOBAL_WIDTH,
 };
-use crate::models::text_encoder::Encoded;
+use crate::scenes::scene::{detail_classes, is_sky_kind, KINDS, MAX_OBJECTS};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 /// The facts as per-head distributions: `global` `(B, 12)` (sky, ground, style) and
 /// `cells` `(B, 9, 34)` (kind or empty, colour, size, detail), in the layout of
-/// [`crate::models::attribute_heads::AttributeLogits`].
+/// [`crate::scenes::heads::AttributeLogits`].
 pub struct Facts {
     pub global: Tensor,
     pub cells: Tensor,
 }
 
 impl Facts {
-    /// The facts of target rows `(B, 39)` (rows of [`crate::models::probe::cell_targets`])
+    /// The facts of target rows `(B, 39)` (rows of [`crate::scenes::probe::cell_targets`])
     /// as one-hot distributions; a head that does not apply (-1: the colour of an empty
     /// cell, the detail of a kind without one) is all zeros.
     pub fn one_hot(targets: &Tensor) -> Facts {
