@@ -6,7 +6,10 @@
 pub mod diffusion;
 pub mod gan;
 pub mod generator;
+mod guidance;
 pub mod layout;
+mod scene_facts;
+use scene_facts::fact_condition;
 #[cfg(test)]
 mod tests;
 pub mod unet;
@@ -278,96 +281,6 @@ impl TextToImage {
         }
     }
 
-    /// Whether the model paints from facts read off the caption (`model.facts`).
-    pub fn reads_facts(&self) -> bool {
-        self.facts.is_some()
-    }
-
-    /// The fact reader's logits `(B, 12)`, `(B, 9, 34)` for caption tokens; `None`
-    /// without `facts`.
-    pub fn fact_logits(&self, tokens: &Tensor, pad: i64, train: bool) -> Option<(Tensor, Tensor)> {
-        let (reader, _) = self.facts.as_ref()?;
-        Some(reader.logits(&self.text.forward(tokens, pad, train)))
-    }
-
-    /// The fact reader's loss against target rows `(B, 39)` (the text side's pretraining
-    /// objective); `None` without `facts`.
-    pub fn fact_loss(&self, tokens: &Tensor, targets: &Tensor, pad: i64) -> Option<Tensor> {
-        let (global, cells) = self.fact_logits(tokens, pad, true)?;
-        Some(attribute_loss(&global, &cells, targets))
-    }
-
-    /// Stops training the text side (encoder and fact reader): it was trained first.
-    pub fn freeze_text(&mut self, vs: &nn::VarStore) {
-        for (name, t) in vs.variables() {
-            if name.starts_with("text.") {
-                let _ = t.set_requires_grad(false);
-            }
-        }
-        self.text_frozen = true;
-    }
-
-    /// The condition a facts model trains its generator on, and, while the text side
-    /// still trains, the reader's loss. The generator never passes gradients to the
-    /// text: it paints from the reader's facts, detached.
-    fn fact_training_condition(
-        &self,
-        tokens: &Tensor,
-        targets: Option<&Tensor>,
-        pad: i64,
-    ) -> Result<(Condition, Option<Tensor>)> {
-        let Some((_, embedding)) = &self.facts else {
-            bail!("model.facts is not set: this model paints from the text");
-        };
-        let Some(t) = targets else {
-            bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
-        };
-        let (global, cells) = if self.text_frozen {
-            tch::no_grad(|| self.fact_logits(tokens, pad, false))
-        } else {
-            self.fact_logits(tokens, pad, true)
-        }
-        .expect("a facts model has a reader");
-        let loss = (!self.text_frozen).then(|| attribute_loss(&global, &cells, t));
-        let facts = Facts::from_logits(&global.detach(), &cells.detach());
-        Ok((fact_condition(embedding, &facts), loss))
-    }
-
-    /// The diffusion model's null condition for `b` rows (one token).
-    fn null_condition(&self, b: i64) -> Option<Condition> {
-        let Body::Diffusion { null_global, .. } = &self.body else {
-            return None;
-        };
-        self.null_condition_like(&null_global.view([1, -1]).expand([b, -1], false))
-    }
-
-    /// Replaces the condition of the rows where `drop` is true by the null condition
-    /// (caption dropout, which teaches the unconditional model guidance needs).
-    fn drop_captions(&self, c: Condition, drop: &Tensor) -> Condition {
-        let (b, l, d) = c.tokens.size3().expect("tokens are (B, L, D)");
-        let null = self
-            .null_condition(b)
-            .expect("diffusion has a null condition");
-        let first = Tensor::arange(l, (Kind::Int64, c.mask.device()))
-            .eq(0)
-            .view([1, l])
-            .expand([b, l], false);
-        Condition {
-            // `a.where_self(cond, b)` is torch.where(cond, a, b).
-            global: null.global.where_self(&drop.view([b, 1]), &c.global),
-            tokens: null
-                .tokens
-                .expand([b, l, d], false)
-                .where_self(&drop.view([b, 1, 1]), &c.tokens),
-            mask: first.where_self(&drop.view([b, 1]), &c.mask),
-        }
-    }
-
-    /// Whether the model trains with the scene facts (`facts`), and so needs targets.
-    pub fn wants_attributes(&self) -> bool {
-        self.facts.is_some()
-    }
-
     /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens,
     /// optional attribute targets); `step` drives the KL warm-up. A GAN trains through
     /// [`TextToImage::gan_losses`].
@@ -487,38 +400,6 @@ impl TextToImage {
         })
     }
 
-    /// The model's output for noisy images at step `t` with classifier-free guidance
-    /// `scale` (diffusion only). Scale 1 runs the conditional model alone.
-    /// `None` for the other kinds.
-    pub fn denoise(&self, x: &Tensor, t: i64, cond: &Condition, scale: f64) -> Option<Tensor> {
-        let Body::Diffusion { unet, .. } = &self.body else {
-            return None;
-        };
-        Some(self.guided(unet, x, t, cond, scale))
-    }
-
-    fn guided(&self, unet: &UNet, x: &Tensor, t: i64, cond: &Condition, scale: f64) -> Tensor {
-        let b = x.size()[0];
-        let tt = Tensor::full([b], t, (Kind::Int64, x.device()));
-        let out = unet.forward(x, &tt, &cond.global, &cond.tokens, &cond.mask, false);
-        if scale == 1.0 {
-            return out;
-        }
-        let null = self
-            .null_condition(b)
-            .expect("a diffusion body has a null condition");
-        let un = unet.forward(x, &tt, &null.global, &null.tokens, &null.mask, false);
-        diffusion::guide(&out, &un, scale)
-    }
-
-    /// Sampling settings of a diffusion model (sampler, steps, guidance, η), for `draw`.
-    pub fn diffusion_mut(&mut self) -> Option<&mut DiffusionConfig> {
-        match &mut self.body {
-            Body::Diffusion { schedule, .. } => Some(&mut schedule.cfg),
-            _ => None,
-        }
-    }
-
     /// Samples one image per row of `cond` from the noise `z` of [`TextToImage::noise`].
     pub fn sample(&self, cond: &Condition, z: &Tensor) -> Tensor {
         tch::no_grad(|| match &self.body {
@@ -539,34 +420,6 @@ impl TextToImage {
         noise(&self.cfg, n, device)
     }
 
-    /// The diffusion U-Net's conditional output at time steps `t` `(B,)`, a tensor (a
-    /// trace keeps it an input). `None` for the other kinds.
-    pub fn denoise_at(&self, x: &Tensor, t: &Tensor, cond: &Condition) -> Option<Tensor> {
-        let Body::Diffusion { unet, .. } = &self.body else {
-            return None;
-        };
-        Some(unet.forward(x, t, &cond.global, &cond.tokens, &cond.mask, false))
-    }
-
-    /// The null condition with the rows of `global` `(B, D)`, in tensor operations only
-    /// (the export traces it). `None` for the other kinds.
-    pub fn null_condition_like(&self, global: &Tensor) -> Option<Condition> {
-        let Body::Diffusion {
-            null_global,
-            null_token,
-            ..
-        } = &self.body
-        else {
-            return None;
-        };
-        let row = global.narrow(1, 0, 1); // (B, 1)
-        Some(Condition {
-            global: null_global.unsqueeze(0).expand_as(global),
-            tokens: null_token.view([1, 1, -1]) + row.unsqueeze(-1).zeros_like(),
-            mask: row.ones_like().to_kind(Kind::Bool),
-        })
-    }
-
     /// The vae or gan generator's images for noise `z` `(B, z)`, standard normal;
     /// `None` for diffusion.
     pub fn generate(&self, cond: &Condition, z: &Tensor) -> Option<Tensor> {
@@ -576,22 +429,6 @@ impl TextToImage {
             }
             Body::Diffusion { .. } => None,
         }
-    }
-}
-
-/// The generator's condition for facts: the global vector, and the nine cells' vectors
-/// as the tokens (all present).
-fn fact_condition(embedding: &FactEmbedding, facts: &Facts) -> Condition {
-    let (global, cells) = embedding.forward(facts);
-    // `to_dtype`, not `to_kind`: a trace must not pin the device.
-    let mask = cells
-        .select(2, 0)
-        .ones_like()
-        .to_dtype(Kind::Bool, false, false);
-    Condition {
-        global,
-        tokens: cells,
-        mask,
     }
 }
 

@@ -22,79 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use tch::{nn::VarStore, Tensor};
 
-/// The `train:` section of every stage's config.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    pub steps: u64,
-    pub batch_size: usize,
-    pub lr: f64,
-    #[serde(default = "d_warmup")]
-    pub warmup: u64,
-    /// The cosine schedule ends at `lr * min_lr_ratio`.
-    #[serde(default = "d_min_lr_ratio")]
-    pub min_lr_ratio: f64,
-    #[serde(default = "d_wd")]
-    pub weight_decay: f64,
-    #[serde(default = "d_beta1")]
-    pub beta1: f64,
-    #[serde(default = "d_beta2")]
-    pub beta2: f64,
-    /// AdamW's ε. An element whose gradient is below it moves by less than lr; near it,
-    /// rounding noise in the gradient decides the step (PyTorch's default, 1e-8).
-    #[serde(default = "d_adam_eps", skip_serializing_if = "is_default_adam_eps")]
-    pub adam_eps: f64,
-    /// Global gradient-norm clip; 0 disables.
-    #[serde(default = "d_clip")]
-    pub grad_clip: f64,
-    /// Micro-batches per optimizer step.
-    #[serde(default = "d_one")]
-    pub accumulate: u64,
-    #[serde(default = "d_eval_every")]
-    pub eval_every: u64,
-    #[serde(default = "d_log_every")]
-    pub log_every: u64,
-    /// EMA decay of the weights; 0 disables the shadow copy.
-    #[serde(default)]
-    pub ema: f64,
-    /// Stop after this many evaluations without improvement; 0 never stops early.
-    #[serde(default)]
-    pub patience: u32,
-}
-fn d_warmup() -> u64 {
-    100
-}
-fn d_min_lr_ratio() -> f64 {
-    0.1
-}
-fn d_wd() -> f64 {
-    0.01
-}
-fn d_beta1() -> f64 {
-    0.9
-}
-fn d_beta2() -> f64 {
-    0.999
-}
-fn d_adam_eps() -> f64 {
-    1e-8
-}
-fn is_default_adam_eps(eps: &f64) -> bool {
-    *eps == d_adam_eps()
-}
-fn d_clip() -> f64 {
-    1.0
-}
-fn d_one() -> u64 {
-    1
-}
-fn d_eval_every() -> u64 {
-    250
-}
-fn d_log_every() -> u64 {
-    10
-}
-
 /// An optimizer group: the variables whose names start with one of `prefixes`, trained
 /// on their own loss by their own AdamW at `lr × lr_scale` (a GAN's discriminator and
 /// generator).
@@ -170,83 +97,15 @@ pub fn parameters(vs: &VarStore) -> i64 {
 /// The interrupt flag: the loop finishes its step, checkpoints and exits when it is set.
 use crate::util::signals::INTERRUPTED;
 
+mod resume_checks;
+mod train_config;
+use resume_checks::*;
+pub use train_config::*;
+
 fn better(new: f64, old: Option<f64>, higher: bool) -> bool {
     match old {
         None => true,
         Some(o) => (higher && new > o) || (!higher && new < o),
-    }
-}
-
-/// Refuses to resume when the saved architecture differs from the configured one.
-fn check_arch(saved: &serde_json::Value, now: &serde_json::Value, run_dir: &Path) -> Result<()> {
-    if saved != now {
-        bail!(
-            "cannot resume {}: the checkpoint was trained with model config\n  {saved}\nbut the config now says\n  {now}\nstart a new --run or restore the old model section",
-            run_dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// A resumed run must continue the config it started with; only `train.steps` may grow
-/// (to train a finished run further). Anything else would make the checkpoint and
-/// `config.yaml` disagree.
-fn check_same_config(run_dir: &Path, new_yaml: &str) -> Result<()> {
-    let path = run_dir.join("config.yaml");
-    let Ok(old_yaml) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
-    let strip = |text: &str| -> Option<serde_yaml::Value> {
-        let mut v: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
-        if let Some(t) = v.get_mut("train").and_then(|t| t.as_mapping_mut()) {
-            t.remove("steps");
-        }
-        crate::config::retired::drop_all_off(&mut v);
-        Some(v)
-    };
-    let (Some(old), Some(new)) = (strip(&old_yaml), strip(new_yaml)) else {
-        return Ok(());
-    };
-    if let Some(key) = first_difference(&old, &new, "") {
-        bail!(
-            "cannot resume {}: {key} differs from the run's {} (resume with the same config, or start another --run)",
-            run_dir.display(),
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// The dotted path of the first value that differs between two YAML trees.
-fn first_difference(a: &serde_yaml::Value, b: &serde_yaml::Value, at: &str) -> Option<String> {
-    use serde_yaml::Value;
-    match (a, b) {
-        (Value::Mapping(x), Value::Mapping(y)) => {
-            let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
-            for k in keys {
-                let name = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
-                let path = if at.is_empty() {
-                    name
-                } else {
-                    format!("{at}.{name}")
-                };
-                match (x.get(k), y.get(k)) {
-                    (Some(p), Some(q)) => {
-                        if let Some(d) = first_difference(p, q, &path) {
-                            return Some(d);
-                        }
-                    }
-                    _ => return Some(path),
-                }
-            }
-            None
-        }
-        _ if a == b => None,
-        _ => Some(if at.is_empty() {
-            "the config".into()
-        } else {
-            at.into()
-        }),
     }
 }
 

@@ -1,4 +1,6 @@
-//! The captioner stage: `train captioner` and `eval captioner`.
+//! The captioner stage: `train captioner` and `eval captioner`. The scores on the
+//! embedded scene set are in `scene_scores`, the scene-supervised encoder pretraining in
+//! `encoder_pretrain`.
 
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{
@@ -20,6 +22,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
+
+mod encoder_pretrain;
+mod scene_scores;
+use encoder_pretrain::*;
+pub use scene_scores::*;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,127 +87,6 @@ pub struct CaptionerStageConfig {
     /// Pretrain the encoder on the attribute facts, then freeze it (see [`PretrainConfig`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainConfig>,
-}
-
-/// Ground-truth attribute facts per id, when the dataset is the embedded one.
-pub fn synth_facts(ds: &Dataset) -> Result<Option<HashMap<String, Vec<String>>>> {
-    if !ds.has_scene_facts()? {
-        return Ok(None);
-    }
-    let rows = ds.metadata()?;
-    let mut out = HashMap::new();
-    for r in &rows {
-        out.insert(r.id.clone(), scene_of(r)?.facts());
-    }
-    Ok(Some(out))
-}
-
-/// Attribute precision / recall / F1 (micro) of captions against the truth, and the F1
-/// of each field (`attr_f1.colour`, …): where the facts are lost.
-pub fn attribute_scores(
-    captions: &[String],
-    ids: &[String],
-    truth: &HashMap<String, Vec<String>>,
-) -> BTreeMap<String, f64> {
-    let said: Vec<Vec<String>> = captions.iter().map(|c| parse::parse(c)).collect();
-    let (precision, recall, f1) = fact_scores(said.iter().cloned(), ids, truth);
-    let mut m = BTreeMap::from([
-        ("attr_precision".into(), precision),
-        ("attr_recall".into(), recall),
-        ("attr_f1".into(), f1),
-    ]);
-    for field in parse::FACT_FIELDS {
-        let only = |facts: &[String]| -> Vec<String> {
-            facts
-                .iter()
-                .filter(|f| parse::fact_field(f) == field)
-                .cloned()
-                .collect()
-        };
-        let truth_field: HashMap<String, Vec<String>> =
-            truth.iter().map(|(id, f)| (id.clone(), only(f))).collect();
-        let f1 = fact_scores(said.iter().map(|s| only(s)), ids, &truth_field).2;
-        m.insert(format!("attr_f1.{field}"), f1);
-    }
-    m
-}
-
-/// Micro precision, recall and F1 of predicted fact lists (one per id) against the truth.
-fn fact_scores(
-    predicted: impl Iterator<Item = Vec<String>>,
-    ids: &[String],
-    truth: &HashMap<String, Vec<String>>,
-) -> (f64, f64, f64) {
-    let (mut hit, mut pred, mut gold) = (0usize, 0usize, 0usize);
-    for (p, id) in predicted.zip(ids) {
-        let t = &truth[id];
-        hit += p.iter().filter(|f| t.contains(f)).count();
-        pred += p.len();
-        gold += t.len();
-    }
-    let precision = hit as f64 / pred.max(1) as f64;
-    let recall = hit as f64 / gold.max(1) as f64;
-    let f1 = if precision + recall > 0.0 {
-        2.0 * precision * recall / (precision + recall)
-    } else {
-        0.0
-    };
-    (precision, recall, f1)
-}
-
-/// The captioner's attribute heads read uint8 `images` in batches, as rows in the probe's
-/// evaluation layout.
-fn head_rows(model: &Captioner, images: &Tensor, device: Device) -> Result<Vec<Vec<i64>>> {
-    let mut rows = vec![];
-    let n = images.size()[0];
-    for start in (0..n).step_by(128) {
-        let x = to_float(&images.narrow(0, start, 128.min(n - start)), device);
-        let logits = model.attribute_logits(&x).context("attribute heads")?;
-        rows.extend(rows_from_logits(&logits));
-    }
-    Ok(rows)
-}
-
-/// What the encoder knows against what the paragraph says, when the model has attribute
-/// heads: the fact F1 of the heads' own reading of the images (`heads_fact_f1`) and of the
-/// captions (`caption_fact_f1`), both without details (the facts a head row can assert).
-/// The gap between them is what the decoder loses while writing.
-fn heads_vs_caption(
-    model: &Captioner,
-    captions: &[String],
-    data: &SplitData,
-    truth: &HashMap<String, Vec<String>>,
-    device: Device,
-) -> Result<Option<BTreeMap<String, f64>>> {
-    if !model.wants_attributes() {
-        return Ok(None);
-    }
-    let rows = head_rows(model, &data.images, device)?;
-    let plain: HashMap<String, Vec<String>> = truth
-        .iter()
-        .map(|(id, f)| {
-            (
-                id.clone(),
-                f.iter().filter(|x| is_probe_fact(x)).cloned().collect(),
-            )
-        })
-        .collect();
-    let heads = fact_scores(rows.iter().map(|r| facts_of_row(r)), &data.ids, &plain).2;
-    let written = fact_scores(
-        captions.iter().map(|c| {
-            parse::parse(c)
-                .into_iter()
-                .filter(|x| is_probe_fact(x))
-                .collect()
-        }),
-        &data.ids,
-        &plain,
-    )
-    .2;
-    Ok(Some(BTreeMap::from([
-        ("heads_fact_f1".into(), heads),
-        ("caption_fact_f1".into(), written),
-    ])))
 }
 
 pub struct CaptionerStage {
@@ -460,98 +346,6 @@ pub fn train(
     Ok(summary)
 }
 
-/// The encoder pretraining phase: the CNN and the attribute heads on the facts alone.
-struct EncoderPretrain<'a> {
-    vs: &'a nn::VarStore,
-    model: &'a Captioner,
-    images: Tensor,
-    targets: Tensor,
-    val_images: &'a Tensor,
-    val_targets: Vec<Vec<i64>>,
-    batch: usize,
-    seed: u64,
-    device: Device,
-}
-
-impl Trainable for EncoderPretrain<'_> {
-    fn var_store(&self) -> &nn::VarStore {
-        self.vs
-    }
-
-    fn groups(&self) -> Vec<Group> {
-        vec![Group {
-            name: "encoder".into(),
-            prefixes: ENCODER_PREFIXES.iter().map(|p| p.to_string()).collect(),
-            lr_scale: 1.0,
-        }]
-    }
-
-    fn loss(&mut self, micro: u64) -> Result<Tensor> {
-        let n = self.images.size()[0] as usize;
-        let idx = Tensor::from_slice(&batch_indices(n, self.batch, self.seed, micro));
-        let x = to_float(&self.images.index_select(0, &idx), self.device);
-        let t = self.targets.index_select(0, &idx).to_device(self.device);
-        self.model
-            .attribute_only_loss(&x, &t, true)
-            .context("pretrain needs model.attribute_weight > 0 and the CNN encoder")
-    }
-
-    fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
-        let pred = head_rows(self.model, self.val_images, self.device)?;
-        Ok(BTreeMap::from([(
-            "attr_accuracy".into(),
-            attribute_accuracy(&pred, &self.val_targets),
-        )]))
-    }
-}
-
-/// Runs (or, on resume, reloads) the encoder pretraining in `<run>/encoder`, then freezes
-/// the encoder for the decoder's phase.
-fn pretrain_encoder(
-    stage: &mut CaptionerStage,
-    pre: &PretrainConfig,
-    opts: &RunOptions,
-    resume: bool,
-) -> Result<()> {
-    if !stage.model.wants_attributes() || stage.truth.is_none() {
-        bail!("pretrain needs model.attribute_weight > 0 and the embedded set (its scene facts are the targets)");
-    }
-    let ds = Dataset::open(&stage.cfg.data)?;
-    let phase = super::FirstPhase {
-        folder: "encoder",
-        name: "captioner encoder",
-        metric: "attr_accuracy",
-        trains: &ENCODER_PREFIXES,
-        train: &pre.train,
-        config_yaml: serde_yaml::to_string(pre)?,
-    };
-    let s = &*stage;
-    super::run_first_phase(&s.vs, opts, resume, phase, || {
-        let (images, targets) = attribute_training_set(
-            &ds,
-            &s.train,
-            s.cfg.seed,
-            pre.extra_renders,
-            "captioner encoder",
-        )?;
-        Ok(EncoderPretrain {
-            vs: &s.vs,
-            model: &s.model,
-            images,
-            targets,
-            val_images: &s.val.images,
-            val_targets: scene_targets(&ds, &s.val.ids)?,
-            batch: pre.train.batch_size,
-            seed: s.cfg.seed,
-            device: s.device,
-        })
-    })?;
-    stage.model.freeze_encoder(&stage.vs);
-    // The heads are frozen: their loss would only cost time.
-    stage.attribute_targets = None;
-    Ok(())
-}
-
 /// A trained captioner read back from its run folder (config + chosen checkpoint; EMA
 /// weights when the run kept them).
 pub struct LoadedCaptioner {
@@ -627,30 +421,4 @@ pub fn evaluate(
         .collect();
     crate::report::caption_page(&out, &ds, &rows, &m).context("writing the caption page")?;
     Ok(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_field_scores_show_where_facts_are_lost() {
-        let truth = HashMap::from([(
-            "a".to_string(),
-            vec![
-                "sky=dawn".to_string(),
-                "house.colour=red".to_string(),
-                "house.size=small".to_string(),
-            ],
-        )]);
-        // A paragraph that gets the sky and size right and the colour wrong.
-        let said = "This oil painting shows a dawn sky above a calm sea. In the bottom left a small blue house stands.";
-        let m = attribute_scores(&[said.to_string()], &["a".to_string()], &truth);
-        assert_eq!(m["attr_f1.sky"], 1.0);
-        assert_eq!(m["attr_f1.size"], 1.0);
-        assert_eq!(m["attr_f1.colour"], 0.0);
-        // Fields the truth lacks and the paragraph states score 0, not NaN.
-        assert_eq!(m["attr_f1.detail"], 0.0);
-        assert!(m["attr_f1"] > 0.0 && m["attr_f1"] < 1.0);
-    }
 }
