@@ -13,7 +13,6 @@ pub mod unified;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Writes `runs/<stage>/<run>/done.json` with the run's last metrics; `make` depends on it.
 /// The first phase of a two-phase stage (the captioner's encoder, the facts VAE's text
 /// side): what it is called, where it runs, what it keeps its best checkpoint by.
 pub struct FirstPhase<'a> {
@@ -74,6 +73,7 @@ pub fn run_first_phase<P: crate::train::runner::Trainable>(
     Ok(())
 }
 
+/// Writes `runs/<stage>/<run>/done.json` with the run's last metrics; `make` depends on it.
 pub fn write_done(run_dir: &Path, summary: &crate::train::runner::RunSummary) -> Result<()> {
     let v = serde_json::json!({
         "steps": summary.steps,

@@ -1,57 +1,23 @@
-//! A TensorBoard event-file writer: scalars, histograms, images (PNG) and text (the text plugin),
-//! written as TFRecord-framed `Event` protobufs. Hand-encoded because the few messages
-//! needed are small and the Rust crates for this lack the text plugin.
+//! TensorBoard event files. The messages come from the `tensorboard-rs` project: its
+//! summary builders make the scalars and histograms, and its generated protobuf types
+//! (`tensorboard-proto`) the events, images and the text plugin's tensors, which its
+//! builders lack. What stays here is the TFRecord framing and the file: `tensorboard-rs`'s
+//! own writer thread panics on a write error (a full disk), and a run must stop with a
+//! clear error instead. Its image builder also reads a CHW buffer as HWC, so images are
+//! built from the message types too.
 
 use anyhow::{Context, Result};
+use protobuf::{Message, RepeatedField};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-
-/// Protobuf encoding of the handful of field types the event format uses.
-#[derive(Default)]
-struct Proto(Vec<u8>);
-
-impl Proto {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    fn key(&mut self, field: u32, wire: u8) {
-        self.varint(((field as u64) << 3) | wire as u64);
-    }
-    fn int(&mut self, field: u32, v: i64) -> &mut Self {
-        self.key(field, 0);
-        self.varint(v as u64);
-        self
-    }
-    fn double(&mut self, field: u32, v: f64) -> &mut Self {
-        self.key(field, 1);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn float(&mut self, field: u32, v: f32) -> &mut Self {
-        self.key(field, 5);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn bytes(&mut self, field: u32, b: &[u8]) -> &mut Self {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn message(&mut self, field: u32, m: &Proto) -> &mut Self {
-        self.bytes(field, &m.0)
-    }
-    /// A packed repeated double field.
-    fn doubles(&mut self, field: u32, v: &[f64]) -> &mut Self {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.bytes(field, &bytes)
-    }
-}
+use tensorboard_proto::event::Event;
+use tensorboard_proto::summary::{
+    Summary, SummaryMetadata, SummaryMetadata_PluginData, Summary_Image, Summary_Value,
+};
+use tensorboard_proto::tensor::TensorProto;
+use tensorboard_proto::tensor_shape::{TensorShapeProto, TensorShapeProto_Dim};
+use tensorboard_proto::types::DataType;
 
 /// Buckets of a [`EventWriter::histogram`].
 const HISTOGRAM_BUCKETS: usize = 30;
@@ -59,6 +25,17 @@ const HISTOGRAM_BUCKETS: usize = 30;
 fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c::crc32c(data);
     c.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+fn now() -> Result<std::time::Duration> {
+    Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?)
+}
+
+/// A summary of one value.
+fn one_value(value: Summary_Value) -> Summary {
+    let mut summary = Summary::new();
+    summary.set_value(RepeatedField::from_vec(vec![value]));
+    summary
 }
 
 pub struct EventWriter {
@@ -73,7 +50,7 @@ impl EventWriter {
             return Ok(EventWriter { out: None });
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let now = now()?;
         let name = format!(
             "events.out.tfevents.{}.ekphrasis.{}",
             now.as_secs(),
@@ -84,44 +61,48 @@ impl EventWriter {
         let mut w = EventWriter {
             out: Some(BufWriter::new(file)),
         };
-        let mut ev = Proto::default();
-        ev.double(1, now.as_secs_f64()).bytes(3, b"brain.Event:2");
-        w.record(&ev.0)?;
+        let mut ev = Event::new();
+        ev.set_wall_time(now.as_secs_f64());
+        ev.set_file_version("brain.Event:2".into());
+        w.record(&ev)?;
         Ok(w)
     }
 
-    fn record(&mut self, data: &[u8]) -> Result<()> {
+    /// One TFRecord: length, its masked CRC-32C, the event, its masked CRC-32C.
+    fn record(&mut self, ev: &Event) -> Result<()> {
         let Some(out) = self.out.as_mut() else {
             return Ok(());
         };
+        let data = ev.write_to_bytes()?;
         let len = (data.len() as u64).to_le_bytes();
         out.write_all(&len)?;
         out.write_all(&masked_crc(&len).to_le_bytes())?;
-        out.write_all(data)?;
-        out.write_all(&masked_crc(data).to_le_bytes())?;
+        out.write_all(&data)?;
+        out.write_all(&masked_crc(&data).to_le_bytes())?;
         Ok(())
     }
 
-    fn event(&mut self, step: i64, value: Proto) -> Result<()> {
-        let mut summary = Proto::default();
-        summary.message(1, &value);
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let mut ev = Proto::default();
-        ev.double(1, wall.as_secs_f64())
-            .int(2, step)
-            .message(5, &summary);
-        self.record(&ev.0)
+    fn event(&mut self, step: i64, summary: Summary) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        let mut ev = Event::new();
+        ev.set_wall_time(now()?.as_secs_f64());
+        ev.set_step(step);
+        ev.set_summary(summary);
+        self.record(&ev)
     }
 
     pub fn scalar(&mut self, tag: &str, step: i64, v: f64) -> Result<()> {
-        let mut value = Proto::default();
-        value.bytes(1, tag.as_bytes()).float(2, v as f32);
-        self.event(step, value)
+        self.event(step, tensorboard_rs::summary::scalar(tag, v as f32))
     }
 
     /// A histogram of `values` (a weight or gradient tensor) in 30 equal buckets between
     /// its minimum and maximum; non-finite values are left out.
     pub fn histogram(&mut self, tag: &str, step: i64, values: &tch::Tensor) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
         let v: Vec<f64> = Vec::try_from(
             values
                 .detach()
@@ -154,17 +135,17 @@ impl EventWriter {
                 }
             })
             .collect();
-        let mut h = Proto::default();
-        h.double(1, lo)
-            .double(2, hi)
-            .double(3, v.len() as f64)
-            .double(4, v.iter().sum())
-            .double(5, v.iter().map(|x| x * x).sum())
-            .doubles(6, &limits)
-            .doubles(7, &counts);
-        let mut value = Proto::default();
-        value.bytes(1, tag.as_bytes()).message(5, &h);
-        self.event(step, value)
+        let summary = tensorboard_rs::summary::histogram_raw(
+            tag,
+            lo,
+            hi,
+            v.len() as f64,
+            v.iter().sum(),
+            v.iter().map(|x| x * x).sum(),
+            &limits,
+            &counts,
+        );
+        self.event(step, summary)
     }
 
     /// An RGB image given as height × width × 3 bytes.
@@ -176,41 +157,44 @@ impl EventWriter {
         height: u32,
         width: u32,
     ) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
         let mut png = std::io::Cursor::new(Vec::new());
         image::RgbImage::from_raw(width, height, rgb.to_vec())
             .context("image buffer does not match its size")?
             .write_to(&mut png, image::ImageFormat::Png)?;
-        let mut img = Proto::default();
-        img.int(1, height as i64)
-            .int(2, width as i64)
-            .int(3, 3)
-            .bytes(4, png.get_ref());
-        let mut value = Proto::default();
-        value.bytes(1, tag.as_bytes()).message(4, &img);
-        self.event(step, value)
+        let mut img = Summary_Image::new();
+        img.set_height(height as i32);
+        img.set_width(width as i32);
+        img.set_colorspace(3);
+        img.set_encoded_image_string(png.into_inner());
+        let mut value = Summary_Value::new();
+        value.set_tag(tag.into());
+        value.set_image(img);
+        self.event(step, one_value(value))
     }
 
-    /// Text shown by TensorBoard's text plugin (markdown).
+    /// Text shown by TensorBoard's text plugin (markdown): a string tensor of one
+    /// element, tagged with the plugin's name.
     pub fn text(&mut self, tag: &str, step: i64, text: &str) -> Result<()> {
-        let mut plugin = Proto::default();
-        plugin.bytes(1, b"text");
-        let mut meta = Proto::default();
-        meta.message(1, &plugin);
-        let mut dim = Proto::default();
-        dim.int(1, 1);
-        let mut shape = Proto::default();
-        shape.message(2, &dim);
-        let mut tensor = Proto::default();
-        tensor
-            .int(1, 7)
-            .message(2, &shape)
-            .bytes(8, text.as_bytes()); // DT_STRING
-        let mut value = Proto::default();
-        value
-            .bytes(1, tag.as_bytes())
-            .message(9, &meta)
-            .message(8, &tensor);
-        self.event(step, value)
+        let mut plugin = SummaryMetadata_PluginData::new();
+        plugin.set_plugin_name("text".into());
+        let mut meta = SummaryMetadata::new();
+        meta.set_plugin_data(plugin);
+        let mut dim = TensorShapeProto_Dim::new();
+        dim.set_size(1);
+        let mut shape = TensorShapeProto::new();
+        shape.set_dim(RepeatedField::from_vec(vec![dim]));
+        let mut tensor = TensorProto::new();
+        tensor.set_dtype(DataType::DT_STRING);
+        tensor.set_tensor_shape(shape);
+        tensor.set_string_val(RepeatedField::from_vec(vec![text.as_bytes().to_vec()]));
+        let mut value = Summary_Value::new();
+        value.set_tag(tag.into());
+        value.set_metadata(meta);
+        value.set_tensor(tensor);
+        self.event(step, one_value(value))
     }
 
     pub fn flush(&mut self) -> Result<()> {
