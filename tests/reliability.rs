@@ -545,3 +545,36 @@ fn the_first_ctrl_c_stops_a_long_captioning_at_once() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted: stopped"), "{err}");
 }
+
+/// A dataset without its tokenizer is refused by every training stage before any image
+/// is loaded, naming the file and the command that makes it.
+#[test]
+fn training_on_a_dataset_without_its_tokenizer_names_the_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = common::run(&[
+        "data",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "12",
+        "--size",
+        "16",
+    ]);
+    assert!(ok, "{err}");
+    let clip = common::clip_cfg(dir.path(), &data);
+    let captioner = common::tiny_captioner_config(dir.path(), &data, 2);
+    for (stage, cfg) in [
+        ("clip", clip.as_str()),
+        ("captioner", captioner.to_str().unwrap()),
+    ] {
+        let run = dir.path().join(format!("{stage}_run"));
+        let err = common::assert_clean_error(
+            &["train", stage, "-c", cfg, "--run", run.to_str().unwrap()],
+            "has no tokenizer.json; run `ekphrasis tokenizer train --data",
+        );
+        assert!(err.contains(data.to_str().unwrap()), "{err}");
+        assert!(!run.join("checkpoints").exists(), "{stage}: {err}");
+    }
+}

@@ -104,6 +104,34 @@ pub fn run_config<T: serde::de::DeserializeOwned>(run_dir: &Path, stage: &str) -
     })
 }
 
+/// What every training stage opens first, before any image is loaded or any model
+/// built: the dataset; the options of `scene_options` refused when it has no scene facts;
+/// and its tokenizer, with the tokenized captions checked to exist.
+pub fn open_training_data(
+    data: &Path,
+    scene_options: &[&str],
+) -> Result<(
+    crate::data::layout::Dataset,
+    crate::data::tokenizer::TextTokenizer,
+)> {
+    let ds = crate::data::layout::Dataset::open(data)?;
+    refuse_scene_options(&ds, scene_options)?;
+    for (path, what) in [
+        (ds.tokenizer_path(), "tokenizer.json"),
+        (ds.tokenized_path(), "tokenized_captions.json"),
+    ] {
+        if !path.exists() {
+            anyhow::bail!(
+                "{} has no {what}; run `ekphrasis tokenizer train --data {}` first",
+                data.display(),
+                data.display()
+            );
+        }
+    }
+    let tok = crate::data::tokenizer::TextTokenizer::load(&ds.tokenizer_path())?;
+    Ok((ds, tok))
+}
+
 /// Refuses, before anything is built or loaded, the options of `options` (those a
 /// stage config has set that read the embedded set's scene facts) on a dataset
 /// without those facts, naming the first.

@@ -146,27 +146,12 @@ pub fn build_model(
 
 impl CaptionerStage {
     pub fn new(cfg: CaptionerStageConfig, device: Device) -> Result<Self> {
-        let ds = Dataset::open(&cfg.data)?;
-        super::refuse_scene_options(&ds, &cfg.scene_options())?;
-        if !ds.tokenizer_path().exists() {
-            bail!(
-                "{} has no tokenizer.json; run `ekphrasis tokenizer train --data {}` first",
-                cfg.data.display(),
-                cfg.data.display()
-            );
-        }
-        let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+        let (ds, tok) = super::open_training_data(&cfg.data, &cfg.scene_options())?;
         tch::manual_seed(cfg.seed as i64);
         let (vs, model) = build_model(&cfg.model, &tok, device)?;
         let size = cfg.model.image_size as u32;
         let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
         let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset.max(1)))?;
-        if train.tokens.is_none() {
-            bail!(
-                "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
-                cfg.data.display()
-            );
-        }
         train.check_token_room(cfg.model.max_len, "model.max_len")?;
         let truth = synth_facts(&ds)?;
         let attribute_targets = if model.wants_attributes() {

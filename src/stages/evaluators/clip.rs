@@ -129,7 +129,7 @@ pub fn train_clip(
     resume: bool,
     device: Device,
 ) -> Result<RunSummary> {
-    let (ds, tok) = open_with_tokenizer(&cfg.data)?;
+    let (ds, tok) = crate::stages::open_training_data(&cfg.data, &[])?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, model) = build_clip(&cfg.model, &tok, device)?;
     let size = cfg.model.image_size as u32;
@@ -170,7 +170,7 @@ pub struct LoadedClip {
 
 pub fn load_clip(run_dir: &Path, device: Device) -> Result<LoadedClip> {
     let cfg: ClipStageConfig = crate::stages::run_config(run_dir, "clip")?;
-    let (_, tok) = open_with_tokenizer(&cfg.data)?;
+    let (_, tok) = crate::stages::open_training_data(&cfg.data, &[])?;
     let (vs, model) = build_clip(&cfg.model, &tok, device)?;
     crate::train::checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))?;
     Ok(LoadedClip {

@@ -23,15 +23,3 @@ mod clip;
 mod probe;
 pub use clip::*;
 pub use probe::*;
-
-fn open_with_tokenizer(data: &Path) -> Result<(Dataset, TextTokenizer)> {
-    let ds = Dataset::open(data)?;
-    if !ds.tokenized_path().exists() {
-        bail!(
-            "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
-            data.display()
-        );
-    }
-    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
-    Ok((ds, tok))
-}

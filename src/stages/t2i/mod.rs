@@ -257,20 +257,12 @@ pub fn train(
     resume: bool,
     device: Device,
 ) -> Result<RunSummary> {
-    let ds = Dataset::open(&cfg.data)?;
-    super::refuse_scene_options(&ds, &cfg.scene_options())?;
-    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+    let (ds, tok) = super::open_training_data(&cfg.data, &cfg.scene_options())?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, model) = build(&cfg.model, &tok, device)?;
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset))?;
-    if train.tokens.is_none() {
-        bail!(
-            "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
-            cfg.data.display()
-        );
-    }
     let (clip, probe) = load_evaluators(&cfg.eval, &ds, device)?;
     let attribute_targets = if model.wants_attributes() {
         Some(

@@ -258,21 +258,16 @@ pub fn train(
     resume: bool,
     device: Device,
 ) -> Result<RunSummary> {
-    let ds = Dataset::open(&cfg.data)?;
-    if cfg.model.facts {
-        ds.require_scene_facts("model.facts")?;
-    }
-    let tok = TextTokenizer::load(&ds.tokenizer_path())?;
+    let scene_options: &[&str] = if cfg.model.facts {
+        &["model.facts"]
+    } else {
+        &[]
+    };
+    let (ds, tok) = super::open_training_data(&cfg.data, scene_options)?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, model) = build(&cfg.model, &tok, device)?;
     let size = cfg.model.captioner.image_size as u32;
     let train = load_split(&ds, Split::Train, size, None)?;
-    if train.tokens.is_none() {
-        bail!(
-            "{} has no tokenized_captions.json; run `ekphrasis tokenizer train` first",
-            cfg.data.display()
-        );
-    }
     train.check_token_room(cfg.model.captioner.max_len, "model.captioner.max_len")?;
     let reference = load_split(&ds, Split::Val, size, Some(cfg.eval.samples.max(2)))?.images;
     let facts = if cfg.model.facts {
