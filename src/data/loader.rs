@@ -68,6 +68,29 @@ pub fn references_by_image(
 }
 
 impl SplitData {
+    /// The first item of each image only (`--multi pairs` gives an image one item per
+    /// caption): what is measured once per picture, as the cycle is.
+    pub fn one_per_image(self, image_of: &std::collections::HashMap<String, String>) -> SplitData {
+        let (keep, _) = references_by_image(&self.ids, &self.captions, image_of);
+        if keep.len() == self.ids.len() {
+            return self;
+        }
+        let rows = Tensor::from_slice(&keep);
+        let pick = |v: &[String]| keep.iter().map(|&i| v[i as usize].clone()).collect();
+        SplitData {
+            ids: pick(&self.ids),
+            captions: pick(&self.captions),
+            images: self
+                .images
+                .index_select(0, &rows.to_device(self.images.device())),
+            tokens: self
+                .tokens
+                .as_ref()
+                .map(|t| t.index_select(0, &rows.to_device(t.device()))),
+            size: self.size,
+        }
+    }
+
     /// Refuses token rows longer than a model's positions (`field`, e.g. `model.max_len`):
     /// a model cannot read past its last position, and truncating would hide it.
     pub fn check_token_room(&self, max_len: i64, field: &str) -> Result<()> {
@@ -318,6 +341,30 @@ impl Prefetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_per_image_keeps_each_pictures_first_item_in_order() {
+        let ids: Vec<String> = ["a_1", "b_1", "a_2", "c", "b_2"].map(String::from).into();
+        let image_of: std::collections::HashMap<String, String> =
+            [("a_1", "a"), ("a_2", "a"), ("b_1", "b"), ("b_2", "b")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
+        let rows = Tensor::arange(5, (Kind::Int64, Device::Cpu));
+        let data = SplitData {
+            captions: ids.iter().map(|i| format!("caption of {i}")).collect(),
+            ids,
+            images: rows.view([5, 1, 1, 1]).to_kind(Kind::Uint8),
+            tokens: Some(rows.view([5, 1])),
+            size: 1,
+        };
+        let one = data.one_per_image(&image_of);
+        assert_eq!(one.ids, ["a_1", "b_1", "c"]);
+        assert_eq!(one.captions[2], "caption of c");
+        let kept: Vec<i64> = Vec::try_from(one.tokens.unwrap().view([-1])).unwrap();
+        assert_eq!(kept, [0, 1, 3]);
+        let pixels: Vec<u8> = Vec::try_from(one.images.view([-1])).unwrap();
+        assert_eq!(pixels, [0, 1, 3]);
+    }
 
     #[test]
     fn prefetched_batches_equal_direct_ones() {

@@ -69,7 +69,10 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
     // Everything is compared at the contrastive evaluator's resolution; a generator that
     // draws smaller is upsampled to it.
     let size = clip.cfg.model.image_size as u32;
-    let data = load_split(&ds, a.split, size, a.limit)?;
+    // Once per picture: with `--multi pairs` an image has one item per caption, and
+    // its other captions would be graded against its own reconstruction as distractors.
+    let image_of = ds.image_of_items()?;
+    let data = load_split(&ds, a.split, size, a.limit)?.one_per_image(&image_of);
     let n = data.ids.len();
     if n < 2 {
         bail!(
@@ -81,7 +84,9 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
     let cap_images = if cap.cfg.model.image_size == size as i64 {
         data.images.shallow_clone()
     } else {
-        load_split(&ds, a.split, cap.cfg.model.image_size as u32, a.limit)?.images
+        load_split(&ds, a.split, cap.cfg.model.image_size as u32, a.limit)?
+            .one_per_image(&image_of)
+            .images
     };
 
     // image → caption → image
