@@ -353,6 +353,18 @@ fn the_contrastive_model_and_a_gan_with_two_optimizers_train_the_same_on_two_ran
     let clip = common::clip_cfg(dir.path(), &data);
     let (d, name) = one_against_two(dir.path(), "clip", &clip, "clip");
     assert_same("clip", d, &name);
+    // Random crops, keyed per sample as the shifts are. They change every input, and
+    // AdamW's ε 1e-8 turns the rounding of tiny gradient elements into 2e-5 here; at 1e-5
+    // what is left is float rounding (a crop drawn for the wrong sample would differ by
+    // the size of the updates, ~1e-3).
+    let text = std::fs::read_to_string(&clip).unwrap();
+    let cropped = text
+        .replace("augment_shift: 2\n", "augment_shift: 2\naugment_crop: 0.8\n")
+        .replace("eval_every: 4}", "eval_every: 4, adam_eps: 1.0e-5}");
+    assert!(cropped.contains("augment_crop") && cropped.contains("adam_eps"));
+    let cropped = common::write(dir.path(), "clip-crop.yaml", cropped);
+    let (d, name) = one_against_two(dir.path(), "clip", &cropped, "clip-crop");
+    assert_same("clip with crops", d, &name);
 
     // A GAN: the discriminator's and the generator's optimizers step in turn, noise keyed
     // per sample, mismatched pairs across ranks, the gradient penalty's double backward.

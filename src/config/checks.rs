@@ -48,10 +48,11 @@ const COUNTS: [(&str, i64); 6] = [
 pub const MAX_GUIDANCE: f64 = 100.0;
 
 /// Numbers that must lie in a closed range.
-const RANGES: [(&str, f64, f64); 3] = [
+const RANGES: [(&str, f64, f64); 4] = [
     ("guidance", 0.0, MAX_GUIDANCE),
     ("eta", 0.0, 1.0),
     ("adam_eps", 1e-12, 1.0),
+    ("augment_crop", 0.1, 1.0),
 ];
 
 /// Fractions that must lie in [0, 1).

@@ -255,28 +255,6 @@ pub fn to_u8(images: &Tensor) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
-/// Shifts each image by up to `max_shift` pixels (edge pixels repeat), a
-/// caption-preserving augmentation.
-pub fn random_shift(x: &Tensor, max_shift: i64) -> Tensor {
-    if max_shift <= 0 {
-        return x.shallow_clone();
-    }
-    let s = x.size()[3];
-    let padded = x.replication_pad2d([max_shift, max_shift, max_shift, max_shift]);
-    let n = x.size()[0];
-    let offs = (crate::util::draws::uniform(&[n, 2], Device::Cpu) * (2 * max_shift + 1) as f64)
-        .floor()
-        .to_kind(Kind::Int64);
-    let offs: Vec<i64> = Vec::try_from(offs.view([-1])).unwrap_or_default();
-    let crops: Vec<Tensor> = (0..n)
-        .map(|i| {
-            let (dy, dx) = (offs[(2 * i) as usize], offs[(2 * i + 1) as usize]);
-            padded.get(i).narrow(1, dy, s).narrow(2, dx, s)
-        })
-        .collect();
-    Tensor::stack(&crops, 0)
-}
-
 /// Batches prepared ahead of time on a background thread: the row indices of
 /// micro-batch k come from [`batch_indices`], so the order is the same as without
 /// prefetching, and training stays exactly resumable.

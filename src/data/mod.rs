@@ -1,6 +1,7 @@
 //! Datasets: the on-disk layout, splits, the tokenizer, the
 //! tensor loader and model-written descriptions for real artworks.
 
+pub mod augment;
 pub mod bench;
 pub mod images;
 pub mod ingest;

@@ -130,7 +130,7 @@ pub fn write(dir: &Path, name: &str, text: String) -> String {
 /// A tiny contrastive-model config.
 pub fn clip_cfg(dir: &Path, data: &Path) -> String {
     write(dir, "clip.yaml", format!(
-        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  feature_dim: 32\n  embed_dim: 16\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  feature_dim: 32\n  embed_dim: 16\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\naugment_shift: 2\n",
         data.display()
     ))
 }

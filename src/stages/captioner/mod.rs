@@ -2,10 +2,9 @@
 //! embedded scene set are in `scene_scores`, the scene-supervised encoder pretraining in
 //! `encoder_pretrain`.
 
+use crate::data::augment::augment;
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{
-    batch_indices, batch_rows, load_split, random_shift, to_float, Prefetcher, SplitData,
-};
+use crate::data::loader::{batch_indices, batch_rows, load_split, to_float, Prefetcher, SplitData};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::text::{caption_metrics, caption_metrics_multi};
 use crate::models::captioner::decode::DecodeOptions;
@@ -76,9 +75,13 @@ pub struct CaptionerStageConfig {
     pub model: CaptionerConfig,
     pub train: TrainConfig,
     pub loss: LossConfig,
-    /// Random shift in pixels (the only caption-preserving augmentation here).
+    /// Random shift in pixels ([`crate::data::augment`]).
     #[serde(default)]
     pub augment_shift: i64,
+    /// Random crops of at least this share of the side (0.1–1), resized back; unset is
+    /// off ([`crate::data::augment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_crop: Option<f64>,
     pub eval: EvalConfig,
     pub best: BestMetric,
     /// Use only this many training images (tests use tiny runs).
@@ -247,7 +250,11 @@ impl Trainable for CaptionerStage {
             .prefetch
             .get_or_insert_with(|| Prefetcher::new(images, tokens, batch, seed, micro, 4));
         let (x, tokens) = p.get(micro)?;
-        let x = random_shift(&to_float(&x, self.device), self.cfg.augment_shift);
+        let x = augment(
+            &to_float(&x, self.device),
+            self.cfg.augment_shift,
+            self.cfg.augment_crop,
+        );
         let tokens = tokens.context("tokenized captions")?.to_device(self.device);
         let frac = self.sampled_fraction(micro);
         let attributes = self

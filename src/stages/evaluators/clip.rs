@@ -15,6 +15,17 @@ pub struct ClipStageConfig {
     pub best: BestMetric,
     #[serde(default)]
     pub limit_train: Option<usize>,
+    /// Random shift in pixels ([`crate::data::augment`]); 0 is off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub augment_shift: i64,
+    /// Random crops of at least this share of the side (0.1–1), resized back; unset is
+    /// off ([`crate::data::augment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_crop: Option<f64>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// Embeds `images` (uint8) in batches: unit embeddings and pre-projection features.
@@ -86,6 +97,7 @@ impl Trainable for ClipStage {
             self.device,
         );
         let t = t.context("tokenized captions")?;
+        let x = crate::data::augment::augment(&x, self.cfg.augment_shift, self.cfg.augment_crop);
         Ok(self.model.loss(&x, &t, self.tok.pad, true))
     }
     fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
