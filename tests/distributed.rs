@@ -359,7 +359,10 @@ fn the_contrastive_model_and_a_gan_with_two_optimizers_train_the_same_on_two_ran
     // the size of the updates, ~1e-3).
     let text = std::fs::read_to_string(&clip).unwrap();
     let cropped = text
-        .replace("augment_shift: 2\n", "augment_shift: 2\naugment_crop: 0.8\n")
+        .replace(
+            "augment_shift: 2\n",
+            "augment_shift: 2\naugment_crop: 0.8\n",
+        )
         .replace("eval_every: 4}", "eval_every: 4, adam_eps: 1.0e-5}");
     assert!(cropped.contains("augment_crop") && cropped.contains("adam_eps"));
     let cropped = common::write(dir.path(), "clip-crop.yaml", cropped);

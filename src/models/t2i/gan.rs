@@ -162,6 +162,58 @@ pub fn truncated_noise(n: i64, dim: i64, limit: f64, device: tch::Device) -> Ten
     z
 }
 
+/// The GAN as a text → image body: the shared generator and DF-GAN's discriminator,
+/// trained in turn through [`super::TextToImage::gan_losses`].
+pub struct GanBody {
+    pub(super) generator: super::generator::Generator,
+    pub(super) discriminator: Discriminator,
+    pub(super) cfg: GanConfig,
+}
+
+impl GanBody {
+    pub(super) fn new(p: &nn::Path, cfg: &super::T2IConfig) -> anyhow::Result<Self> {
+        let g = super::need(&cfg.gan, "gan", "gan")?;
+        let n = g.disc_channels.len() as u32;
+        if g.disc_channels.is_empty() || cfg.image_size % (1 << n) != 0 {
+            anyhow::bail!(
+                "model.gan.disc_channels: {} stride-2 stages do not divide {} px",
+                n,
+                cfg.image_size
+            );
+        }
+        let generator = super::checked_generator(p, cfg, "gan")?;
+        let discriminator =
+            Discriminator::new(p / "discriminator", g, cfg.image_size, cfg.text.dim);
+        Ok(GanBody {
+            generator,
+            discriminator,
+            cfg: g.clone(),
+        })
+    }
+}
+
+impl super::Body for GanBody {
+    fn loss_terms(
+        &self,
+        _images: &Tensor,
+        _c: super::Condition,
+        _step: u64,
+    ) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+        anyhow::bail!(
+            "a GAN has two losses (discriminator, generator): train it through gan_losses"
+        )
+    }
+    fn sample(&self, c: &super::Condition, z: &Tensor) -> Tensor {
+        self.generator.forward(z, &c.global, &c.tokens, &c.mask)
+    }
+    fn generator(&self) -> Option<&super::generator::Generator> {
+        Some(&self.generator)
+    }
+    fn gan(&self) -> Option<&GanBody> {
+        Some(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,12 +21,11 @@ use crate::scenes::heads::attribute_loss;
 use crate::util::draws;
 use anyhow::{bail, Result};
 use diffusion::{DiffusionConfig, Schedule};
-use gan::{Discriminator, GanConfig};
+use gan::GanConfig;
 use generator::{Generator, GeneratorConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use unet::{UNet, UNetConfig};
-use vae::{vae_terms, Posterior};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,27 +103,43 @@ impl Condition {
     }
 }
 
-/// The network that turns a condition into pixels, per kind. One per model, so the
-/// size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum Body {
-    Vae {
-        generator: Generator,
-        posterior: Posterior,
-    },
-    Gan {
-        generator: Generator,
-        discriminator: Discriminator,
-        cfg: GanConfig,
-    },
-    Diffusion {
-        unet: UNet,
-        schedule: Schedule,
-        /// The learned null condition of classifier-free guidance: a global vector and
-        /// one token.
-        null_global: Tensor,
-        null_token: Tensor,
-    },
+/// The network that turns a condition into pixels. One file per kind holds its body
+/// ([`vae::VaeBody`], [`gan::GanBody`], [`guidance::DiffusionBody`]); [`build_body`] is
+/// the registry that picks one, and a new generator is one more file and one more arm
+/// there (with its [`T2IKind`] and its starting [`noise`]).
+trait Body {
+    /// The named training terms for `images` in [-1, 1] and their condition; `step`
+    /// drives warm-ups. A GAN has none (it trains through [`TextToImage::gan_losses`]).
+    fn loss_terms(
+        &self,
+        images: &Tensor,
+        c: Condition,
+        step: u64,
+    ) -> Result<Vec<(&'static str, Tensor)>>;
+    /// One image per row of `c` from the starting noise `z`.
+    fn sample(&self, c: &Condition, z: &Tensor) -> Tensor;
+    /// The one-pass generator (vae, gan): what the export traces.
+    fn generator(&self) -> Option<&Generator> {
+        None
+    }
+    fn gan(&self) -> Option<&gan::GanBody> {
+        None
+    }
+    fn diffusion(&self) -> Option<&guidance::DiffusionBody> {
+        None
+    }
+    fn diffusion_mut(&mut self) -> Option<&mut guidance::DiffusionBody> {
+        None
+    }
+}
+
+/// The body `cfg.kind` names.
+fn build_body(p: &nn::Path, cfg: &T2IConfig) -> Result<Box<dyn Body>> {
+    Ok(match cfg.kind {
+        T2IKind::Vae => Box::new(vae::VaeBody::new(p, cfg)?),
+        T2IKind::Gan => Box::new(gan::GanBody::new(p, cfg)?),
+        T2IKind::Diffusion => Box::new(guidance::DiffusionBody::new(p, cfg)?),
+    })
 }
 
 pub struct TextToImage {
@@ -134,20 +149,20 @@ pub struct TextToImage {
     facts: Option<(FactReader, FactEmbedding)>,
     /// The text side (encoder and fact reader) was trained first and is frozen.
     text_frozen: bool,
-    body: Body,
+    body: Box<dyn Body>,
 }
 
 /// Variable-name prefixes of the GAN's two optimizer groups.
 pub const DISCRIMINATOR_PREFIX: &str = "discriminator.";
 
-fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a T> {
+pub(super) fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a T> {
     match v {
         Some(x) => Ok(x),
         None => bail!("model.kind {kind} needs a model.{key} section"),
     }
 }
 
-fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
+pub(super) fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
     let gcfg = need(&cfg.generator, kind, "generator")?;
     if gcfg.cell_coordinates && cfg.facts.is_none() {
         bail!("model.generator.cell_coordinates needs the cells model.facts paints from");
@@ -181,73 +196,7 @@ impl TextToImage {
             );
         }
         let text = TextEncoder::new(p / "text", &cfg.text);
-        let body = match cfg.kind {
-            T2IKind::Vae => {
-                let z_dim = need(&cfg.generator, "vae", "generator")?.z_dim;
-                Body::Vae {
-                    generator: checked_generator(p, cfg, "vae")?,
-                    posterior: Posterior::new(
-                        p / "posterior",
-                        &cfg.encoder_channels,
-                        cfg.image_size,
-                        cfg.text.dim,
-                        z_dim,
-                    ),
-                }
-            }
-            T2IKind::Gan => {
-                let g = need(&cfg.gan, "gan", "gan")?;
-                let n = g.disc_channels.len() as u32;
-                if g.disc_channels.is_empty() || cfg.image_size % (1 << n) != 0 {
-                    bail!(
-                        "model.gan.disc_channels: {} stride-2 stages do not divide {} px",
-                        n,
-                        cfg.image_size
-                    );
-                }
-                Body::Gan {
-                    generator: checked_generator(p, cfg, "gan")?,
-                    discriminator: Discriminator::new(
-                        p / "discriminator",
-                        g,
-                        cfg.image_size,
-                        cfg.text.dim,
-                    ),
-                    cfg: g.clone(),
-                }
-            }
-            T2IKind::Diffusion => {
-                let u = need(&cfg.unet, "diffusion", "unet")?;
-                let levels = u.channels.len() as u32;
-                if u.channels.is_empty() || cfg.image_size % (1 << (levels - 1)) != 0 {
-                    bail!(
-                        "model.unet.channels: {levels} levels halve {} px {} times; it must divide evenly",
-                        cfg.image_size,
-                        levels.saturating_sub(1)
-                    );
-                }
-                if u.channels[0] % 2 != 0 {
-                    bail!(
-                        "model.unet.channels[0] = {} must be even: the time embedding is its sines and cosines, half each",
-                        u.channels[0]
-                    );
-                }
-                let d = cfg.diffusion.clone().unwrap_or_default();
-                if d.timesteps < 2 || d.sample_steps < 1 || d.sample_steps > d.timesteps {
-                    bail!("model.diffusion: timesteps must be ≥ 2 and sample_steps from 1 to timesteps");
-                }
-                let init = nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                };
-                Body::Diffusion {
-                    unet: UNet::new(p / "unet", u, cfg.image_size, cfg.text.dim, cfg.text.dim),
-                    schedule: Schedule::new(&d),
-                    null_global: p.var("null_global", &[cfg.text.dim], init),
-                    null_token: p.var("null_token", &[cfg.text.dim], init),
-                }
-            }
-        };
+        let body = build_body(p, cfg)?;
         let d = cfg.text.dim;
         // The reader under "text." (it is the text side), the embedding under
         // "generator." (it is what the generator paints from).
@@ -313,39 +262,7 @@ impl TextToImage {
         } else {
             (self.condition(tokens, pad, true), None)
         };
-        let mut terms = match &self.body {
-            Body::Vae {
-                generator,
-                posterior,
-            } => {
-                let (pixel, kl) =
-                    vae_terms(posterior, generator, images, &c.global, &c.tokens, &c.mask);
-                let ramp = if self.cfg.beta_warmup == 0 {
-                    1.0
-                } else {
-                    (step as f64 / self.cfg.beta_warmup as f64).min(1.0)
-                };
-                let beta = self.cfg.beta * ramp;
-                vec![
-                    ("pixel", pixel.mean(Kind::Float)),
-                    ("kl", kl.mean(Kind::Float) * beta),
-                ]
-            }
-            Body::Diffusion { unet, schedule, .. } => {
-                let b = images.size()[0];
-                let p = schedule.cfg.caption_dropout;
-                let drop = draws::uniform(&[b], images.device()).lt(p);
-                let c = self.drop_captions(c, &drop);
-                let (t, xt, target) = schedule.training_example(images);
-                let out = unet.forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
-                vec![("denoise", (out - target).square().mean(Kind::Float))]
-            }
-            Body::Gan { .. } => {
-                bail!(
-                    "a GAN has two losses (discriminator, generator): train it through gan_losses"
-                )
-            }
-        };
+        let mut terms = self.body.loss_terms(images, c, step)?;
         terms.extend(aux.map(|a| ("facts", a)));
         Ok(terms)
     }
@@ -353,7 +270,7 @@ impl TextToImage {
     /// Whether this model trains through [`TextToImage::gan_losses`] (two optimizer
     /// groups) instead of [`TextToImage::loss`].
     pub fn is_gan(&self) -> bool {
-        matches!(self.body, Body::Gan { .. })
+        self.body.gan().is_some()
     }
 
     /// The GAN's loss for optimizer group `group`: 0 = discriminator, 1 = generator and
@@ -365,14 +282,11 @@ impl TextToImage {
         tokens: &Tensor,
         pad: i64,
     ) -> Option<Tensor> {
-        let Body::Gan {
+        let gan::GanBody {
             generator,
             discriminator,
             cfg,
-        } = &self.body
-        else {
-            return None;
-        };
+        } = self.body.gan()?;
         let b = images.size()[0];
         let z = gan::truncated_noise(b, generator.cfg.z_dim, 0.0, images.device());
         Some(if group == 0 {
@@ -402,17 +316,7 @@ impl TextToImage {
 
     /// Samples one image per row of `cond` from the noise `z` of [`TextToImage::noise`].
     pub fn sample(&self, cond: &Condition, z: &Tensor) -> Tensor {
-        tch::no_grad(|| match &self.body {
-            Body::Vae { .. } | Body::Gan { .. } => self
-                .generate(cond, z)
-                .expect("vae and gan bodies generate in one pass"),
-            Body::Diffusion { unet, schedule, .. } => {
-                let scale = schedule.cfg.guidance;
-                schedule.sample(z.shallow_clone(), |x, t| {
-                    self.guided(unet, x, t, cond, scale)
-                })
-            }
-        })
+        tch::no_grad(|| self.body.sample(cond, z))
     }
 
     /// The starting noise of `n` samples: see [`noise`].
@@ -423,12 +327,9 @@ impl TextToImage {
     /// The vae or gan generator's images for noise `z` `(B, z)`, standard normal;
     /// `None` for diffusion.
     pub fn generate(&self, cond: &Condition, z: &Tensor) -> Option<Tensor> {
-        match &self.body {
-            Body::Vae { generator, .. } | Body::Gan { generator, .. } => {
-                Some(generator.forward(z, &cond.global, &cond.tokens, &cond.mask))
-            }
-            Body::Diffusion { .. } => None,
-        }
+        self.body
+            .generator()
+            .map(|g| g.forward(z, &cond.global, &cond.tokens, &cond.mask))
     }
 }
 

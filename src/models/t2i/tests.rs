@@ -151,9 +151,7 @@ fn gan_discriminator_separates_real_from_mismatched_pairs() {
     let mut d = opt(&vs, &[DISCRIMINATOR_PREFIX.to_string()]);
     let margin = |m: &TextToImage| {
         tch::no_grad(|| {
-            let Body::Gan { discriminator, .. } = &m.body else {
-                unreachable!()
-            };
+            let discriminator = &m.body.gan().expect("a GAN body").discriminator;
             let s = m.condition(&tokens, 0, false).sentence();
             let real = discriminator.forward(&images, &s).mean(Kind::Float);
             let mis = discriminator

@@ -59,3 +59,67 @@ pub fn vae_terms(
         .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float);
     (pixel, kl_to_standard_normal(&mu, &logvar))
 }
+
+/// The VAE as a text → image body: the generator is the decoder p(x | z, t), the
+/// posterior q(z | x, t) trains it, and samples draw z ~ N(0, I).
+pub struct VaeBody {
+    generator: Generator,
+    posterior: Posterior,
+    beta: f64,
+    beta_warmup: u64,
+}
+
+impl VaeBody {
+    pub(super) fn new(p: &nn::Path, cfg: &super::T2IConfig) -> anyhow::Result<Self> {
+        let z_dim = super::need(&cfg.generator, "vae", "generator")?.z_dim;
+        // The generator first, then the posterior: the order the variables are drawn in.
+        let generator = super::checked_generator(p, cfg, "vae")?;
+        let posterior = Posterior::new(
+            p / "posterior",
+            &cfg.encoder_channels,
+            cfg.image_size,
+            cfg.text.dim,
+            z_dim,
+        );
+        Ok(VaeBody {
+            generator,
+            posterior,
+            beta: cfg.beta,
+            beta_warmup: cfg.beta_warmup,
+        })
+    }
+}
+
+impl super::Body for VaeBody {
+    fn loss_terms(
+        &self,
+        images: &Tensor,
+        c: super::Condition,
+        step: u64,
+    ) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+        let (pixel, kl) = vae_terms(
+            &self.posterior,
+            &self.generator,
+            images,
+            &c.global,
+            &c.tokens,
+            &c.mask,
+        );
+        let ramp = if self.beta_warmup == 0 {
+            1.0
+        } else {
+            (step as f64 / self.beta_warmup as f64).min(1.0)
+        };
+        let beta = self.beta * ramp;
+        Ok(vec![
+            ("pixel", pixel.mean(Kind::Float)),
+            ("kl", kl.mean(Kind::Float) * beta),
+        ])
+    }
+    fn sample(&self, c: &super::Condition, z: &Tensor) -> Tensor {
+        self.generator.forward(z, &c.global, &c.tokens, &c.mask)
+    }
+    fn generator(&self) -> Option<&Generator> {
+        Some(&self.generator)
+    }
+}
