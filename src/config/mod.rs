@@ -141,27 +141,4 @@ mod tests {
             .to_string();
         assert!(e.contains("/no/such.yaml"), "{e}");
     }
-
-    #[test]
-    fn an_old_runs_retired_options_load_when_off_and_are_refused_when_on() {
-        #[derive(Deserialize, Debug)]
-        #[serde(deny_unknown_fields)]
-        struct Model {
-            kind: String,
-        }
-        #[derive(Deserialize, Debug)]
-        #[serde(deny_unknown_fields)]
-        struct Stage {
-            model: Model,
-        }
-        let old = write("model:\n  kind: vae\n  prior: standard\n  attribute_weight: 0.0\n");
-        let c: Stage = load(old.path(), &["model.kind=gan".into()]).unwrap();
-        assert_eq!(c.model.kind, "gan");
-        let on = write("model:\n  kind: vae\n  prior: learned\n");
-        let e = load::<Stage>(on.path(), &[]).unwrap_err().to_string();
-        assert!(
-            e.contains("model.prior was removed") && e.contains(&on.path().display().to_string()),
-            "{e}"
-        );
-    }
 }

@@ -188,4 +188,24 @@ mod tests {
         drop_all_off(&mut v);
         assert_eq!(v, tree("model: {kind: x, generator: {layout_grid: 3}}"));
     }
+
+    #[test]
+    fn an_old_runs_file_loads_when_its_retired_options_are_off() {
+        let file = |text: &str| {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), text).unwrap();
+            f
+        };
+        let old = file("model:\n  kind: vae\n  prior: standard\n  attribute_weight: 0.0\n");
+        let c: Stage = crate::config::load(old.path(), &["model.kind=gan".into()]).unwrap();
+        assert_eq!(c.model.kind, "gan");
+        let on = file("model:\n  kind: vae\n  prior: learned\n");
+        let e = crate::config::load::<Stage>(on.path(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.prior was removed") && e.contains(&on.path().display().to_string()),
+            "{e}"
+        );
+    }
 }
