@@ -4,6 +4,7 @@
 //! phase.
 
 use super::*;
+use anyhow::Context;
 
 impl TextToImage {
     /// Whether the model paints from facts read off the caption (`model.facts`).
@@ -55,7 +56,7 @@ impl TextToImage {
         } else {
             self.fact_logits(tokens, pad, true)
         }
-        .expect("a facts model has a reader");
+        .context("model.facts is set but the model has no fact reader")?;
         let loss = (!self.text_frozen).then(|| attribute_loss(&global, &cells, t));
         let facts = Facts::from_logits(&global.detach(), &cells.detach());
         Ok((fact_condition(embedding, &facts), loss))
