@@ -11,7 +11,6 @@ use tch::{nn, Tensor};
 /// place, the second reads what those words describe.
 #[derive(Debug)]
 pub struct LayoutReader {
-    pub grid: i64,
     places: Tensor,
     layers: Vec<ReaderLayer>,
     out_norm: nn::LayerNorm,
@@ -46,7 +45,6 @@ impl LayoutReader {
             })
             .collect();
         LayoutReader {
-            grid,
             places: p.var(
                 "places",
                 &[grid * grid, dim],

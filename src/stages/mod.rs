@@ -135,7 +135,7 @@ pub fn open_training_data(
 /// Refuses, before anything is built or loaded, the options of `options` (those a
 /// stage config has set that read the embedded set's scene facts) on a dataset
 /// without those facts, naming the first.
-pub fn refuse_scene_options(ds: &crate::data::layout::Dataset, options: &[&str]) -> Result<()> {
+fn refuse_scene_options(ds: &crate::data::layout::Dataset, options: &[&str]) -> Result<()> {
     match options.first() {
         Some(first) => ds.require_scene_facts(first),
         None => Ok(()),
