@@ -11,8 +11,8 @@
 //! a loss it can learn from: the reader is taught the facts by cross-entropy, and the
 //! generator paints from a small, exact, spatially arranged condition.
 
-use super::place_reader::LayoutReader;
 use crate::models::text_encoder::Encoded;
+use crate::nn::place_reader::LayoutReader;
 use crate::scenes::heads::{
     CELL_HEADS, CELL_KINDS, CELL_WIDTH, DETAIL_WIDTH, GLOBAL_HEADS, GLOBAL_WIDTH,
 };

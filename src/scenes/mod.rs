@@ -6,7 +6,7 @@
 //! extra loss term) and only when a dataset has scene facts
 //! ([`crate::data::layout::Dataset::has_scene_facts`]). Each file sits at the layer its
 //! concept belongs to: `scene`, `paint`, `describe`, `parse` and `render` are data;
-//! `heads`, `fact_words`, `place_reader`, `facts` and `probe` are models.
+//! `heads`, `fact_words`, `facts` and `probe` are models.
 
 pub mod describe;
 pub mod fact_words;
@@ -14,7 +14,6 @@ pub mod facts;
 pub mod heads;
 pub mod paint;
 pub mod parse;
-pub mod place_reader;
 pub mod probe;
 pub mod render;
 pub mod scene;
