@@ -9,7 +9,7 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
         Command::Train(TrainCommand::Captioner(args)) => {
             let (cfg, yaml) = stage_config::<captioner::CaptionerStageConfig>(
                 cli,
-                "experiments/demo/captioner.yaml",
+                "experiments/general/captioner.yaml",
             )?;
             let s = captioner::train(cfg, yaml, &args.run, args.resume, device)?;
             trained("captioner", &s, &args.run);
@@ -20,6 +20,14 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
             let s = evaluators::train_clip(cfg, yaml, &args.run, args.resume, device)?;
             trained("clip", &s, &args.run);
         }
+        Command::Train(TrainCommand::Align(args)) => {
+            let (cfg, yaml) = stage_config::<crate::stages::align::AlignStageConfig>(
+                cli,
+                "experiments/general/align.yaml",
+            )?;
+            let s = crate::stages::align::train(cfg, yaml, &args.run, args.resume, device)?;
+            trained("align", &s, &args.run);
+        }
         Command::Train(TrainCommand::Probe(args)) => {
             let (cfg, yaml) =
                 stage_config::<evaluators::ProbeStageConfig>(cli, "experiments/demo/probe.yaml")?;
@@ -28,7 +36,7 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
         }
         Command::Train(TrainCommand::T2i(args)) => {
             let (cfg, yaml) =
-                stage_config::<t2i::T2IStageConfig>(cli, "experiments/demo/t2i-vae.yaml")?;
+                stage_config::<t2i::T2IStageConfig>(cli, "experiments/general/t2i-vae.yaml")?;
             let s = t2i::train(cfg, yaml, &args.run, args.resume, device)?;
             trained("t2i", &s, &args.run);
         }
@@ -45,7 +53,7 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
         Command::Train(TrainCommand::Unified(args)) => {
             let (cfg, yaml) = stage_config::<crate::stages::unified::UnifiedStageConfig>(
                 cli,
-                "experiments/demo/unified.yaml",
+                "experiments/scenes/unified.yaml",
             )?;
             let s = crate::stages::unified::train(cfg, yaml, &args.run, args.resume, device)?;
             trained("unified", &s, &args.run);

@@ -23,7 +23,7 @@ pub struct Cli {
     /// Seed for everything random; overrides the config's `seed`.
     #[arg(long, global = true)]
     pub seed: Option<u64>,
-    /// Experiment config (YAML), e.g. experiments/demo/captioner.yaml.
+    /// Experiment config (YAML), e.g. experiments/general/captioner.yaml.
     #[arg(short, long, global = true)]
     pub config: Option<PathBuf>,
     /// Override a config value, e.g. --set train.steps=100 (repeatable).
@@ -41,7 +41,8 @@ pub enum Command {
     /// Train the shared BPE tokenizer and write tokenized_captions.json.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
-    /// Train a stage from a config (-c): captioner, clip, probe.
+    /// Train a stage from a config (-c): captioner, clip, align, probe, t2i, invertible,
+    /// unified.
     #[command(subcommand)]
     Train(TrainCommand),
     /// Evaluate a trained run on a split and write metrics.json + an HTML page.

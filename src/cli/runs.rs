@@ -20,6 +20,9 @@ pub enum TrainCommand {
     Captioner(RunArgs),
     /// Contrastive image–text embedding (symmetric InfoNCE): the evaluators' encoder.
     Clip(RunArgs),
+    /// The general path's conditioning model (AttnGAN's DAMSM: sentence, word and place
+    /// matching): its image encoder feeds the captioner, its text side the generators.
+    Align(RunArgs),
     /// Attribute probe: a classifier of the embedded set's attributes (grades images).
     Probe(RunArgs),
     /// Text → image generator (model.kind: vae, gan or diffusion) with its own text

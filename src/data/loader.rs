@@ -316,6 +316,17 @@ impl Prefetcher {
     }
 }
 
+/// Caption token rows cut after the batch's longest caption: the padding beyond it is
+/// masked anyway, and a text step costs in proportion to the length it runs over.
+pub fn trim_padding(tokens: &Tensor, pad: i64) -> Tensor {
+    let longest = tokens
+        .ne(pad)
+        .sum_dim_intlist(1, false, Kind::Int64)
+        .max()
+        .int64_value(&[]);
+    tokens.narrow(1, 0, longest.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

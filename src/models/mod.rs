@@ -1,5 +1,6 @@
 //! The networks: each model owns its layers and its loss, not the training loop.
 
+pub mod align;
 pub mod captioner;
 pub mod clip;
 pub mod invertible;

@@ -1,6 +1,7 @@
 //! Stages: each one joins a model to the data, the runner and the evaluators, and is
 //! what a CLI command calls.
 
+pub mod align;
 pub mod bench;
 pub mod captioner;
 pub mod cycle;
