@@ -36,8 +36,8 @@ endif
 resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.json),--resume,)
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
-        eval-captioner train-clip eval-clip train-probe eval-probe train-t2i eval-t2i \
-        cycle pipeline export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
+        eval-captioner train-clip eval-clip train-probe eval-probe train-align train-t2i eval-t2i \
+        cycle pipeline demo-scenes export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -91,10 +91,16 @@ tokenizer: $(DATA)/tokenizer.json
 $(DATA)/tokenizer.json: $(DATA)/captions.json | build
 	$(EK) tokenizer train --data $(DATA) -c experiments/$(if $(filter data/synth,$(DATA)),demo,general)/tokenizer.yaml
 
-## train-captioner: image -> paragraph on the embedded set (~3-4 min on 2 cores)
+## train-align: the general path's conditioning model (image and text encoders matched
+## by sentence, place and words-as-labels terms; ~4 min on 2 cores)
+train-align: runs/align/demo/done.json
+runs/align/demo/done.json: $(DATA)/tokenizer.json | build
+	$(EK_TRAIN) train align -c experiments/general/align.yaml --run runs/align/demo $(call resume,runs/align/demo)
+
+## train-captioner: image -> paragraph from the align run's frozen image encoder (~3-4 min)
 train-captioner: runs/captioner/demo/done.json
-runs/captioner/demo/done.json: $(DATA)/tokenizer.json | build
-	$(EK_TRAIN) train captioner -c experiments/demo/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
+runs/captioner/demo/done.json: runs/align/demo/done.json | build
+	$(EK_TRAIN) train captioner -c experiments/general/captioner.yaml --run runs/captioner/demo $(call resume,runs/captioner/demo)
 
 eval-captioner: runs/captioner/demo/eval_test/metrics.json
 runs/captioner/demo/eval_test/metrics.json: runs/captioner/demo/done.json
@@ -118,13 +124,14 @@ eval-probe: runs/probe/demo/eval_test/metrics.json
 runs/probe/demo/eval_test/metrics.json: runs/probe/demo/done.json
 	$(EK) eval probe --run runs/probe/demo --split test
 
-## train-t2i: text -> image generator, MODEL=vae (default, runs/t2i/demo; ~6 min),
-## gan or diffusion (runs/t2i/gan, runs/t2i/diffusion; longer, see docs/results.md)
+## train-t2i: text -> image generator painting from the align run's frozen text side,
+## MODEL=vae (default, runs/t2i/demo; ~5 min), gan or diffusion (runs/t2i/gan,
+## runs/t2i/diffusion; longer, see docs/results.md)
 MODEL ?= vae
 T2I_RUN := runs/t2i/$(if $(filter vae,$(MODEL)),demo,$(MODEL))
 train-t2i: $(T2I_RUN)/done.json
-$(T2I_RUN)/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK_TRAIN) train t2i -c experiments/demo/t2i-$(MODEL).yaml --run $(T2I_RUN) $(call resume,$(T2I_RUN))
+$(T2I_RUN)/done.json: runs/align/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK_TRAIN) train t2i -c experiments/general/t2i-$(MODEL).yaml --set eval.probe=runs/probe/demo --run $(T2I_RUN) $(call resume,$(T2I_RUN))
 
 eval-t2i: $(T2I_RUN)/eval_test/metrics.json
 $(T2I_RUN)/eval_test/metrics.json: $(T2I_RUN)/done.json
@@ -143,7 +150,7 @@ runs/invertible/demo/eval_test/metrics.json: runs/invertible/demo/done.json
 ## `ekphrasis generate --seeds 0..30`
 train-unified: runs/unified/demo/done.json
 runs/unified/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK_TRAIN) train unified -c experiments/demo/unified.yaml --run runs/unified/demo $(call resume,runs/unified/demo)
+	$(EK_TRAIN) train unified -c experiments/scenes/unified.yaml --run runs/unified/demo $(call resume,runs/unified/demo)
 
 eval-unified: runs/unified/demo/eval_prior/metrics.json
 runs/unified/demo/eval_prior/metrics.json: runs/unified/demo/done.json
@@ -155,7 +162,7 @@ reports/demo/index.html: runs/captioner/demo/done.json runs/t2i/demo/done.json r
 	$(EK) cycle --captioner runs/captioner/demo --generator runs/t2i/demo --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/demo
 
 ## pipeline: any prepared dataset (DATA=data/<name>) through the general path, no scene
-## facts: tokenizer, contrastive model, captioner, VAE, their evaluations, the cycle and
+## facts: tokenizer, contrastive model, align, captioner, VAE, their evaluations, the cycle and
 ## the export (the dataset's tokenizer is trained if it has none). Runs go to runs/<stage>/<name>, the report to reports/<name>; a finished
 ## stage is skipped and an interrupted one resumed. PROFILE=cpu (64 px, minutes per stage
 ## on 2 cores) or smoke (a few steps per stage, for a first look).
@@ -163,6 +170,7 @@ PROFILE ?= cpu
 NAME = $(notdir $(patsubst %/,%,$(DATA)))
 G := experiments/general
 SMOKE := $(if $(filter smoke,$(PROFILE)),--set train.steps=4 --set train.eval_every=4,)
+SMOKE_PRE := $(if $(filter smoke,$(PROFILE)),--set pretrain.train.steps=4 --set pretrain.train.eval_every=4,)
 ON = --set data=$(DATA) $(SMOKE)
 pipeline: reports/$(NAME)/index.html runs/captioner/$(NAME)/eval_test/metrics.json \
           runs/clip/$(NAME)/eval_test/metrics.json runs/t2i/$(NAME)/eval_test/metrics.json \
@@ -172,10 +180,12 @@ pipeline: reports/$(NAME)/index.html runs/captioner/$(NAME)/eval_test/metrics.js
 	  echo "--- $$f/metrics.json"; cat $$f/metrics.json; echo; done
 runs/clip/$(NAME)/done.json: $(DATA)/tokenizer.json
 	$(EK_TRAIN) train clip -c $(G)/clip.yaml $(ON) --run runs/clip/$(NAME) $(call resume,runs/clip/$(NAME))
-runs/captioner/$(NAME)/done.json: $(DATA)/tokenizer.json
-	$(EK_TRAIN) train captioner -c $(G)/captioner.yaml $(ON) --run runs/captioner/$(NAME) $(call resume,runs/captioner/$(NAME))
-runs/t2i/$(NAME)/done.json: runs/clip/$(NAME)/done.json
-	$(EK_TRAIN) train t2i -c $(G)/t2i-vae.yaml $(ON) --set eval.clip=runs/clip/$(NAME) --run runs/t2i/$(NAME) $(call resume,runs/t2i/$(NAME))
+runs/align/$(NAME)/done.json: $(DATA)/tokenizer.json
+	$(EK_TRAIN) train align -c $(G)/align.yaml $(ON) $(SMOKE_PRE) --run runs/align/$(NAME) $(call resume,runs/align/$(NAME))
+runs/captioner/$(NAME)/done.json: runs/align/$(NAME)/done.json
+	$(EK_TRAIN) train captioner -c $(G)/captioner.yaml $(ON) --set encoder_from=runs/align/$(NAME) --run runs/captioner/$(NAME) $(call resume,runs/captioner/$(NAME))
+runs/t2i/$(NAME)/done.json: runs/align/$(NAME)/done.json runs/clip/$(NAME)/done.json
+	$(EK_TRAIN) train t2i -c $(G)/t2i-vae.yaml $(ON) --set model.align.run=runs/align/$(NAME) --set eval.clip=runs/clip/$(NAME) --run runs/t2i/$(NAME) $(call resume,runs/t2i/$(NAME))
 runs/clip/$(NAME)/eval_test/metrics.json: runs/clip/$(NAME)/done.json
 	$(EK) eval clip --run runs/clip/$(NAME) --split test
 runs/captioner/$(NAME)/eval_test/metrics.json: runs/captioner/$(NAME)/done.json
@@ -229,9 +239,28 @@ bench-ddp: build $(PY_STAMP) $(DATA)/tokenizer.json
 bench: build $(PY_STAMP)
 	$(PYTHON) bench/run.py --bin $(BIN) $(if $(QUICK),--quick,)
 
-## demo: the whole spine on the embedded set, then the report and the exported models
-demo: build data-synth tokenizer train-captioner train-clip train-probe train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle export
+## demo: the general path on the embedded set (every model learns from images and
+## paragraphs alone; the probe and the caption parser only grade), then the report and
+## the exported models
+demo: build data-synth tokenizer train-clip train-probe train-align train-captioner train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle export
 	@echo "==> demo finished: open reports/demo/index.html (make tensorboard to browse runs/; exported models in models/)"
+
+## demo-scenes: the scene-supervised path, an embedded-set extension and upper bound: the
+## captioner's encoder and the VAE's text reader also learn from the scene facts
+## (experiments/scenes; runs/*/scenes, reports/scenes). Its figures join the demo
+## report when both have run.
+demo-scenes: build data-synth tokenizer train-clip train-probe runs/captioner/scenes/eval_test/metrics.json runs/t2i/scenes/eval_test/metrics.json reports/scenes/index.html
+	@echo "==> scene-supervised path finished: reports/scenes/index.html"
+runs/captioner/scenes/done.json: $(DATA)/tokenizer.json | build
+	$(EK_TRAIN) train captioner -c experiments/scenes/captioner.yaml --run runs/captioner/scenes $(call resume,runs/captioner/scenes)
+runs/t2i/scenes/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK_TRAIN) train t2i -c experiments/scenes/t2i-vae.yaml --run runs/t2i/scenes $(call resume,runs/t2i/scenes)
+runs/captioner/scenes/eval_test/metrics.json: runs/captioner/scenes/done.json
+	$(EK) eval captioner --run runs/captioner/scenes --split test
+runs/t2i/scenes/eval_test/metrics.json: runs/t2i/scenes/done.json
+	$(EK) eval t2i --run runs/t2i/scenes --split test
+reports/scenes/index.html: runs/captioner/scenes/done.json runs/t2i/scenes/done.json runs/clip/demo/done.json runs/probe/demo/done.json
+	$(EK) cycle --captioner runs/captioner/scenes --generator runs/t2i/scenes --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/scenes
 
 tensorboard: $(PY_STAMP)
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

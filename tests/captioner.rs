@@ -27,6 +27,9 @@ fn config(encoder: EncoderKind) -> CaptionerConfig {
         attribute_mix: false,
         attribute_context: false,
         attribute_words: false,
+        context_words: 0,
+        context_places: false,
+        aligned: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Every shipped experiment config parses (unknown keys are refused) and builds its model,
 //! so a GPU config nobody can run in CI still cannot rot into a typo or a shape mismatch.
 
+use ekphrasis::models::align::{AlignConfig, Aligner};
 use ekphrasis::models::{captioner::Captioner, clip::Clip, t2i::TextToImage, unified::Unified};
 use ekphrasis::scenes::{fact_words::FactWords, probe::Probe};
 use ekphrasis::stages::{
+    align::AlignStageConfig,
     captioner::CaptionerStageConfig,
     evaluators::{ClipStageConfig, ProbeStageConfig},
     invertible::InvertibleStageConfig,
@@ -14,6 +16,15 @@ use std::path::{Path, PathBuf};
 use tch::nn;
 
 const VOCAB: i64 = 1000;
+
+/// The model of `experiments/general/align.yaml`, the align run the general configs read.
+fn shipped_aligner() -> AlignConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/general/align.yaml");
+    let mut c: AlignStageConfig = ekphrasis::config::load(&path, &[]).unwrap();
+    c.model.text.vocab_size = VOCAB;
+    c.model.text.sentence_ends = vec![1];
+    c.model
+}
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -35,6 +46,10 @@ fn build(path: &Path) -> anyhow::Result<usize> {
     if name.starts_with("captioner") {
         let mut c: CaptionerStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.vocab_size = VOCAB;
+        if c.encoder_from.is_some() {
+            // The align run it reads, as the shipped align config would train it.
+            c.model.aligned = Some(shipped_aligner());
+        }
         // A stand-in word table: the real one comes from the dataset's tokenizer.
         let words = c
             .model
@@ -52,7 +67,17 @@ fn build(path: &Path) -> anyhow::Result<usize> {
     } else if name.starts_with("t2i") || name == "gan" {
         let mut c: T2IStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.text.vocab_size = VOCAB;
+        if let Some(a) = &mut c.model.align {
+            // The text side of the align run it reads, as the shipped align config has it.
+            let aligner = shipped_aligner();
+            c.model.text = aligner.text;
+            a.places = aligner.places;
+        }
         TextToImage::new(&root, &c.model)?;
+    } else if name.starts_with("align") {
+        let mut c: AlignStageConfig = ekphrasis::config::load(path, &[])?;
+        c.model.text.vocab_size = VOCAB;
+        Aligner::new(&root, &c.model)?;
     } else if name.starts_with("unified") {
         let mut c: UnifiedStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.captioner.vocab_size = VOCAB;

@@ -147,7 +147,7 @@ fn fuzz_configs_and_overrides() {
     use ekphrasis::stages::{captioner, evaluators, t2i};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
     macro_rules! one {
         ($file:expr, $ty:ty) => {{
             let seed = std::fs::read(root.join($file)).unwrap();
@@ -157,16 +157,22 @@ fn fuzz_configs_and_overrides() {
             });
         }};
     }
-    one!("captioner.yaml", captioner::CaptionerStageConfig);
-    one!("clip.yaml", evaluators::ClipStageConfig);
-    one!("probe.yaml", evaluators::ProbeStageConfig);
-    one!("t2i-vae.yaml", t2i::T2IStageConfig);
-    one!("t2i-diffusion.yaml", t2i::T2IStageConfig);
+    one!("scenes/captioner.yaml", captioner::CaptionerStageConfig);
+    one!("demo/clip.yaml", evaluators::ClipStageConfig);
+    one!("demo/probe.yaml", evaluators::ProbeStageConfig);
+    one!("scenes/t2i-vae.yaml", t2i::T2IStageConfig);
+    one!("demo/t2i-diffusion.yaml", t2i::T2IStageConfig);
+    one!("general/t2i-vae.yaml", t2i::T2IStageConfig);
+    one!("general/captioner.yaml", captioner::CaptionerStageConfig);
     one!(
-        "tokenizer.yaml",
+        "general/align.yaml",
+        ekphrasis::stages::align::AlignStageConfig
+    );
+    one!(
+        "demo/tokenizer.yaml",
         ekphrasis::data::tokenizer::TokenizerConfig
     );
-    let cfg = root.join("captioner.yaml");
+    let cfg = root.join("scenes/captioner.yaml");
     fuzz("set-override", b"train.steps=100", |b| {
         let s = String::from_utf8_lossy(b).to_string();
         ekphrasis::config::load::<captioner::CaptionerStageConfig>(&cfg, &[s]).map(|_| ())

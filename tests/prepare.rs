@@ -625,12 +625,16 @@ fn options_that_read_scene_facts_are_refused_on_a_real_dataset_before_training()
     assert!(ok, "{err}");
     train_tokenizer(&out, 64);
     let d = out.to_str().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/demo");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
     for (stage, file, option) in [
-        ("captioner", "captioner.yaml", "model.attribute_weight"),
-        ("t2i", "t2i-vae.yaml", "model.facts"),
-        ("unified", "unified.yaml", "model.facts"),
-        ("probe", "probe.yaml", "the attribute probe"),
+        (
+            "captioner",
+            "scenes/captioner.yaml",
+            "model.attribute_weight",
+        ),
+        ("t2i", "scenes/t2i-vae.yaml", "model.facts"),
+        ("unified", "scenes/unified.yaml", "model.facts"),
+        ("probe", "demo/probe.yaml", "the attribute probe"),
     ] {
         let cfg = root.join(file);
         let run_dir = dir.path().join(stage);

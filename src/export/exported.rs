@@ -302,8 +302,8 @@ impl Painter for ExportedPainter {
             );
         }
         let states = self.text.call(&[tokens])?;
-        let mask = if self.cfg.facts.is_some() {
-            // The condition's tokens are the nine cells' facts, all present.
+        let mask = if self.cfg.paints_from_places() {
+            // The condition's tokens are places (facts or aligned), all present.
             let cells = states.size()[1] - 1;
             Tensor::ones([tokens.size()[0], cells], (Kind::Bool, tokens.device()))
         } else {

@@ -9,7 +9,9 @@ use crate::util::draws;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// The default (width 0) stands for "not given": a generator reading an align run's
+/// text side takes that run's config instead.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TextEncoderConfig {
     pub dim: i64,

@@ -5,6 +5,7 @@
 
 pub mod decode;
 
+use crate::models::align::{AlignConfig, AlignImageHeads};
 use crate::nn::conv::{default_stem, is_default_stem, total_stride, ConvEncoder};
 use crate::nn::transformer::{DecoderLayer, EncoderLayer, LayerCache};
 use crate::scenes::fact_words::FactWords;
@@ -75,6 +76,24 @@ pub struct CaptionerConfig {
     /// its sky, ground and style. Needs `attribute_context` and a tokenizer at build time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attribute_words: bool,
+    /// The general path's words: this many of the caption words that the align run's
+    /// words-as-labels head finds most likely in the image join the context, each its
+    /// token embedding weighted by its probability (attributes as words, Wu et al., CVPR
+    /// 2016). Needs the stage's `encoder_from` run to have that head; 0 is off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context_words: i64,
+    /// The general path's object tokens: the align run's global image vector and its
+    /// place vectors (what stands at each place, matched to what the paragraph says
+    /// stands there) join the context, projected to the decoder's width. Needs the
+    /// stage's `encoder_from`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub context_places: bool,
+    /// The `encoder_from` run's model, filled in at build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aligned: Option<AlignConfig>,
+}
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 fn default_attribute_hidden() -> i64 {
     256
@@ -115,14 +134,75 @@ pub struct Captioner {
     attribute_tokens: Option<(nn::Linear, Tensor)>,
     /// With `attribute_words`: the word table and the ten tokens' positions.
     fact_words: Option<(FactWords, Tensor)>,
+    /// With `context_words` or `context_places`: the align run's image heads, the
+    /// words' positions, and the places' projection and positions.
+    aligned: Option<AlignedContext>,
     /// Set by [`Captioner::freeze_encoder`]: the CNN and the heads run in inference mode
     /// without gradients, and only the decoder side learns.
     encoder_frozen: bool,
 }
 
+/// The general path's extra context read off the align run's image heads.
+struct AlignedContext {
+    heads: AlignImageHeads,
+    /// With `context_words`: the words' positions.
+    word_pos: Option<Tensor>,
+    /// With `context_places`: the projection and positions of [global; places].
+    places: Option<(nn::Linear, Tensor)>,
+}
+
+/// What [`AlignedContext::read`] takes off the frozen grid.
+struct AlignedReading {
+    /// The most likely words' probabilities and ids `(B, K)`.
+    words: Option<(Tensor, Tensor)>,
+    /// `(B, 1 + P², D)`: the global vector, then the places.
+    places: Option<Tensor>,
+}
+
+impl AlignedContext {
+    fn read(&self, f: &Tensor, cfg: &CaptionerConfig) -> AlignedReading {
+        let parts = self.heads.read(f);
+        let words = self.word_pos.as_ref().map(|_| {
+            let label = self
+                .heads
+                .bag_logits(&parts)
+                .expect("checked at build: the align run has the head");
+            // The token labels come first; the hashed pairs are no words.
+            let (p, ids) = label.narrow(1, 0, cfg.vocab_size).sigmoid().topk(
+                cfg.context_words,
+                -1,
+                true,
+                true,
+            );
+            (p, ids)
+        });
+        let places = self
+            .places
+            .as_ref()
+            .map(|_| Tensor::cat(&[parts.global.unsqueeze(1), parts.places], 1));
+        AlignedReading { words, places }
+    }
+
+    /// `ctx` followed by the reading's tokens at the decoder's width.
+    fn tokens(&self, ctx: Tensor, r: AlignedReading, tok_emb: &nn::Embedding) -> Vec<Tensor> {
+        let mut out = vec![ctx];
+        if let (Some((proj, pos)), Some(p)) = (&self.places, r.places) {
+            out.push(p.apply(proj) + pos);
+        }
+        if let (Some(pos), Some((p, ids))) = (&self.word_pos, r.words) {
+            out.push(ids.apply(tok_emb) * p.unsqueeze(-1) + pos);
+        }
+        out
+    }
+}
+
 /// Variable-name prefixes of the CNN encoder and of the attribute heads: what
 /// [`Captioner::freeze_encoder`] freezes and the encoder pretraining optimises.
 pub const ENCODER_PREFIXES: [&str; 2] = ["cnn.", "aux_attributes."];
+
+/// Variable-name prefix of the align run's image heads (`context_words`), frozen with
+/// the encoder.
+pub const ALIGNED_PREFIX: &str = "image.";
 
 impl Captioner {
     pub fn new(p: &nn::Path, cfg: &CaptionerConfig) -> Result<Self> {
@@ -209,9 +289,44 @@ impl Captioner {
             mean: 0.0,
             stdev: 0.02,
         };
+        let aligned = if cfg.context_words > 0 || cfg.context_places {
+            let Some(a) = cfg.aligned.as_ref() else {
+                bail!(
+                    "model.context_words and model.context_places need encoder_from (an align run)"
+                );
+            };
+            if cfg.context_words > 0 && a.bag_weight <= 0.0 {
+                bail!("model.context_words needs an align run with its words-as-labels head (bag_weight > 0)");
+            }
+            if cfg.context_words > cfg.vocab_size {
+                bail!(
+                    "model.context_words {} is more than the vocabulary's {} tokens",
+                    cfg.context_words,
+                    cfg.vocab_size
+                );
+            }
+            Some(AlignedContext {
+                heads: AlignImageHeads::new(&(p / "image"), a)?,
+                word_pos: (cfg.context_words > 0)
+                    .then(|| p.var("aligned_word_pos", &[cfg.context_words, cfg.dim], init)),
+                places: cfg.context_places.then(|| {
+                    (
+                        nn::linear(p / "aligned_proj", a.text.dim, cfg.dim, Default::default()),
+                        p.var(
+                            "aligned_place_pos",
+                            &[1 + a.places * a.places, cfg.dim],
+                            init,
+                        ),
+                    )
+                }),
+            })
+        } else {
+            None
+        };
         Ok(Captioner {
             cfg: cfg.clone(),
             encoder,
+            aligned,
             grid_pos: p.var("grid_pos", &[grid * grid, cfg.dim], init),
             enc_ln: nn::layer_norm(p / "enc_ln", vec![cfg.dim], Default::default()),
             tok_emb: nn::embedding(
@@ -269,7 +384,9 @@ impl Captioner {
     /// run in inference mode. What the decoder phase of a pretrained encoder trains on.
     pub fn freeze_encoder(&mut self, vs: &nn::VarStore) {
         for (name, t) in vs.variables() {
-            if ENCODER_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            if ENCODER_PREFIXES.iter().any(|p| name.starts_with(p))
+                || name.starts_with(ALIGNED_PREFIX)
+            {
                 let _ = t.set_requires_grad(false);
             }
         }
@@ -342,9 +459,10 @@ impl Captioner {
                         .as_ref()
                         .filter(|_| wanted)
                         .map(|heads| heads.logits(&f, train && !frozen));
-                    (f, logits)
+                    let aligned = self.aligned.as_ref().map(|a| a.read(&f, &self.cfg));
+                    (f, logits, aligned)
                 };
-                let (f, logits) = if frozen {
+                let (f, logits, words) = if frozen {
                     tch::no_grad(features)
                 } else {
                     features()
@@ -359,6 +477,10 @@ impl Captioner {
                         Tensor::cat(&parts, 1)
                     }
                     _ => h,
+                };
+                let ctx = match (&self.aligned, words) {
+                    (Some(a), Some(read)) => Tensor::cat(&a.tokens(ctx, read, &self.tok_emb), 1),
+                    _ => ctx,
                 };
                 (self.enc_ln.forward(&ctx), logits)
             }

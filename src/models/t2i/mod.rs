@@ -15,6 +15,7 @@ mod tests;
 pub mod unet;
 pub mod vae;
 
+use super::align::AlignTextHeads;
 use super::text_encoder::{TextEncoder, TextEncoderConfig};
 use crate::scenes::facts::{FactEmbedding, FactReader, Facts};
 use crate::scenes::heads::attribute_loss;
@@ -40,6 +41,8 @@ pub enum T2IKind {
 pub struct T2IConfig {
     pub kind: T2IKind,
     pub image_size: i64,
+    /// The model's own text encoder; left out with `align`, whose run's is read.
+    #[serde(default, skip_serializing_if = "text_left_out")]
     pub text: TextEncoderConfig,
     /// vae, gan: the generator network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +69,29 @@ pub struct T2IConfig {
     /// the generator paints from the reader's facts, never from the text directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<FactsConfig>,
+    /// The general path: paint from the frozen text side of a finished `train align`
+    /// run ([`crate::models::align`]): its sentence vector and the grid of place vectors
+    /// it reads off the caption, which modulate the generator place by place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub align: Option<AlignedText>,
+}
+
+/// `model.align`: the align run whose text side the generator paints from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlignedText {
+    pub run: std::path::PathBuf,
+    /// Side of its place grid, set from the run at build time.
+    #[serde(default)]
+    pub places: i64,
+}
+
+impl T2IConfig {
+    /// Whether the condition's tokens are a grid of places (facts or aligned places)
+    /// rather than the caption's tokens.
+    pub fn paints_from_places(&self) -> bool {
+        self.facts.is_some() || self.align.is_some()
+    }
 }
 
 /// `model.facts`: no options; its presence switches the fact path on.
@@ -73,6 +99,9 @@ pub struct T2IConfig {
 #[serde(deny_unknown_fields)]
 pub struct FactsConfig {}
 
+fn text_left_out(t: &TextEncoderConfig) -> bool {
+    *t == TextEncoderConfig::default()
+}
 fn d_enc() -> Vec<i64> {
     vec![32, 64, 128, 128]
 }
@@ -147,6 +176,8 @@ pub struct TextToImage {
     pub text: TextEncoder,
     /// With `facts`: the reader of the caption's facts and their embedding.
     facts: Option<(FactReader, FactEmbedding)>,
+    /// With `align`: the align run's sentence and place heads over `text`.
+    aligned: Option<AlignTextHeads>,
     /// The text side (encoder and fact reader) was trained first and is frozen.
     text_frozen: bool,
     body: Box<dyn Body>,
@@ -164,14 +195,15 @@ pub(super) fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a
 
 pub(super) fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
     let gcfg = need(&cfg.generator, kind, "generator")?;
-    if gcfg.cell_coordinates && cfg.facts.is_none() {
-        bail!("model.generator.cell_coordinates needs the cells model.facts paints from");
+    if gcfg.cell_coordinates && !cfg.paints_from_places() {
+        bail!("model.generator.cell_coordinates needs the places model.facts or model.align paints from");
     }
     let d = cfg.text.dim;
-    let g = match cfg.facts {
+    let g = match (&cfg.facts, &cfg.align) {
         // The nine cells' fact vectors are the layout.
-        Some(_) => Generator::painting_from_places(p / "generator", gcfg, d, d, 3),
-        None => Generator::new(p / "generator", gcfg, d, d),
+        (Some(_), _) => Generator::painting_from_places(p / "generator", gcfg, d, d, 3),
+        (None, Some(a)) => Generator::painting_from_places(p / "generator", gcfg, d, d, a.places),
+        (None, None) => Generator::new(p / "generator", gcfg, d, d),
     };
     if g.output_side() != cfg.image_size {
         bail!(
@@ -195,7 +227,17 @@ impl TextToImage {
                 cfg.kind
             );
         }
+        if cfg.facts.is_some() && cfg.align.is_some() {
+            bail!("model.facts and model.align are two text sides: keep one");
+        }
+        if cfg.align.as_ref().is_some_and(|a| a.places < 1) {
+            bail!("model.align.places is not set (it comes from the align run)");
+        }
         let text = TextEncoder::new(p / "text", &cfg.text);
+        let aligned = cfg
+            .align
+            .as_ref()
+            .map(|a| AlignTextHeads::new(&(p / "text"), cfg.text.dim, a.places));
         let body = build_body(p, cfg)?;
         let d = cfg.text.dim;
         // The reader under "text." (it is the text side), the embedding under
@@ -210,13 +252,22 @@ impl TextToImage {
             cfg: cfg.clone(),
             text,
             facts,
+            aligned,
             text_frozen: false,
             body,
         })
     }
 
     pub fn condition(&self, tokens: &Tensor, pad: i64, train: bool) -> Condition {
-        let e = self.text.forward(tokens, pad, train);
+        let e = self.text.forward(tokens, pad, train && !self.text_frozen);
+        if let Some(heads) = &self.aligned {
+            let t = heads.read(&e);
+            return Condition {
+                mask: all_present(&t.places),
+                global: t.sentence,
+                tokens: t.places,
+            };
+        }
         match &self.facts {
             Some((reader, embedding)) => {
                 let (global, cells) = reader.logits(&e);
@@ -228,6 +279,17 @@ impl TextToImage {
                 mask: e.mask,
             },
         }
+    }
+
+    /// Stops training the text side (encoder, fact reader or aligned heads): it was
+    /// trained first (a facts pretraining phase, or an align run).
+    pub fn freeze_text(&mut self, vs: &nn::VarStore) {
+        for (name, t) in vs.variables() {
+            if name.starts_with("text.") {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        self.text_frozen = true;
     }
 
     /// The single training loss of vae and diffusion (images in [-1, 1], caption tokens,
@@ -331,6 +393,15 @@ impl TextToImage {
             .generator()
             .map(|g| g.forward(z, &cond.global, &cond.tokens, &cond.mask))
     }
+}
+
+/// A mask `(B, N)` marking all `N` places of `places` `(B, N, D)` present.
+pub(super) fn all_present(places: &Tensor) -> Tensor {
+    // `to_dtype`, not `to_kind`: a trace must not pin the device.
+    places
+        .select(2, 0)
+        .ones_like()
+        .to_dtype(Kind::Bool, false, false)
 }
 
 /// The loss of named terms from [`TextToImage::loss_terms`].

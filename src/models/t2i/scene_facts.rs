@@ -26,16 +26,6 @@ impl TextToImage {
         Some(attribute_loss(&global, &cells, targets))
     }
 
-    /// Stops training the text side (encoder and fact reader): it was trained first.
-    pub fn freeze_text(&mut self, vs: &nn::VarStore) {
-        for (name, t) in vs.variables() {
-            if name.starts_with("text.") {
-                let _ = t.set_requires_grad(false);
-            }
-        }
-        self.text_frozen = true;
-    }
-
     /// The condition a facts model trains its generator on, and, while the text side
     /// still trains, the reader's loss. The generator never passes gradients to the
     /// text: it paints from the reader's facts, detached.
@@ -72,11 +62,7 @@ impl TextToImage {
 /// as the tokens (all present).
 pub(super) fn fact_condition(embedding: &FactEmbedding, facts: &Facts) -> Condition {
     let (global, cells) = embedding.forward(facts);
-    // `to_dtype`, not `to_kind`: a trace must not pin the device.
-    let mask = cells
-        .select(2, 0)
-        .ones_like()
-        .to_dtype(Kind::Bool, false, false);
+    let mask = all_present(&cells);
     Condition {
         global,
         tokens: cells,

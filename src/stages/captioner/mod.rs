@@ -90,6 +90,61 @@ pub struct CaptionerStageConfig {
     /// Pretrain the encoder on the attribute facts, then freeze it (see [`PretrainConfig`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainConfig>,
+    /// The general path's first phase: a finished `train align` run whose image encoder
+    /// the captioner reads, frozen (its `channels`, `stem` and `image_size` must match
+    /// `model`'s). Only the decoder side learns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_from: Option<PathBuf>,
+}
+
+/// Checks that the align run `run` holds an image encoder of the captioner's shape; its
+/// weights are loaded by [`read_aligned_encoder`].
+fn check_aligned_encoder(cfg: &CaptionerStageConfig, run: &Path) -> Result<()> {
+    if cfg.pretrain.is_some() {
+        bail!("encoder_from and pretrain both give the encoder its first phase: keep one");
+    }
+    let a = crate::stages::align::finished_config(run)?;
+    let m = &cfg.model;
+    if m.encoder != crate::models::captioner::EncoderKind::Cnn
+        || (m.channels.as_slice(), m.stem, m.image_size)
+            != (a.channels.as_slice(), a.stem, a.image_size)
+    {
+        bail!(
+            "encoder_from {}: its image encoder has channels {:?}, stem {}, image_size {}; give model.encoder: cnn with the same (model has {:?}, {}, {})",
+            run.display(),
+            a.channels,
+            a.stem,
+            a.image_size,
+            m.channels,
+            m.stem,
+            m.image_size
+        );
+    }
+    Ok(())
+}
+
+/// The captioner's model config with the `encoder_from` run's filled in (its tokenizer
+/// checked: the words it reads are token ids).
+pub fn resolved_model(cfg: &CaptionerStageConfig, tok: &TextTokenizer) -> Result<CaptionerConfig> {
+    let mut m = cfg.model.clone();
+    if let Some(run) = &cfg.encoder_from {
+        m.aligned = Some(
+            crate::stages::align::aligned_config(run, tok)
+                .with_context(|| format!("encoder_from {}", run.display()))?,
+        );
+    }
+    Ok(m)
+}
+
+/// Loads the align run's image encoder (and, for `context_words`, its image heads) into
+/// the captioner and freezes them.
+fn read_aligned_encoder(stage: &mut CaptionerStage, run: &Path) -> Result<()> {
+    crate::stages::align::load_aligned_part(&stage.vs, run, "image.cnn.", "cnn.")?;
+    if stage.model.cfg.context_words > 0 || stage.model.cfg.context_places {
+        crate::stages::align::load_aligned_part(&stage.vs, run, "image.", "image.")?;
+    }
+    stage.model.freeze_encoder(&stage.vs);
+    Ok(())
 }
 
 pub struct CaptionerStage {
@@ -133,6 +188,10 @@ pub fn build_model(
 ) -> Result<(nn::VarStore, Captioner)> {
     let mut mcfg = cfg.clone();
     mcfg.vocab_size = tok.vocab_size() as i64;
+    if mcfg.aligned.is_some() && mcfg.context_words == 0 && !mcfg.context_places {
+        // Only the words read the align run's heads.
+        mcfg.aligned = None;
+    }
     let vs = nn::VarStore::new(device);
     let words = if cfg.attribute_words {
         let encode = |text: &str| -> Result<Vec<i64>> {
@@ -151,7 +210,7 @@ impl CaptionerStage {
     pub fn new(cfg: CaptionerStageConfig, device: Device) -> Result<Self> {
         let (ds, tok) = super::open_training_data(&cfg.data, &cfg.scene_options())?;
         tch::manual_seed(cfg.seed as i64);
-        let (vs, model) = build_model(&cfg.model, &tok, device)?;
+        let (vs, model) = build_model(&resolved_model(&cfg, &tok)?, &tok, device)?;
         let size = cfg.model.image_size as u32;
         let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
         let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset.max(1)))?;
@@ -310,7 +369,13 @@ pub fn train(
     resume: bool,
     device: Device,
 ) -> Result<runner::RunSummary> {
+    if let Some(run) = &cfg.encoder_from {
+        check_aligned_encoder(&cfg, run)?;
+    }
     let mut stage = CaptionerStage::new(cfg.clone(), device)?;
+    if let Some(run) = &cfg.encoder_from {
+        read_aligned_encoder(&mut stage, run)?;
+    }
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
         // A run stopped between its two phases resumes its second from the start.
@@ -352,7 +417,7 @@ pub fn load_run(run_dir: &Path, checkpoint: &str, device: Device) -> Result<Load
     let cfg: CaptionerStageConfig = super::run_config(run_dir, "captioner")?;
     let ds = Dataset::open(&cfg.data)?;
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
-    let (vs, model) = build_model(&cfg.model, &tok, device)?;
+    let (vs, model) = build_model(&resolved_model(&cfg, &tok)?, &tok, device)?;
     let state = crate::train::checkpoint::load_weights(&vs, run_dir, checkpoint, Some(&tok.hash))?;
     Ok(LoadedCaptioner {
         cfg,

@@ -9,7 +9,9 @@ use super::evaluators::{
     stored_side, tokenize_batch, LoadedClip, LoadedProbe,
 };
 use crate::data::layout::{Dataset, Split};
-use crate::data::loader::{batch_rows, load_split, micro_batch, to_float, to_u8, SplitData};
+use crate::data::loader::{
+    batch_rows, load_split, micro_batch, to_float, to_u8, trim_padding, SplitData,
+};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance,
@@ -94,7 +96,28 @@ pub fn build(
     device: Device,
 ) -> Result<(nn::VarStore, TextToImage)> {
     let mut c = cfg.clone();
-    c.text.set_tokenizer(tok)?;
+    match &mut c.align {
+        Some(a) => {
+            let ac = super::align::aligned_config(&a.run, tok)
+                .with_context(|| format!("model.align.run {}", a.run.display()))?;
+            if c.text.dim != 0 {
+                let mut given = c.text.clone();
+                given.set_tokenizer(tok)?;
+                if given != ac.text {
+                    bail!(
+                        "model.text differs from the text encoder of model.align.run {}: leave model.text out (it is read from the run)",
+                        a.run.display()
+                    );
+                }
+            }
+            c.text = ac.text;
+            a.places = ac.places;
+        }
+        None if c.text.dim == 0 => {
+            bail!("model.text is missing: give the generator's text encoder, or model.align (an align run's)")
+        }
+        None => c.text.set_tokenizer(tok)?,
+    }
     let vs = nn::VarStore::new(device);
     let m = TextToImage::new(&vs.root(), &c)?;
     Ok((vs, m))
@@ -259,7 +282,15 @@ pub fn train(
 ) -> Result<RunSummary> {
     let (ds, tok) = super::open_training_data(&cfg.data, &cfg.scene_options())?;
     tch::manual_seed(cfg.seed as i64);
-    let (vs, model) = build(&cfg.model, &tok, device)?;
+    let (vs, mut model) = build(&cfg.model, &tok, device)?;
+    if let Some(a) = &cfg.model.align {
+        // The general path's text side was trained by the align run, and stays frozen.
+        super::align::load_aligned_part(&vs, &a.run, "text.", "text.")?;
+        model.freeze_text(&vs);
+    }
+    // Downstream reads the text config the align run filled in.
+    let mut cfg = cfg;
+    cfg.model = model.cfg.clone();
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset))?;
@@ -328,6 +359,8 @@ pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedT2I> {
     let tok = TextTokenizer::load(&ds.tokenizer_path())?;
     let (vs, model) = build(&cfg.model, &tok, device)?;
     crate::train::checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))?;
+    let mut cfg = cfg;
+    cfg.model = model.cfg.clone();
     Ok(LoadedT2I {
         cfg,
         vs,

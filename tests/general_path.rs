@@ -1,0 +1,227 @@
+//! The general path on tiny data: `train align` learns from images and paragraphs alone;
+//! a captioner reads its frozen image encoder and each generator (vae, gan, diffusion)
+//! its frozen text side; mismatched or unfinished align runs are refused before training.
+
+mod common;
+use common::*;
+use ekphrasis::train::checkpoint;
+use std::path::Path;
+
+fn align_cfg(dir: &Path, data: &Path) -> String {
+    write(dir, "align.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  stem: 4\n  places: 2\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, local_layers: 1}}\n  bag_weight: 1.0\n  pair_buckets: 64\npretrain: {{train: {{steps: 3, batch_size: 8, lr: 2.0e-3, warmup: 1, eval_every: 3}}}}\ntrain: {{steps: 6, batch_size: 8, lr: 2.0e-3, warmup: 1, eval_every: 3, log_every: 1}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\n",
+        data.display()
+    ))
+}
+
+fn captioner_cfg(dir: &Path, data: &Path, align_run: &Path, channels: &str) -> String {
+    write(dir, "captioner_general.yaml", format!(
+        "data: {}\nseed: 0\nencoder_from: {}\nmodel: {{encoder: cnn, channels: {channels}, stem: 4, dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32, context_places: true}}\ntrain: {{steps: 4, batch_size: 4, lr: 3.0e-3, warmup: 1, eval_every: 4}}\nloss: {{}}\neval: {{subset: 2, decode: {{strategy: greedy, max_tokens: 12}}}}\nbest: {{name: loss}}\n",
+        data.display(),
+        align_run.display()
+    ))
+}
+
+/// A tiny generator of `kind` painting from the align run's places.
+fn generator_cfg(dir: &Path, data: &Path, align_run: &Path, kind: &str) -> String {
+    let body = match kind {
+        "vae" => "kind: vae\n  image_size: 32\n  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8, cell_coordinates: true}\n  encoder_channels: [8, 16]\n  beta_warmup: 2",
+        "gan" => "kind: gan\n  image_size: 32\n  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}\n  gan: {disc_channels: [8, 16]}",
+        _ => "kind: diffusion\n  image_size: 16\n  unet: {channels: [8, 16], attention_max_side: 8}\n  diffusion: {sample_steps: 3}",
+    };
+    write(dir, &format!("{kind}_general.yaml"), format!(
+        "data: {}\nseed: 0\nmodel:\n  {body}\n  align: {{run: {}}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+        data.display(),
+        align_run.display(),
+        dir.join("clip_run").display()
+    ))
+}
+
+/// The best checkpoint's `model.<prefix>…` tensors of a run, by the name after `prefix`.
+fn weights(run: &Path, prefix: &str) -> Vec<(String, tch::Tensor)> {
+    let (_, t) = checkpoint::load(run, "best").unwrap();
+    let mut v: Vec<_> = t
+        .into_iter()
+        .filter_map(|(k, t)| Some((k.strip_prefix(prefix)?.to_string(), t)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn assert_same(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)], what: &str) {
+    assert!(
+        !a.is_empty() && a.len() == b.len(),
+        "{what}: {} vs {}",
+        a.len(),
+        b.len()
+    );
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb, "{what}");
+        assert!(ta.equal(tb), "{what}: {na} moved");
+    }
+}
+
+#[test]
+fn the_general_path_trains_from_a_frozen_aligned_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let align_run = d.join("align_run");
+    // A run that has not finished is refused before any captioner trains.
+    let unfinished = d.join("align_unfinished");
+    let cfg = captioner_cfg(d, &data, &unfinished, "[8, 16]");
+    assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            &cfg,
+            "--run",
+            d.join("c0").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "is not a align run",
+    );
+    let (okay, out, err) = run(&[
+        "train",
+        "align",
+        "-c",
+        &align_cfg(d, &data),
+        "--run",
+        align_run.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay, "{err}");
+    assert!(out.contains("align trained: 6 steps"), "{out}");
+    for term in ["sentence", "words", "places", "bag", "bag_precision"] {
+        assert!(err.contains(term), "the log names the {term} term: {err}");
+    }
+
+    assert!(
+        align_run.join("image/done.json").exists(),
+        "the first phase ran"
+    );
+    // The captioner: its CNN is the align run's, and stays so while the decoder learns.
+    let cap_run = d.join("cap_run");
+    let cfg = captioner_cfg(d, &data, &align_run, "[8, 16]");
+    train_ok("captioner", &cfg, &cap_run);
+    assert_same(
+        &weights(&cap_run, "model.cnn."),
+        &weights(&align_run, "model.image.cnn."),
+        "the captioner's frozen encoder",
+    );
+    let heads = |run: &Path| -> Vec<_> {
+        weights(run, "model.image.")
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("cnn."))
+            .collect()
+    };
+    assert_same(
+        &heads(&cap_run),
+        &heads(&align_run),
+        "the captioner's frozen place heads",
+    );
+    let (okay, out, err) = run(&[
+        "eval",
+        "captioner",
+        "--run",
+        cap_run.to_str().unwrap(),
+        "--split",
+        "test",
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay && out.contains("bleu4"), "{err}");
+    // An encoder of another shape is refused by name before training.
+    let cfg = captioner_cfg(d, &data, &align_run, "[8, 24]");
+    assert_clean_error(
+        &[
+            "train",
+            "captioner",
+            "-c",
+            &cfg,
+            "--run",
+            d.join("c1").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "its image encoder has channels [8, 16]",
+    );
+
+    // Each generator paints from the frozen text side.
+    train_ok("clip", &clip_cfg(d, &data), &d.join("clip_run"));
+    for kind in ["vae", "gan", "diffusion"] {
+        let run_dir = d.join(format!("{kind}_run"));
+        train_ok("t2i", &generator_cfg(d, &data, &align_run, kind), &run_dir);
+        assert_same(
+            &weights(&run_dir, "model.text."),
+            &weights(&align_run, "model.text."),
+            &format!("the {kind}'s frozen text side"),
+        );
+        let (okay, out, err) = run(&[
+            "eval",
+            "t2i",
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--split",
+            "test",
+            "--device",
+            "cpu",
+        ]);
+        assert!(okay && out.contains("r_precision"), "{kind}: {err}");
+    }
+    // The exported VAE draws from a caption without the align run's help.
+    let models = d.join("vae_export");
+    let (okay, _, err) = run(&[
+        "export",
+        "--run",
+        d.join("vae_run").to_str().unwrap(),
+        "--kind",
+        "t2i",
+        "--out",
+        models.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay, "{err}");
+    let drawn = d.join("drawn");
+    let (okay, _, err) = run(&[
+        "draw",
+        "--model",
+        models.to_str().unwrap(),
+        "A red house.",
+        "--n",
+        "2",
+        "--out",
+        drawn.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        okay && drawn.join("caption000_noise1.png").exists(),
+        "{err}"
+    );
+
+    // A text encoder given beside the align run must be that run's.
+    let vae = std::fs::read_to_string(generator_cfg(d, &data, &align_run, "vae")).unwrap();
+    let mismatched = vae.replace(
+        "  align:",
+        "  text: {dim: 48, layers: 1, heads: 2, mlp: 64, max_len: 256}\n  align:",
+    );
+    let cfg = write(d, "vae_mismatched.yaml", mismatched);
+    assert_clean_error(
+        &[
+            "train",
+            "t2i",
+            "-c",
+            &cfg,
+            "--run",
+            d.join("v1").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        "model.text differs from the text encoder of model.align.run",
+    );
+}
