@@ -1,8 +1,8 @@
 //! A grid of place vectors read off a caption by learned place queries (the queries of
 //! DETR, Carion et al. 2020, asking the caption's tokens instead of an image): each place
 //! asks the paragraph what stands there ("a big pink sun … in the top right"). The
-//! general path's aligner ([`crate::models::align`]) learns each place's vector from
-//! pixels; the embedded set's fact reader ([`crate::scenes::facts`]) reads facts off it.
+//! general path's align model learns each place's vector from pixels; the embedded
+//! set's fact reader reads facts off it.
 
 use crate::nn::attention::Attention;
 use tch::{nn, Tensor};
