@@ -95,7 +95,7 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
     ]);
     assert!(okay, "{err}");
     assert!(out.contains("align trained: 6 steps"), "{out}");
-    for term in ["sentence", "words", "places", "bag", "bag_precision"] {
+    for term in ["sentence", "words", "places", "bag", "bag_map"] {
         assert!(err.contains(term), "the log names the {term} term: {err}");
     }
 

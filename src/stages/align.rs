@@ -49,12 +49,11 @@ pub struct BagPretrainConfig {
     pub train: TrainConfig,
 }
 
-/// How many of a caption's most likely words [`bag_precision`] reads.
-const BAG_TOP: i64 = 16;
-
-/// The share of the image's `BAG_TOP` most likely words (the head's token labels) that
-/// its caption holds, over a split: how well the words-as-labels head reads the image.
-fn bag_precision(
+/// Mean average precision of the words-as-labels head's token labels over a split
+/// (macro, over the tokens that between 1 % and 99 % of its captions hold: a token in
+/// every caption, "the", ranks nothing): how well the head reads what a picture's
+/// paragraph will name.
+fn bag_map(
     model: &Aligner,
     images: &Tensor,
     tokens: &Tensor,
@@ -63,7 +62,7 @@ fn bag_precision(
 ) -> Result<f64> {
     let m = &model.cfg;
     let n = images.size()[0];
-    let (mut hits, mut total) = (0.0, 0.0);
+    let (mut scores, mut truth) = (vec![], vec![]);
     let mut s = 0;
     while s < n {
         let len = 64.min(n - s);
@@ -73,27 +72,50 @@ fn bag_precision(
                 .forward(&to_float(&images.narrow(0, s, len), device), false);
             model.image.heads.bag_logits(&parts)
         })
-        .context("bag_precision needs the words-as-labels head")?;
-        let truth = bag_targets(
+        .context("bag_map needs the words-as-labels head")?;
+        scores.push(
+            logits
+                .narrow(1, 0, m.text.vocab_size)
+                .to_device(Device::Cpu),
+        );
+        let t = bag_targets(
             &tokens.narrow(0, s, len),
             &[tok.pad, tok.bos, tok.eos],
             &tok.sentence_end_ids(),
             m.text.vocab_size,
             m.pair_buckets,
-        )?
-        .narrow(1, 0, m.text.vocab_size)
-        .to_device(device);
-        let (_, top) = logits
-            .narrow(1, 0, m.text.vocab_size)
-            .topk(BAG_TOP, -1, true, true);
-        hits += truth
-            .gather(1, &top, false)
-            .sum(tch::Kind::Float)
-            .double_value(&[]);
-        total += (len * BAG_TOP) as f64;
+        )?;
+        truth.push(t.narrow(1, 0, m.text.vocab_size));
         s += len;
     }
-    Ok(hits / total.max(1.0))
+    Ok(mean_average_precision(
+        &Tensor::cat(&scores, 0),
+        &Tensor::cat(&truth, 0),
+    ))
+}
+
+/// Macro mean average precision of `scores` `(N, L)` against 0/1 `truth` `(N, L)`, over
+/// the labels whose prevalence lies strictly between 1 % and 99 %; 0 when none does.
+fn mean_average_precision(scores: &Tensor, truth: &Tensor) -> f64 {
+    let n = scores.size()[0] as f64;
+    let prevalence = truth.mean_dim([0i64].as_slice(), false, tch::Kind::Float);
+    let keep = prevalence
+        .gt(0.01)
+        .logical_and(&prevalence.lt(0.99))
+        .nonzero()
+        .flatten(0, -1);
+    if keep.size()[0] == 0 || n == 0.0 {
+        return 0.0;
+    }
+    let (scores, truth) = (scores.index_select(1, &keep), truth.index_select(1, &keep));
+    let order = scores.argsort(0, true);
+    let hits = truth.gather(0, &order, false); // (N, L) in rank order per label
+    let ranks =
+        Tensor::arange_start(1, scores.size()[0] + 1, (tch::Kind::Float, Device::Cpu)).unsqueeze(1);
+    let precision = hits.cumsum(0, tch::Kind::Float) / ranks;
+    let ap = (precision * &hits).sum_dim_intlist(0, false, tch::Kind::Float)
+        / hits.sum_dim_intlist(0, false, tch::Kind::Float);
+    ap.mean(tch::Kind::Float).double_value(&[])
 }
 
 /// The first phase: the image side on the words-as-labels alone.
@@ -134,8 +156,8 @@ impl Trainable for BagPretrain<'_> {
     fn evaluate(&mut self, _step: u64, _tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
         let s = self.stage;
         let tokens = s.val.tokens.as_ref().context("tokenized captions")?;
-        let p = bag_precision(&s.model, &s.val.images, tokens, &s.tok, s.device)?;
-        Ok(BTreeMap::from([("bag_precision".into(), p)]))
+        let p = bag_map(&s.model, &s.val.images, tokens, &s.tok, s.device)?;
+        Ok(BTreeMap::from([("bag_map".into(), p)]))
     }
 }
 
@@ -246,14 +268,14 @@ impl Trainable for AlignStage {
         }
         m.insert("place_r1".into(), place_r1);
         if self.model.cfg.bag_weight > 0.0 {
-            let p = bag_precision(
+            let p = bag_map(
                 &self.model,
                 &self.val.images,
                 tokens,
                 &self.tok,
                 self.device,
             )?;
-            m.insert("bag_precision".into(), p);
+            m.insert("bag_map".into(), p);
         }
         Ok(m)
     }
@@ -337,7 +359,7 @@ pub fn train(
         let phase = crate::stages::FirstPhase {
             folder: "image",
             name: "align image side",
-            metric: "bag_precision",
+            metric: "bag_map",
             trains: &["image."],
             train: &pre.train,
             config_yaml: serde_yaml::to_string(pre)?,
@@ -400,4 +422,21 @@ pub fn load_aligned_part(vs: &nn::VarStore, run_dir: &Path, from: &str, to: &str
     checkpoint::load_part(vs, &renamed, "", &[to])
         .with_context(|| format!("loading {from}* of {}", run_dir.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn average_precision_ranks_the_labels_and_skips_the_ubiquitous_ones() {
+        // Label 0 is in every row (skipped); label 1 is ranked perfectly; label 2 has its
+        // one positive ranked second of four (AP 1/2).
+        let truth =
+            Tensor::from_slice(&[1f32, 1., 0., 1., 1., 1., 1., 0., 0., 1., 0., 0.]).view([4, 3]);
+        let scores =
+            Tensor::from_slice(&[0f32, 9., 1., 0., 8., 5., 0., 1., 0., 0., 2., 6.]).view([4, 3]);
+        let map = mean_average_precision(&scores, &truth);
+        assert!((map - 0.75).abs() < 1e-6, "{map}");
+    }
 }
