@@ -390,7 +390,7 @@ pub fn finished_config(run_dir: &Path) -> Result<AlignConfig> {
 /// trained with another tokenizer (its text side would read other tokens).
 pub fn aligned_config(run_dir: &Path, tok: &TextTokenizer) -> Result<AlignConfig> {
     let mut m = finished_config(run_dir)?;
-    let (state, _) = checkpoint::load(run_dir, "best")?;
+    let state = checkpoint::load_state(run_dir, "best")?;
     if state.tokenizer_hash != tok.hash {
         bail!(
             "{} was trained with another tokenizer than this dataset's tokenizer.json",

@@ -89,6 +89,17 @@ pub fn save(
 
 /// Reads a checkpoint's state and tensors.
 pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Tensor>)> {
+    let state = load_state(run_dir, tag)?;
+    let weights = weights_path(run_dir, tag, &state);
+    let tensors = Tensor::read_safetensors(&weights)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading {}", weights.display()))?;
+    Ok((state, tensors.into_iter().collect()))
+}
+
+/// Reads a checkpoint's state alone (step, tokenizer, weights file), checked as
+/// [`load`] checks it, without reading its tensors.
+pub fn load_state(run_dir: &Path, tag: &str) -> Result<TrainState> {
     // The tag names a file inside the run: nothing else may reach the path.
     if tag != "best" && tag != "latest" {
         bail!("checkpoint {tag:?}: give best or latest");
@@ -120,11 +131,7 @@ pub fn load(run_dir: &Path, tag: &str) -> Result<(TrainState, HashMap<String, Te
             state.weights
         );
     }
-    let weights = weights_path(run_dir, tag, &state);
-    let tensors = Tensor::read_safetensors(&weights)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("reading {}", weights.display()))?;
-    Ok((state, tensors.into_iter().collect()))
+    Ok(state)
 }
 
 /// The model's variables as `model.<name>` tensors.
