@@ -37,6 +37,15 @@ fn generator_cfg(dir: &Path, data: &Path, align_run: &Path, kind: &str) -> Strin
     ))
 }
 
+/// `train <stage>` on `cfg` fails with a clean error holding `expect`.
+fn refused(stage: &str, cfg: &str, run_dir: &Path, expect: &str) {
+    let r = run_dir.to_str().unwrap();
+    assert_clean_error(
+        &["train", stage, "-c", cfg, "--run", r, "--device", "cpu"],
+        expect,
+    );
+}
+
 /// The best checkpoint's `model.<prefix>…` tensors of a run, by the name after `prefix`.
 fn weights(run: &Path, prefix: &str) -> Vec<(String, tch::Tensor)> {
     let (_, t) = checkpoint::load(run, "best").unwrap();
@@ -70,19 +79,7 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
     // A run that has not finished is refused before any captioner trains.
     let unfinished = d.join("align_unfinished");
     let cfg = captioner_cfg(d, &data, &unfinished, "[8, 16]");
-    assert_clean_error(
-        &[
-            "train",
-            "captioner",
-            "-c",
-            &cfg,
-            "--run",
-            d.join("c0").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
-        "is not a align run",
-    );
+    refused("captioner", &cfg, &d.join("c0"), "is not a align run");
     let (okay, out, err) = run(&[
         "train",
         "align",
@@ -136,17 +133,10 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
     assert!(okay && out.contains("bleu4"), "{err}");
     // An encoder of another shape is refused by name before training.
     let cfg = captioner_cfg(d, &data, &align_run, "[8, 24]");
-    assert_clean_error(
-        &[
-            "train",
-            "captioner",
-            "-c",
-            &cfg,
-            "--run",
-            d.join("c1").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
+    refused(
+        "captioner",
+        &cfg,
+        &d.join("c1"),
         "its image encoder has channels [8, 16]",
     );
 
@@ -211,17 +201,10 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         "  text: {dim: 48, layers: 1, heads: 2, mlp: 64, max_len: 256}\n  align:",
     );
     let cfg = write(d, "vae_mismatched.yaml", mismatched);
-    assert_clean_error(
-        &[
-            "train",
-            "t2i",
-            "-c",
-            &cfg,
-            "--run",
-            d.join("v1").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
+    refused(
+        "t2i",
+        &cfg,
+        &d.join("v1"),
         "model.text differs from the text encoder of model.align.run",
     );
 }
