@@ -509,6 +509,34 @@ fn tiny_spine_end_to_end() {
     );
     browser_check(&report.join("index.html"));
 
+    // The headline figures, and another report's beside them.
+    let headline: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("headline.json")).unwrap())
+            .unwrap();
+    assert!(
+        headline["figures"]["cycle_r_precision"].is_number(),
+        "{headline}"
+    );
+    let second = d.join("report_beside");
+    let beside = cycle(&[
+        "--out",
+        second.to_str().unwrap(),
+        "--beside",
+        report.to_str().unwrap(),
+    ]);
+    ok(&beside.iter().map(String::as_str).collect::<Vec<_>>());
+    let html = std::fs::read_to_string(second.join("index.html")).unwrap();
+    let name = report.file_name().unwrap().to_str().unwrap();
+    assert!(
+        html.contains(&format!("<th>{name}<br>")) && html.contains("<th>report_beside<br>"),
+        "both reports head a column"
+    );
+    let no_headline = cycle(&["--out", second.to_str().unwrap(), "--beside", &p("cap_run")]);
+    assert_clean_error(
+        &no_headline.iter().map(String::as_str).collect::<Vec<_>>(),
+        "headline.json does not exist",
+    );
+
     // Bad inputs: a missing model folder, and an empty split.
     let missing = cycle(&["--out", report.to_str().unwrap()])
         .into_iter()

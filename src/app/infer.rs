@@ -64,6 +64,7 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
                 split: a.split,
                 limit: a.limit,
                 out: a.out.clone(),
+                beside: a.beside.clone(),
                 seed: cli.seed.unwrap_or(0),
             };
             let table = cycle::run(&args, device)?;

@@ -230,6 +230,11 @@ pub struct CycleArgs {
     /// Report folder (with IMAGE files: where captions and reconstructions go).
     #[arg(long, default_value = "reports/demo")]
     pub out: PathBuf,
+    /// Another cycle report folder (repeatable, e.g. reports/scenes: the
+    /// scene-supervised path) whose headline figures (its headline.json) the page shows
+    /// beside this run's.
+    #[arg(long)]
+    pub beside: Vec<PathBuf>,
     #[command(flatten)]
     pub decode: DecodeArgs,
 }

@@ -125,6 +125,9 @@ pub struct Page<'a> {
     pub recon: &'a Tensor,
     pub ceiling: &'a Tensor,
     pub table: &'a Table,
+    /// The headline figures' table ([`super::headline::table_html`]): this run's, and
+    /// those of the reports given to `--beside`.
+    pub headline: String,
     /// 5 pictures for each of the split's first captions, one row per caption (the
     /// Reverse Image Caption competition's 5 captions × 5 noises).
     pub grid_images: Option<&'a Tensor>,
@@ -139,6 +142,7 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
         recon,
         ceiling,
         table,
+        ref headline,
         grid_images,
     } = *page;
     let metrics: Vec<String> = {
@@ -211,6 +215,8 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
 <h1>Image → caption → image</h1>\
 <p>Does a 100–200-word paragraph, written by one network and read by another trained independently, carry an image's meaning? {n} {split} images.</p>\
 <h2>Answer</h2><p>{answer}</p>\
+<h2>Headline</h2><p>The captioner's and the generator's own evaluations on this split (where <code>eval</code> has run) and the cycle's; a report given to \
+<code>cycle --beside</code> (e.g. the scene-supervised path, an upper bound that also learns from the embedded set's scene facts) in a column of its own.</p>{headline}\
 <h2>Metrics</h2><p>Each column compares the original image with the image drawn from: a random other caption (floor), the captioner's paragraph (cycle), \
 nothing (the training image whose caption is nearest to the paragraph), the true caption (ceiling). Embedding scores use the contrastive model trained here \
 (\"own encoder\", not CLIP){probe_note}. ± is the standard error over the {n} images (of a proportion, for R-precision).</p>\

@@ -3,6 +3,7 @@
 
 pub mod cycle;
 pub mod grid;
+pub mod headline;
 pub mod plots;
 pub mod projector;
 

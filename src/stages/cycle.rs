@@ -14,6 +14,7 @@ use crate::eval::embedding::r_precision;
 use crate::eval::image::{histogram_intersection, psnr, ssim};
 use crate::eval::text::caption_metrics;
 use crate::eval::{mean, standard_error};
+use crate::report::headline::Headline;
 use crate::scenes::probe::attribute_accuracy;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -32,6 +33,8 @@ pub struct CycleArgs {
     pub split: Split,
     pub limit: Option<usize>,
     pub out: PathBuf,
+    /// Other cycle reports whose headline figures the page shows beside this one's.
+    pub beside: Vec<PathBuf>,
     pub seed: u64,
 }
 
@@ -42,6 +45,12 @@ struct Column {
 }
 
 pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+    // Read before minutes of captioning and drawing: a wrong folder fails at once.
+    let beside = a
+        .beside
+        .iter()
+        .map(|dir| Ok((report_name(dir), Headline::read(dir)?)))
+        .collect::<Result<Vec<_>>>()?;
     let cap = load_captioner(&a.captioner, "best", device)
         .with_context(|| format!("loading the captioner {}", a.captioner.display()))?;
     let gen = load_t2i(&a.generator, device)
@@ -274,6 +283,8 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         cycle.insert("caption_attr_f1".into(), att["attr_f1"]);
     }
     crate::util::fsio::write_json(&a.out.join("metrics.json"), &table)?;
+    let headline = Headline::collect(&a.captioner, &a.generator, a.split.name(), &table)?;
+    headline.write(&a.out)?;
     // The Reverse Image Caption competition's grid: 5 test captions × 5 noises.
     let grid = data.tokens.as_ref().map(|t| {
         let t = t.narrow(0, 0, 5.min(t.size()[0]));
@@ -293,6 +304,7 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         recon: &recon,
         ceiling: &ceiling,
         table: &table,
+        headline: crate::report::headline::table_html(&report_name(&a.out), &headline, &beside),
         grid_images: grid.as_ref(),
     };
     crate::report::cycle::write(&a.out, &page)?;
@@ -312,6 +324,14 @@ fn draw_at(
     resized(
         &draw_tokens(model, tokens, pad, per_caption, seed, device),
         side as i64,
+    )
+}
+
+/// A report's name on the page: its folder's (reports/scenes → scenes).
+fn report_name(dir: &Path) -> String {
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
     )
 }
 
