@@ -37,7 +37,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-align train-t2i eval-t2i \
-        cycle pipeline demo-scenes export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified eval-unified tensorboard fmt lint clean
+        cycle pipeline demo-scenes export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified train-unified-scenes eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -146,20 +146,28 @@ eval-invertible: runs/invertible/demo/eval_test/metrics.json
 runs/invertible/demo/eval_test/metrics.json: runs/invertible/demo/done.json
 	$(EK) eval invertible --run runs/invertible/demo --split test
 
-## train-unified: the one-seed-two-outputs generator (~6 min); generate with
-## `ekphrasis generate --seeds 0..30`
+## train-unified: the one-seed-two-outputs generator reading the align run's caption
+## features off its latent (general path; ~6 min); generate with
+## `ekphrasis generate --seeds 0..30`. train-unified-scenes: the one reading scene facts
+## (runs/unified/scenes).
 train-unified: runs/unified/demo/done.json
-runs/unified/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK_TRAIN) train unified -c experiments/scenes/unified.yaml --run runs/unified/demo $(call resume,runs/unified/demo)
+runs/unified/demo/done.json: runs/align/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK_TRAIN) train unified -c experiments/general/unified.yaml --set eval.probe=runs/probe/demo --run runs/unified/demo $(call resume,runs/unified/demo)
+train-unified-scenes: runs/unified/scenes/done.json
+runs/unified/scenes/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK_TRAIN) train unified -c experiments/scenes/unified.yaml --run runs/unified/scenes $(call resume,runs/unified/scenes)
 
 eval-unified: runs/unified/demo/eval_prior/metrics.json
 runs/unified/demo/eval_prior/metrics.json: runs/unified/demo/done.json
 	$(EK) eval unified --run runs/unified/demo --n 100
 
-## cycle: image -> caption -> image on the test split, and the report
+## cycle: image -> caption -> image on the test split, and the report (with the
+## scene-supervised path's headline beside it once `make demo-scenes` has run: the
+## report is rewritten when that one is newer)
+SCENES_HEADLINE := $(wildcard reports/scenes/headline.json)
 cycle: reports/demo/index.html
-reports/demo/index.html: runs/captioner/demo/done.json runs/t2i/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json
-	$(EK) cycle --captioner runs/captioner/demo --generator runs/t2i/demo --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/demo
+reports/demo/index.html: runs/captioner/demo/eval_test/metrics.json runs/t2i/demo/eval_test/metrics.json runs/clip/demo/done.json runs/probe/demo/done.json $(SCENES_HEADLINE)
+	$(EK) cycle --captioner runs/captioner/demo --generator runs/t2i/demo --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/demo $(if $(SCENES_HEADLINE),--beside reports/scenes,)
 
 ## pipeline: any prepared dataset (DATA=data/<name>) through the general path, no scene
 ## facts: tokenizer, contrastive model, align, captioner, VAE, their evaluations, the cycle and
@@ -192,7 +200,7 @@ runs/captioner/$(NAME)/eval_test/metrics.json: runs/captioner/$(NAME)/done.json
 	$(EK) eval captioner --run runs/captioner/$(NAME) --split test
 runs/t2i/$(NAME)/eval_test/metrics.json: runs/t2i/$(NAME)/done.json
 	$(EK) eval t2i --run runs/t2i/$(NAME) --split test
-reports/$(NAME)/index.html: runs/captioner/$(NAME)/done.json runs/t2i/$(NAME)/done.json runs/clip/$(NAME)/done.json
+reports/$(NAME)/index.html: runs/captioner/$(NAME)/eval_test/metrics.json runs/t2i/$(NAME)/eval_test/metrics.json runs/clip/$(NAME)/done.json
 	$(EK) cycle --captioner runs/captioner/$(NAME) --generator runs/t2i/$(NAME) --clip runs/clip/$(NAME) --split test --out reports/$(NAME)
 models/$(NAME)/captioner/manifest.json: runs/captioner/$(NAME)/done.json
 	$(EK) export --run runs/captioner/$(NAME) --kind captioner --out models/$(NAME)/captioner
@@ -259,8 +267,8 @@ runs/captioner/scenes/eval_test/metrics.json: runs/captioner/scenes/done.json
 	$(EK) eval captioner --run runs/captioner/scenes --split test
 runs/t2i/scenes/eval_test/metrics.json: runs/t2i/scenes/done.json
 	$(EK) eval t2i --run runs/t2i/scenes --split test
-reports/scenes/index.html: runs/captioner/scenes/done.json runs/t2i/scenes/done.json runs/clip/demo/done.json runs/probe/demo/done.json
-	$(EK) cycle --captioner runs/captioner/scenes --generator runs/t2i/scenes --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/scenes
+reports/scenes/index.html: runs/captioner/scenes/eval_test/metrics.json runs/t2i/scenes/eval_test/metrics.json runs/clip/demo/done.json runs/probe/demo/done.json
+	$(EK) cycle --captioner runs/captioner/scenes --generator runs/t2i/scenes --clip runs/clip/demo --probe runs/probe/demo --split test --out reports/scenes $(if $(wildcard reports/demo/headline.json),--beside reports/demo,)
 
 tensorboard: $(PY_STAMP)
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

@@ -81,6 +81,9 @@ fn build(path: &Path) -> anyhow::Result<usize> {
     } else if name.starts_with("unified") {
         let mut c: UnifiedStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.captioner.vocab_size = VOCAB;
+        if let Some(a) = &mut c.model.align {
+            a.places = shipped_aligner().places;
+        }
         Unified::new(&root, &c.model)?;
     } else if name.starts_with("invertible") {
         let _: InvertibleStageConfig = ekphrasis::config::load(path, &[])?;

@@ -1,6 +1,7 @@
 //! The general path on tiny data: `train align` learns from images and paragraphs alone;
-//! a captioner reads its frozen image encoder and each generator (vae, gan, diffusion)
-//! its frozen text side; mismatched or unfinished align runs are refused before training.
+//! a captioner reads its frozen image encoder, each generator (vae, gan, diffusion) its
+//! frozen text side and the unified generator its caption features; mismatched or
+//! unfinished align runs are refused before training.
 
 mod common;
 use common::*;
@@ -162,6 +163,45 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         ]);
         assert!(okay && out.contains("r_precision"), "{kind}: {err}");
     }
+    // The unified generator reads the caption features off its latent: it trains,
+    // evaluates its prior samples by the contrastive model and generates.
+    let unified = write(d, "unified_general.yaml", format!(
+        "data: {}\nseed: 0\nmodel:\n  latent_dim: 32\n  memory_tokens: 4\n  captioner: {{encoder: cnn, channels: [8, 16], dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32}}\n  generator: {{z_dim: 32, channels: [16, 16, 8], attention_max_side: 8, cell_coordinates: true}}\n  beta_warmup: 2\n  align: {{run: {}}}\n  caption_memory: false\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval:\n  clip: {}\n  samples: 6\n  decode: {{strategy: greedy, max_tokens: 24}}\nbest: {{name: caption_r_precision, higher_is_better: true}}\n",
+        data.display(),
+        align_run.display(),
+        d.join("clip_run").display()
+    ));
+    let unified_run = d.join("unified_run");
+    train_ok("unified", &unified, &unified_run);
+    let (okay, out, err) = run(&[
+        "eval",
+        "unified",
+        "--run",
+        unified_run.to_str().unwrap(),
+        "--n",
+        "6",
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay && out.contains("caption_r_precision"), "{err}");
+    assert!(
+        !out.contains("attribute_agreement"),
+        "no probe, no facts: {out}"
+    );
+    let seeds = d.join("seeds");
+    let (okay, _, err) = run(&[
+        "generate",
+        "--run",
+        unified_run.to_str().unwrap(),
+        "--seeds",
+        "0..2",
+        "--out",
+        seeds.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay && seeds.join("seed1.png").exists(), "{err}");
+
     // The exported VAE draws from a caption without the align run's help.
     let models = d.join("vae_export");
     let (okay, _, err) = run(&[

@@ -12,10 +12,17 @@
 //! are told those facts beside the latent, so the picture and the paragraph of one seed
 //! describe the same scene. Without it the two decoders each read the latent their own
 //! way, and agree on 9 % of the facts (docs/results.md).
+//!
+//! With `align` (the general path, any dataset) the latent is read the same way, as
+//! what a caption says rather than as facts: a head regresses the frozen align model's
+//! features of the image's caption (its sentence vector and its grid of place vectors,
+//! [`crate::models::align`]) off the latent, and both decoders are told those features,
+//! the painter place by place as the aligned text-to-image generator is.
 
 use super::captioner::{Captioner, CaptionerConfig};
 use super::t2i::generator::{Generator, GeneratorConfig};
 use super::t2i::vae::kl_to_standard_normal;
+use super::t2i::AlignedText;
 use crate::scenes::facts::{most_likely_rows, FactEmbedding, Facts};
 use crate::scenes::heads::{attribute_loss, CELL_WIDTH, GLOBAL_WIDTH};
 use crate::util::draws;
@@ -55,11 +62,21 @@ pub struct UnifiedConfig {
     /// in the latent (β × some 30 nats), or the posterior drops them.
     #[serde(default = "d_beta")]
     pub fact_weight: f64,
-    /// With `facts`: whether the caption decoder also attends to the latent's memory
-    /// tokens. Without them it writes from the facts alone, and cannot pick up, from a
-    /// prior sample's latent, a scene other than the one the painter is told.
+    /// With `facts` or `align`: whether the caption decoder also attends to the latent's
+    /// memory tokens. Without them it writes from what it is told alone, and cannot pick
+    /// up, from a prior sample's latent, a scene other than the one the painter is told.
     #[serde(default = "d_true")]
     pub caption_memory: bool,
+    /// Read the caption's align-model features off the latent and tell both decoders
+    /// (the general path): `{run: runs/align/demo}`. Training tells them the features of
+    /// the image's true caption (teacher forcing) and teaches the head by squared error;
+    /// sampling tells them the head's reading of the latent. Its text width must be
+    /// `captioner.dim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub align: Option<AlignedText>,
+    /// Weight of the `align` head's squared error (summed over the features).
+    #[serde(default = "d_beta")]
+    pub align_weight: f64,
 }
 fn d_true() -> bool {
     true
@@ -82,9 +99,18 @@ pub struct Unified {
     memory_pos: Tensor,
     cond: nn::Linear,
     generator: Generator,
-    /// With `facts`: the head that reads the facts off the latent, and the facts'
-    /// embedding both decoders are told.
-    facts: Option<(nn::Sequential, FactEmbedding)>,
+    /// With `facts` or `align`: how the latent is read before both decoders are told it.
+    reading: Option<Reading>,
+}
+
+/// What a latent is read as, by a head over it.
+enum Reading {
+    /// The scene's facts: the head's logits, and the facts' embedding the decoders are
+    /// told.
+    Facts(nn::Sequential, FactEmbedding),
+    /// The align model's features of a caption: the head regresses the sentence vector
+    /// and the `places` place vectors, `(1 + places, D)` per latent.
+    Aligned(nn::Sequential, i64),
 }
 
 /// Gumbel noise from uniform noise in [0, 1).
@@ -97,8 +123,16 @@ pub struct UnifiedLoss {
     pub pixel: Tensor,
     pub caption: Tensor,
     pub kl: Tensor,
-    /// The fact head's cross-entropy (with `facts`).
-    pub facts: Option<Tensor>,
+    /// The head's term: the facts' cross-entropy (with `facts`) or the align features'
+    /// squared error (with `align`).
+    pub head: Option<Tensor>,
+}
+
+fn latent_head(p: nn::Path, latent: i64, hidden: i64, out: i64) -> nn::Sequential {
+    nn::seq()
+        .add(nn::linear(&p / "fc", latent, hidden, Default::default()))
+        .add_fn(|x| x.gelu("tanh"))
+        .add(nn::linear(&p / "out", hidden, out, Default::default()))
 }
 
 impl Unified {
@@ -114,15 +148,30 @@ impl Unified {
                 c.image_size
             );
         }
+        if cfg.facts && cfg.align.is_some() {
+            bail!("model.facts and model.align are two readings of the latent: keep one");
+        }
+        let places = match &cfg.align {
+            Some(a) if a.places < 1 => {
+                bail!("model.align.places is not set (it comes from the align run)")
+            }
+            Some(a) => Some(a.places),
+            None => None,
+        };
+        if cfg.generator.cell_coordinates && !cfg.facts && places.is_none() {
+            bail!("model.generator.cell_coordinates needs the places model.facts or model.align paints from");
+        }
         let captioner = Captioner::new(&(p / "captioner"), c)?;
         let g = c.image_size >> c.channels.len();
         let mut gcfg = cfg.generator.clone();
         gcfg.z_dim = cfg.latent_dim;
-        let generator = if cfg.facts {
+        let generator = match (cfg.facts, places) {
             // The nine cells' fact vectors are the layout it paints from.
-            Generator::painting_from_places(p / "generator", &gcfg, c.dim, c.dim, 3)
-        } else {
-            Generator::new(p / "generator", &gcfg, c.dim, c.dim)
+            (true, _) => Generator::painting_from_places(p / "generator", &gcfg, c.dim, c.dim, 3),
+            (false, Some(side)) => {
+                Generator::painting_from_places(p / "generator", &gcfg, c.dim, c.dim, side)
+            }
+            (false, None) => Generator::new(p / "generator", &gcfg, c.dim, c.dim),
         };
         if generator.output_side() != c.image_size {
             bail!(
@@ -155,24 +204,25 @@ impl Unified {
             cond: nn::linear(p / "cond", cfg.latent_dim, c.dim, Default::default()),
             generator,
             captioner,
-            facts: cfg.facts.then(|| {
-                let hidden = 2 * c.dim;
-                let head = nn::seq()
-                    .add(nn::linear(
-                        p / "fact_head" / "fc",
+            reading: match (cfg.facts, places) {
+                (true, _) => Some(Reading::Facts(
+                    latent_head(
+                        p / "fact_head",
                         cfg.latent_dim,
-                        hidden,
-                        Default::default(),
-                    ))
-                    .add_fn(|x| x.gelu("tanh"))
-                    .add(nn::linear(
-                        p / "fact_head" / "out",
-                        hidden,
+                        2 * c.dim,
                         GLOBAL_WIDTH + 9 * CELL_WIDTH,
-                        Default::default(),
-                    ));
-                (head, FactEmbedding::new(p / "facts", c.dim))
-            }),
+                    ),
+                    FactEmbedding::new(p / "facts", c.dim),
+                )),
+                (false, Some(side)) => {
+                    let tokens = 1 + side * side;
+                    Some(Reading::Aligned(
+                        latent_head(p / "align_head", cfg.latent_dim, 4 * c.dim, tokens * c.dim),
+                        side * side,
+                    ))
+                }
+                (false, None) => None,
+            },
             cfg: cfg.clone(),
         })
     }
@@ -199,7 +249,9 @@ impl Unified {
     /// The fact head's logits `(B, 12)` and `(B, 9, 34)` for latents; `None` without
     /// `facts`.
     pub fn fact_logits(&self, z: &Tensor) -> Option<(Tensor, Tensor)> {
-        let (head, _) = self.facts.as_ref()?;
+        let Some(Reading::Facts(head, _)) = &self.reading else {
+            return None;
+        };
         let out = z.apply(head);
         Some((
             out.narrow(1, 0, GLOBAL_WIDTH),
@@ -229,24 +281,42 @@ impl Unified {
         Some(most_likely_rows(&global, &cells))
     }
 
-    /// The facts' embedding, global `(B, D)` and per cell `(B, 9, D)`, for target rows
-    /// (`None` without `facts`).
-    fn told(&self, rows: Option<&Tensor>) -> Option<(Tensor, Tensor)> {
-        let (_, embedding) = self.facts.as_ref()?;
-        Some(embedding.forward(&Facts::one_hot(rows?)))
+    /// With `align`: the head's reading of latents, `(B, 1 + places, D)` (the sentence
+    /// vector, then the place vectors row-major from the top left).
+    pub fn aligned_features(&self, z: &Tensor) -> Option<Tensor> {
+        let Some(Reading::Aligned(head, places)) = &self.reading else {
+            return None;
+        };
+        Some(z.apply(head).unflatten(1, [1 + places, -1]))
     }
 
-    /// Images in [-1, 1] from latents and, with `facts`, the scenes' rows (their most
-    /// likely scenes when `None`).
+    /// What the decoders are told, global `(B, D)` and per place `(B, P, D)`: the facts'
+    /// embedding of target rows, or align features `(B, 1 + P, D)` split (`None`
+    /// without a reading).
+    fn told(&self, targets: Option<&Tensor>) -> Option<(Tensor, Tensor)> {
+        let targets = targets?;
+        match self.reading.as_ref()? {
+            Reading::Facts(_, embedding) => Some(embedding.forward(&Facts::one_hot(targets))),
+            Reading::Aligned(_, places) => {
+                Some((targets.select(1, 0), targets.narrow(1, 1, *places)))
+            }
+        }
+    }
+
+    /// Images in [-1, 1] from latents and, with a reading, what the decoders are told:
+    /// the scenes' rows with `facts`, the features with `align` (the latent's own
+    /// reading when `None`).
     pub fn paint(&self, z: &Tensor, scene: Option<&Tensor>) -> Tensor {
         self.paint_told(z, self.told_scene(z, scene))
     }
 
-    /// The embedding of `scene`, or of the latent's most likely scene.
+    /// What the decoders are told for `scene`, or for the latent's own reading (its most
+    /// likely scene, or its align features).
     fn told_scene(&self, z: &Tensor, scene: Option<&Tensor>) -> Option<(Tensor, Tensor)> {
-        match scene {
-            Some(rows) => self.told(Some(rows)),
-            None => self.told(self.latent_facts(z, None).as_ref()),
+        match (scene, &self.reading) {
+            (Some(targets), _) => self.told(Some(targets)),
+            (None, Some(Reading::Aligned(..))) => self.told(self.aligned_features(z).as_ref()),
+            (None, _) => self.told(self.latent_facts(z, None).as_ref()),
         }
     }
 
@@ -260,7 +330,7 @@ impl Unified {
     }
 
     /// The tokens `(B, K', D)` the caption decoder attends to: the memory tokens, or with
-    /// `facts` the facts' tokens (global, then the nine cells), before the memory tokens
+    /// a reading what it is told (global, then the places), before the memory tokens
     /// when `caption_memory`. `scene` as for [`Unified::paint`].
     pub fn caption_context(&self, z: &Tensor, scene: Option<&Tensor>) -> Tensor {
         self.context_told(z, self.told_scene(z, scene))
@@ -278,26 +348,41 @@ impl Unified {
         }
     }
 
-    /// The loss terms for images in [-1, 1], their caption tokens and, with `facts`,
-    /// their scenes' target rows `(B, 39)`.
+    /// The loss terms for images in [-1, 1], their caption tokens and, with a reading,
+    /// what the decoders are told: the scenes' target rows `(B, 39)` with `facts`, the
+    /// captions' align features `(B, 1 + P, D)` with `align`.
     pub fn loss(
         &self,
         images: &Tensor,
         tokens: &Tensor,
         pad: i64,
-        facts: Option<&Tensor>,
+        targets: Option<&Tensor>,
     ) -> Result<UnifiedLoss> {
-        if self.facts.is_some() && facts.is_none() {
-            bail!("model.facts trains on the embedded set's scene facts, and this batch has none");
+        match (&self.reading, targets) {
+            (Some(Reading::Facts(..)), None) => bail!(
+                "model.facts trains on the embedded set's scene facts, and this batch has none"
+            ),
+            (Some(Reading::Aligned(..)), None) => {
+                bail!("model.align trains on the captions' align features, and this batch has none")
+            }
+            _ => {}
         }
         let (mu, logvar) = self.posterior(images, true);
         let z = &mu + (&logvar * 0.5).exp() * draws::normal_like(&mu);
-        // Both decoders are told the true facts (teacher forcing); the head learns them.
-        let fact_loss = self
-            .fact_logits(&z)
-            .zip(facts)
-            .map(|((global, cells), t)| attribute_loss(&global, &cells, t));
-        let told = || self.told(facts);
+        // Both decoders are told the truth (teacher forcing); the head learns it.
+        let head = match (&self.reading, targets) {
+            (Some(Reading::Facts(..)), Some(t)) => self
+                .fact_logits(&z)
+                .map(|(global, cells)| attribute_loss(&global, &cells, t)),
+            (Some(Reading::Aligned(..)), Some(t)) => self.aligned_features(&z).map(|f| {
+                (f - t)
+                    .square()
+                    .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)
+                    .mean(Kind::Float)
+            }),
+            _ => None,
+        };
+        let told = || self.told(targets);
         // Summed squared error per image (a Gaussian likelihood), as in the t2i VAE.
         let pixel = (self.paint_told(&z, told()) - images)
             .square()
@@ -317,7 +402,7 @@ impl Unified {
             pixel,
             caption: ce * per_caption.clamp_min(1.0),
             kl: kl_to_standard_normal(&mu, &logvar).mean(Kind::Float),
-            facts: fact_loss,
+            head,
         })
     }
 
@@ -330,8 +415,12 @@ impl Unified {
         };
         let total =
             &l.pixel + &l.caption * self.cfg.caption_weight + &l.kl * (self.cfg.beta * ramp);
-        match &l.facts {
-            Some(f) => total + f * self.cfg.fact_weight,
+        let weight = match self.reading {
+            Some(Reading::Aligned(..)) => self.cfg.align_weight,
+            _ => self.cfg.fact_weight,
+        };
+        match &l.head {
+            Some(h) => total + h * weight,
             None => total,
         }
     }
@@ -367,8 +456,53 @@ mod tests {
             let v = t.double_value(&[]);
             assert!(v.is_finite() && v >= 0.0, "{name}: {v}");
         }
-        assert!(l.facts.is_none());
+        assert!(l.head.is_none());
         assert!(m.objective(&l, 0).double_value(&[]).is_finite());
+    }
+
+    #[test]
+    fn an_aligned_model_tells_both_decoders_the_caption_features() {
+        tch::manual_seed(0);
+        let both = serde_yaml::from_str::<UnifiedConfig>(&format!(
+            "{TINY}facts: true\nalign: {{run: a, places: 2}}\n"
+        ))
+        .unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let err = Unified::new(&vs.root(), &both).err().unwrap().to_string();
+        assert!(err.contains("keep one"), "{err}");
+
+        let (vs, m) = tiny("align: {run: a, places: 2}\nalign_weight: 1\n");
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 2 - 1;
+        let tokens = Tensor::from_slice(&[1i64, 5, 6, 2, 0, 1, 7, 8, 9, 2]).view([2, 5]);
+        let err = m.loss(&x, &tokens, 0, None).err().unwrap().to_string();
+        assert!(err.contains("align features"), "{err}");
+        // A sentence vector and 2×2 place vectors per caption.
+        let targets = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
+        let z = Tensor::randn([2, 24], (Kind::Float, Device::Cpu));
+        assert_eq!(m.aligned_features(&z).unwrap().size(), vec![2, 5, 16]);
+        assert!(m.latent_facts(&z, None).is_none());
+        assert_eq!(m.caption_context(&z, None).size(), vec![2, 5 + 3, 16]);
+        assert_eq!(m.paint(&z, None).size(), vec![2, 3, 16, 16]);
+        // Told other features, the painter paints another picture.
+        let other = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
+        let diff = (m.paint(&z, Some(&targets)) - m.paint(&z, Some(&other)))
+            .abs()
+            .sum(Kind::Float);
+        assert!(diff.double_value(&[]) > 0.0);
+        // The head learns the features of a batch from its images.
+        let head_loss = || {
+            let f = m.aligned_features(&m.posterior(&x, false).0).unwrap();
+            (f - &targets).square().mean(Kind::Float)
+        };
+        let l = m.loss(&x, &tokens, 0, Some(&targets)).unwrap();
+        assert!(l.head.unwrap().double_value(&[]) > 0.0);
+        let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
+        let h0 = head_loss().double_value(&[]);
+        for _ in 0..60 {
+            opt.backward_step(&head_loss());
+        }
+        let h1 = head_loss().double_value(&[]);
+        assert!(h1 < 0.1 * h0, "align head loss {h0} -> {h1}");
     }
 
     /// A scene's target row: sky, ground, style, then a sun with rays in cell 1 and a
@@ -427,7 +561,7 @@ mod tests {
         // The loss has the head's term, and the head can learn the facts of a batch.
         let targets = Tensor::cat(&[&a, &b], 0);
         let l = m.loss(&x, &tokens, 0, Some(&targets)).unwrap();
-        assert!(l.facts.as_ref().unwrap().double_value(&[]).is_finite());
+        assert!(l.head.as_ref().unwrap().double_value(&[]).is_finite());
         let fact_loss = || {
             let (global, cells) = m.fact_logits(&m.posterior(&x, false).0).unwrap();
             attribute_loss(&global, &cells, &targets)

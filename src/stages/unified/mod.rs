@@ -63,7 +63,8 @@ pub struct UnifiedStageConfig {
     pub best: BestMetric,
 }
 
-/// Builds the unified model for `cfg` on `device` with the dataset's tokenizer.
+/// Builds the unified model for `cfg` on `device` with the dataset's tokenizer (and,
+/// with `model.align`, the align run's place grid).
 pub fn build(
     cfg: &UnifiedConfig,
     tok: &TextTokenizer,
@@ -71,6 +72,19 @@ pub fn build(
 ) -> Result<(nn::VarStore, Unified)> {
     let mut c = cfg.clone();
     c.captioner.vocab_size = tok.vocab_size() as i64;
+    if let Some(a) = &mut c.align {
+        let aligned = super::align::aligned_config(&a.run, tok)
+            .with_context(|| format!("model.align.run {}", a.run.display()))?;
+        if aligned.text.dim != c.captioner.dim {
+            bail!(
+                "model.align.run {} has text width {}, but model.captioner.dim is {}: the decoders are told its features as they are",
+                a.run.display(),
+                aligned.text.dim,
+                c.captioner.dim
+            );
+        }
+        a.places = aligned.places;
+    }
     let vs = nn::VarStore::new(device);
     let m = Unified::new(&vs.root(), &c)?;
     Ok((vs, m))
@@ -84,8 +98,9 @@ struct UnifiedStage {
     train: SplitData,
     device: Device,
     reference: Tensor,
-    /// The training scenes' target rows (with `model.facts`).
-    facts: Option<Tensor>,
+    /// What the decoders are told for each training image: its scene's target rows
+    /// (`model.facts`) or its caption's align features (`model.align`).
+    targets: Option<Tensor>,
 }
 
 impl UnifiedStage {
@@ -94,11 +109,11 @@ impl UnifiedStage {
         let (b, device) = (self.cfg.train.batch_size, self.device);
         let (x, t) = micro_batch(&self.train, b, seed, micro, device);
         let t = t.context("tokenized captions")?;
-        let facts = self
-            .facts
+        let targets = self
+            .targets
             .as_ref()
             .map(|rows| batch_rows(rows, b, seed, micro, device));
-        self.model.loss(&x, &t, self.tok.pad, facts.as_ref())
+        self.model.loss(&x, &t, self.tok.pad, targets.as_ref())
     }
 }
 
@@ -117,8 +132,13 @@ impl Trainable for UnifiedStage {
             ("caption_nll".to_string(), l.caption.double_value(&[])),
             ("kl".to_string(), l.kl.double_value(&[])),
         ]);
-        if let Some(f) = &l.facts {
-            m.insert("fact_loss".into(), f.double_value(&[]));
+        if let Some(h) = &l.head {
+            let name = if self.model.cfg.facts {
+                "fact_loss"
+            } else {
+                "align_loss"
+            };
+            m.insert(name.into(), h.double_value(&[]));
         }
         let sampler = Sampler {
             model: &self.model,
@@ -175,6 +195,12 @@ pub fn prior_scores(
     let txt = embed_tokens(&clip.model, &tokens, clip.tok.pad, device);
     let mut m = BTreeMap::new();
     m.insert("clip_score".into(), clip_score(&img, &txt));
+    // Agreement without a probe: each sample's picture ranks its own paragraph first
+    // among up to 99 other samples' (chance 1 in the number ranked).
+    m.insert(
+        "caption_r_precision".into(),
+        crate::eval::embedding::r_precision(&img, &txt, 99, 0),
+    );
     m.insert("fd_own".into(), frechet_distance(&feat, &real));
     m.insert("kid_own".into(), kid(&feat, &real));
     m.insert("diversity".into(), mean_pairwise_distance(&feat));
@@ -258,25 +284,27 @@ pub fn train(
     resume: bool,
     device: Device,
 ) -> Result<RunSummary> {
-    let scene_options: &[&str] = if cfg.model.facts {
-        &["model.facts"]
-    } else {
-        &[]
-    };
-    let (ds, tok) = super::open_training_data(&cfg.data, scene_options)?;
+    let scene_options: Vec<&str> = [
+        (cfg.model.facts, "model.facts"),
+        (cfg.eval.probe.is_some(), "eval.probe (the attribute probe)"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    let (ds, tok) = super::open_training_data(&cfg.data, &scene_options)?;
     tch::manual_seed(cfg.seed as i64);
     let (vs, model) = build(&cfg.model, &tok, device)?;
     let size = cfg.model.captioner.image_size as u32;
     let train = load_split(&ds, Split::Train, size, None)?;
     train.check_token_room(cfg.model.captioner.max_len, "model.captioner.max_len")?;
     let reference = load_split(&ds, Split::Val, size, Some(cfg.eval.samples.max(2)))?.images;
-    let facts = if cfg.model.facts {
-        Some(
+    let targets = match (&cfg.model.facts, &cfg.model.align) {
+        (true, _) => Some(
             super::evaluators::cell_target_tensor(&ds, &train.ids)
                 .context("model.facts needs the embedded set's scene metadata")?,
-        )
-    } else {
-        None
+        ),
+        (false, Some(a)) => Some(align_features(&a.run, &tok, &train, device)?),
+        (false, None) => None,
     };
     let opts = RunOptions {
         run_dir: run_dir.to_path_buf(),
@@ -304,11 +332,41 @@ pub fn train(
         train,
         device,
         reference,
-        facts,
+        targets,
     };
     let s = runner::run(&mut stage, &cfg.train, &opts)?;
     super::write_done(run_dir, &s)?;
     Ok(s)
+}
+
+/// The frozen align run's features of every caption of `data`: `(N, 1 + P², D)`, the
+/// sentence vector then the place vectors, computed once before training (on the CPU:
+/// they are indexed batch by batch there).
+fn align_features(
+    run: &Path,
+    tok: &TextTokenizer,
+    data: &SplitData,
+    device: Device,
+) -> Result<Tensor> {
+    let cfg = super::align::aligned_config(run, tok)?;
+    // The text side alone, as a generator painting from it loads it.
+    let vs = nn::VarStore::new(device);
+    let root = vs.root();
+    let encoder = crate::models::text_encoder::TextEncoder::new(&root / "text", &cfg.text);
+    let heads =
+        crate::models::align::AlignTextHeads::new(&(&root / "text"), cfg.text.dim, cfg.places);
+    super::align::load_aligned_part(&vs, run, "text.", "text.")?;
+    let tokens = data.tokens.as_ref().context("tokenized captions")?;
+    let n = tokens.size()[0];
+    let mut out = vec![];
+    for start in (0..n).step_by(64) {
+        let t = tokens.narrow(0, start, 64.min(n - start)).to_device(device);
+        let parts = tch::no_grad(|| heads.read(&encoder.forward(&t, tok.pad, false)));
+        out.push(
+            Tensor::cat(&[parts.sentence.unsqueeze(1), parts.places], 1).to_device(Device::Cpu),
+        );
+    }
+    Ok(Tensor::cat(&out, 0))
 }
 
 /// `eval unified`: the prior-sample scores on `n` seeds against the test split, and the
