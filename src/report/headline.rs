@@ -4,8 +4,8 @@
 //! on the embedded set).
 
 use super::escape;
-use crate::util::fsio::write_json;
-use anyhow::{bail, Context, Result};
+use crate::util::fsio::{read_json, write_json};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,14 +110,7 @@ type Metrics = BTreeMap<String, f64>;
 /// A stage's evaluation on `split`, when `eval` has written it.
 fn stage_eval(run: &Path, split: &str) -> Result<Option<Metrics>> {
     let path = run.join(format!("eval_{split}")).join("metrics.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let m = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a metrics file", path.display()))?;
-    Ok(Some(m))
+    path.exists().then(|| read_json(&path)).transpose()
 }
 
 impl Headline {
@@ -164,10 +157,7 @@ impl Headline {
                 path.display()
             );
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a headline file", path.display()))
+        read_json(&path)
     }
 }
 
