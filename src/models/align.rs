@@ -112,7 +112,10 @@ impl AlignImageHeads {
     /// The heads under `p` (the image side's path).
     pub fn new(p: &nn::Path, cfg: &AlignConfig) -> Result<Self> {
         let down = total_stride(cfg.channels.len(), cfg.stem);
-        if cfg.channels.is_empty() || cfg.stem < 2 || cfg.image_size % down != 0 {
+        let Some(&c) = cfg.channels.last() else {
+            bail!("model.channels is empty: the image encoder needs at least one stage");
+        };
+        if cfg.stem < 2 || cfg.image_size % down != 0 {
             bail!(
                 "model.image_size {} must be divisible by {down} (a stem of at least 2, then 2 per further channel stage)",
                 cfg.image_size
@@ -125,7 +128,6 @@ impl AlignImageHeads {
                 cfg.places
             );
         }
-        let c = *cfg.channels.last().expect("checked non-empty");
         let d = cfg.text.dim;
         Ok(AlignImageHeads {
             regions: nn::linear(p / "regions", c, d, Default::default()),
