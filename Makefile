@@ -137,10 +137,12 @@ eval-t2i: $(T2I_RUN)/eval_test/metrics.json
 $(T2I_RUN)/eval_test/metrics.json: $(T2I_RUN)/done.json
 	$(EK) eval t2i --run $(T2I_RUN) --split test
 
-## train-invertible: the invertible bridge (autoencoder + invertible MLP; minutes)
+## train-invertible: the invertible bridge (autoencoder + invertible MLP on the align
+## run's sentence vector; minutes). experiments/demo/invertible.yaml embeds with the
+## contrastive evaluator's text tower instead, as Menon et al. use CLIP's.
 train-invertible: runs/invertible/demo/done.json
-runs/invertible/demo/done.json: runs/clip/demo/done.json runs/probe/demo/done.json | build
-	$(EK_TRAIN) train invertible -c experiments/demo/invertible.yaml --run runs/invertible/demo $(if $(wildcard runs/invertible/demo/config.yaml),--resume,)
+runs/invertible/demo/done.json: runs/align/demo/done.json runs/clip/demo/done.json runs/probe/demo/done.json | build
+	$(EK_TRAIN) train invertible -c experiments/general/invertible.yaml --run runs/invertible/demo $(if $(wildcard runs/invertible/demo/config.yaml),--resume,)
 
 eval-invertible: runs/invertible/demo/eval_test/metrics.json
 runs/invertible/demo/eval_test/metrics.json: runs/invertible/demo/done.json

@@ -1,7 +1,8 @@
 //! The general path on tiny data: `train align` learns from images and paragraphs alone;
 //! a captioner reads its frozen image encoder, each generator (vae, gan, diffusion) its
-//! frozen text side and the unified generator its caption features; mismatched or
-//! unfinished align runs are refused before training.
+//! frozen text side, the unified generator its caption features and the invertible
+//! bridge its sentence vector; mismatched or unfinished align runs are refused before
+//! training.
 
 mod common;
 use common::*;
@@ -201,6 +202,35 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         "cpu",
     ]);
     assert!(okay && seeds.join("seed1.png").exists(), "{err}");
+
+    // The invertible bridge embeds with the align run's sentence vector (32 wide: a
+    // 2 × 4 × 4 latent), and is graded by the contrastive model it never read.
+    let bridge_cfg = |embedder: &Path| {
+        format!(
+            "data: {}\nseed: 0\ntext_embedder: {}\nautoencoder:\n  model: {{image_size: 32, channels: [8, 16, 16], latent_channels: 2}}\n  train: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\nbridge:\n  layers: 2\n  train: {{steps: 6, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 3}}\neval: {{clip: {}, subset: 4}}\n",
+            data.display(),
+            embedder.display(),
+            d.join("clip_run").display()
+        )
+    };
+    let bridge_run = d.join("bridge_run");
+    train_ok("invertible", &write(d, "bridge.yaml", bridge_cfg(&align_run)), &bridge_run);
+    let (okay, out, err) = run(&[
+        "eval",
+        "invertible",
+        "--run",
+        bridge_run.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay && out.contains("inverted_r_precision"), "{err}");
+    assert!(!out.contains("probe"), "no probe, no facts: {out}");
+    refused(
+        "invertible",
+        &write(d, "bridge_bad.yaml", bridge_cfg(&data)),
+        &d.join("b1"),
+        "neither an align run",
+    );
 
     // The exported VAE draws from a caption without the align run's help.
     let models = d.join("vae_export");

@@ -7,7 +7,10 @@ use crate::data::layout::Split;
 use crate::data::loader::{image_groups, load_split, micro_batch, to_float, SplitData};
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::retrieval_grouped;
-use crate::models::align::{bag_loss, bag_targets, AlignConfig, Aligner};
+use crate::models::align::{
+    bag_loss, bag_targets, AlignConfig, AlignTextHeads, Aligner, TextParts,
+};
+use crate::models::text_encoder::TextEncoder;
 use crate::models::clip::l2_normalise;
 use crate::train::checkpoint;
 use crate::train::runner::{
@@ -422,6 +425,55 @@ pub fn load_aligned_part(vs: &nn::VarStore, run_dir: &Path, from: &str, to: &str
     checkpoint::load_part(vs, &renamed, "", &[to])
         .with_context(|| format!("loading {from}* of {}", run_dir.display()))?;
     Ok(())
+}
+
+/// A finished align run's frozen text side alone (its encoder and heads), read by what
+/// conditions on it without holding it in its own weights: the unified generator's
+/// caption features and the invertible bridge's sentence embedder.
+pub struct AlignedText {
+    pub cfg: AlignConfig,
+    _vs: nn::VarStore,
+    encoder: TextEncoder,
+    heads: AlignTextHeads,
+}
+
+impl AlignedText {
+    /// The text side of `run`, refused when the run is unfinished or was trained with
+    /// another tokenizer than `tok`.
+    pub fn load(run: &Path, tok: &TextTokenizer, device: Device) -> Result<Self> {
+        let cfg = aligned_config(run, tok)?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let encoder = TextEncoder::new(&root / "text", &cfg.text);
+        let heads = AlignTextHeads::new(&(&root / "text"), cfg.text.dim, cfg.places);
+        load_aligned_part(&vs, run, "text.", "text.")?;
+        Ok(AlignedText {
+            cfg,
+            _vs: vs,
+            encoder,
+            heads,
+        })
+    }
+
+    /// `keep` of the text parts of every row of `tokens`, 64 rows at a time without
+    /// gradients, concatenated along the first axis.
+    pub fn read_all(
+        &self,
+        tokens: &Tensor,
+        pad: i64,
+        keep: impl Fn(TextParts) -> Tensor,
+    ) -> Tensor {
+        let device = self._vs.device();
+        let n = tokens.size()[0];
+        let out: Vec<Tensor> = (0..n)
+            .step_by(64)
+            .map(|start| {
+                let t = tokens.narrow(0, start, 64.min(n - start)).to_device(device);
+                tch::no_grad(|| keep(self.heads.read(&self.encoder.forward(&t, pad, false))))
+            })
+            .collect();
+        Tensor::cat(&out, 0)
+    }
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ pub fn run(a: &CycleArgs, device: Device) -> Result<BTreeMap<String, BTreeMap<St
         Some(dir) => {
             let lb = super::invertible::load_run(dir, device)
                 .with_context(|| format!("loading the invertible bridge {}", dir.display()))?;
-            if lb.clip.tok.hash != cap.tok.hash {
+            if lb.embedder.tokenizer().hash != cap.tok.hash {
                 bail!("the captioner and the invertible bridge were trained with different tokenizers (tokenizer.json hashes differ)");
             }
             Some(resized(&lb.draw(&generated)?, size as i64))

@@ -1,5 +1,5 @@
 //! The invertible bridge's half of the stage: training f on captioning alone,
-//! f(E_I(image)) ≈ E_T(caption), with the autoencoder and the text tower frozen; its
+//! f(E_I(image)) ≈ E_T(caption), with the autoencoder and the sentence embedder frozen; its
 //! errors; and the trained bridge read back to paint by inversion.
 
 use super::*;
@@ -86,7 +86,7 @@ pub(super) fn train_bridge(
     run_dir: &Path,
     resume: bool,
     device: Device,
-    clip: &LoadedClip,
+    embedder: &SentenceEmbedder,
     ae: &Autoencoder,
     train_split: &SplitData,
     val_split: &SplitData,
@@ -94,13 +94,14 @@ pub(super) fn train_bridge(
     // 2. The bridge, on frozen latents and frozen sentence embeddings computed once.
     crate::util::progress::note(format!(
         "invertible 2/2: the bridge f, {} layers of {} dims",
-        cfg.bridge.layers, clip.cfg.model.embed_dim
+        cfg.bridge.layers,
+        embedder.dim()
     ));
-    let dim = clip.cfg.model.embed_dim;
+    let dim = embedder.dim();
     let z_train = encode_all(ae, &train_split.images, device);
     let z_val = encode_all(ae, &val_split.images, device);
-    let y_train = sentence_embeddings(clip, &train_split.captions, device)?;
-    let y_val = sentence_embeddings(clip, &val_split.captions, device)?;
+    let y_train = embedder.embed(&train_split.captions, device)?;
+    let y_val = embedder.embed(&val_split.captions, device)?;
     tch::manual_seed(cfg.seed as i64 + 1);
     let vs = nn::VarStore::new(device);
     let bridge = Bridge::new(&vs.root(), &bridge_config(cfg, dim));
@@ -120,7 +121,7 @@ pub(super) fn train_bridge(
         resume: resume && crate::train::checkpoint::exists(&bridge_dir, "latest"),
         seed: cfg.seed,
         arch: serde_json::to_value(bridge_config(cfg, dim))?,
-        tokenizer_hash: clip.tok.hash.clone(),
+        tokenizer_hash: embedder.tokenizer().hash.clone(),
         best: BestMetric {
             name: "forward_mse".into(),
             higher_is_better: false,
@@ -150,23 +151,23 @@ pub struct LoadedBridge {
     pub(super) ae: Autoencoder,
     _vs: nn::VarStore,
     pub bridge: Bridge,
-    pub clip: LoadedClip,
+    pub embedder: SentenceEmbedder,
     device: Device,
 }
 
 pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedBridge> {
     let cfg: InvertibleStageConfig = crate::stages::run_config(run_dir, "invertible")?;
-    let clip = load_clip(&cfg.text_embedder, device)?;
-    validate(&cfg, clip.cfg.model.embed_dim)?;
+    let embedder = SentenceEmbedder::load(&cfg.text_embedder, device)?;
+    validate(&cfg, embedder.dim())?;
     let (ae_vs, ae) = build_ae(&cfg.autoencoder.model, device);
     crate::train::checkpoint::load_weights(&ae_vs, &run_dir.join("autoencoder"), "best", None)?;
     let vs = nn::VarStore::new(device);
-    let bridge = Bridge::new(&vs.root(), &bridge_config(&cfg, clip.cfg.model.embed_dim));
+    let bridge = Bridge::new(&vs.root(), &bridge_config(&cfg, embedder.dim()));
     crate::train::checkpoint::load_weights(
         &vs,
         &run_dir.join("bridge"),
         "best",
-        Some(&clip.tok.hash),
+        Some(&embedder.tokenizer().hash),
     )?;
     Ok(LoadedBridge {
         cfg,
@@ -174,7 +175,7 @@ pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedBridge> {
         ae,
         _vs: vs,
         bridge,
-        clip,
+        embedder,
         device,
     })
 }
@@ -182,7 +183,7 @@ pub fn load_run(run_dir: &Path, device: Device) -> Result<LoadedBridge> {
 impl LoadedBridge {
     /// Images (uint8) for texts by inversion: D_I(f⁻¹(E_T(text))).
     pub fn draw(&self, texts: &[String]) -> Result<Tensor> {
-        let y = sentence_embeddings(&self.clip, texts, self.device)?;
+        let y = self.embedder.embed(texts, self.device)?;
         Ok(tch::no_grad(|| {
             let z = self.bridge.unstandardise(&self.bridge.f.inverse(&y));
             to_u8(&self.ae.decode(&z))

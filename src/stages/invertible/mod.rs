@@ -1,10 +1,9 @@
-//! The invertible bridge stage (Menon et al., ICVGIP 2024): train an image autoencoder, then an invertible
-//! MLP f with f(E_I(image)) ≈ E_T(caption) on captioning alone (the autoencoder and the
-//! contrastive model's text tower frozen), then generate by inversion:
+//! The invertible bridge stage (Menon et al., ICVGIP 2024): train an image autoencoder,
+//! then an invertible MLP f with f(E_I(image)) ≈ E_T(caption) on captioning alone (the
+//! autoencoder and the sentence embedder E_T frozen), then generate by inversion:
 //! image = D_I(f⁻¹(E_T(text))). `train invertible`, `eval invertible`, and the painter the
 //! cycle uses for its bridge column.
 
-use super::evaluators::{embed_tokens, load_clip, tokenize_batch, LoadedClip};
 use super::t2i::{generation_scores, resized, T2IEvalConfig};
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{batch_indices, load_split, micro_batch, to_float, to_u8, SplitData};
@@ -20,7 +19,9 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 mod bridge;
+mod embedder;
 pub use bridge::*;
+pub use embedder::SentenceEmbedder;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +56,8 @@ fn d_diag() -> crate::models::invertible::Diagonal {
 pub struct InvertibleStageConfig {
     pub data: PathBuf,
     pub seed: u64,
-    /// The contrastive run whose text tower is the frozen sentence embedder E_T.
+    /// The frozen sentence embedder E_T: an align run (its sentence vector; the general
+    /// path) or a contrastive run (its text tower, as Menon et al. use CLIP's).
     pub text_embedder: PathBuf,
     pub autoencoder: AutoencoderStage,
     pub bridge: BridgeStage,
@@ -107,15 +109,6 @@ fn validate(cfg: &InvertibleStageConfig, embed_dim: i64) -> Result<()> {
         bail!("bridge.layers must be at least 1");
     }
     Ok(())
-}
-
-/// The sentence embedding y = √E · E_T(text): unit-norm embeddings scaled so each
-/// coordinate has about unit variance, like the standardised latents.
-fn sentence_embeddings(clip: &LoadedClip, texts: &[String], device: Device) -> Result<Tensor> {
-    let max = clip.cfg.model.text.max_len as usize;
-    let tokens = tokenize_batch(&clip.tok, texts, max)?;
-    let e = embed_tokens(&clip.model, &tokens, clip.tok.pad, device);
-    Ok(e * (clip.cfg.model.embed_dim as f64).sqrt())
 }
 
 struct AeStage<'a> {
@@ -192,19 +185,19 @@ pub fn train(
     device: Device,
 ) -> Result<()> {
     let ds = Dataset::open(&cfg.data)?;
-    let clip = load_clip(&cfg.text_embedder, device).with_context(|| {
+    let embedder = SentenceEmbedder::load(&cfg.text_embedder, device).with_context(|| {
         format!(
-            "loading the sentence embedder {} (train it with `make train-clip`)",
+            "loading the sentence embedder {} (train it with `make train-align`)",
             cfg.text_embedder.display()
         )
     })?;
-    if clip.tok.hash != crate::util::fsio::sha256_file(&ds.tokenizer_path())? {
+    if embedder.tokenizer().hash != crate::util::fsio::sha256_file(&ds.tokenizer_path())? {
         bail!(
             "the sentence embedder {} was trained with a different tokenizer",
             cfg.text_embedder.display()
         );
     }
-    validate(&cfg, clip.cfg.model.embed_dim)?;
+    validate(&cfg, embedder.dim())?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     crate::util::fsio::atomic_write(&run_dir.join("config.yaml"), yaml.as_bytes())?;
     let size = cfg.autoencoder.model.image_size as u32;
@@ -252,7 +245,7 @@ pub fn train(
         run_dir,
         resume,
         device,
-        &clip,
+        &embedder,
         &ae,
         &train_split,
         &val_split,
@@ -279,7 +272,7 @@ pub fn evaluate(
     let z = lb
         .bridge
         .standardise(&encode_all(&lb.ae, &data.images, device));
-    let y = sentence_embeddings(&lb.clip, &data.captions, device)?;
+    let y = lb.embedder.embed(&data.captions, device)?;
     let mut m = tch::no_grad(|| bridge_errors(&lb.bridge.f, &z, &y));
     let scores = |images: &Tensor| {
         generation_scores(

@@ -348,25 +348,11 @@ fn align_features(
     data: &SplitData,
     device: Device,
 ) -> Result<Tensor> {
-    let cfg = super::align::aligned_config(run, tok)?;
-    // The text side alone, as a generator painting from it loads it.
-    let vs = nn::VarStore::new(device);
-    let root = vs.root();
-    let encoder = crate::models::text_encoder::TextEncoder::new(&root / "text", &cfg.text);
-    let heads =
-        crate::models::align::AlignTextHeads::new(&(&root / "text"), cfg.text.dim, cfg.places);
-    super::align::load_aligned_part(&vs, run, "text.", "text.")?;
+    let text = super::align::AlignedText::load(run, tok, device)?;
     let tokens = data.tokens.as_ref().context("tokenized captions")?;
-    let n = tokens.size()[0];
-    let mut out = vec![];
-    for start in (0..n).step_by(64) {
-        let t = tokens.narrow(0, start, 64.min(n - start)).to_device(device);
-        let parts = tch::no_grad(|| heads.read(&encoder.forward(&t, tok.pad, false)));
-        out.push(
-            Tensor::cat(&[parts.sentence.unsqueeze(1), parts.places], 1).to_device(Device::Cpu),
-        );
-    }
-    Ok(Tensor::cat(&out, 0))
+    Ok(text.read_all(tokens, tok.pad, |parts| {
+        Tensor::cat(&[parts.sentence.unsqueeze(1), parts.places], 1).to_device(Device::Cpu)
+    }))
 }
 
 /// `eval unified`: the prior-sample scores on `n` seeds against the test split, and the
