@@ -175,10 +175,16 @@ reports/demo/index.html: runs/captioner/demo/eval_test/metrics.json runs/t2i/dem
 ## facts: tokenizer, contrastive model, align, captioner, VAE, their evaluations, the cycle and
 ## the export (the dataset's tokenizer is trained if it has none). Runs go to runs/<stage>/<name>, the report to reports/<name>; a finished
 ## stage is skipped and an interrupted one resumed. PROFILE=cpu (64 px, minutes per stage
-## on 2 cores) or smoke (a few steps per stage, for a first look).
+## on 2 cores), gpu (128 px, 30-60 epochs of the training split: experiments/gpu) or
+## smoke (a few steps per stage, for a first look).
 PROFILE ?= cpu
-NAME = $(notdir $(patsubst %/,%,$(DATA)))
-G := experiments/general
+ifeq ($(filter cpu gpu smoke,$(PROFILE)),)
+$(error PROFILE=$(PROFILE): choose cpu, gpu or smoke)
+endif
+# Runs and reports are named after the dataset, and the profile when it is not cpu
+# (runs/clip/mine-gpu): a smoke run never stands in for a real one.
+NAME = $(notdir $(patsubst %/,%,$(DATA)))$(if $(filter cpu,$(PROFILE)),,-$(PROFILE))
+G := experiments/$(if $(filter gpu,$(PROFILE)),gpu,general)
 SMOKE := $(if $(filter smoke,$(PROFILE)),--set train.steps=4 --set train.eval_every=4,)
 SMOKE_PRE := $(if $(filter smoke,$(PROFILE)),--set pretrain.train.steps=4 --set pretrain.train.eval_every=4,)
 ON = --set data=$(DATA) $(SMOKE)

@@ -17,10 +17,12 @@ use tch::nn;
 
 const VOCAB: i64 = 1000;
 
-/// The model of `experiments/general/align.yaml`, the align run the general configs read.
-fn shipped_aligner() -> AlignConfig {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/general/align.yaml");
-    let mut c: AlignStageConfig = ekphrasis::config::load(&path, &[]).unwrap();
+/// The model of the align config beside `config` (`experiments/<profile>/align.yaml`),
+/// the align run that profile's captioner and generators read.
+fn shipped_aligner(config: &Path) -> AlignConfig {
+    let path = config.with_file_name("align.yaml");
+    let mut c: AlignStageConfig = ekphrasis::config::load(&path, &[])
+        .unwrap_or_else(|e| panic!("{} reads an align run: {e:#}", config.display()));
     c.model.text.vocab_size = VOCAB;
     c.model.text.sentence_ends = vec![1];
     c.model
@@ -47,8 +49,16 @@ fn build(path: &Path) -> anyhow::Result<usize> {
         let mut c: CaptionerStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.vocab_size = VOCAB;
         if c.encoder_from.is_some() {
-            // The align run it reads, as the shipped align config would train it.
-            c.model.aligned = Some(shipped_aligner());
+            // The align run it reads, as the align config beside it would train it; the
+            // stage refuses an image encoder of another shape.
+            let a = shipped_aligner(path);
+            let m = &c.model;
+            if (m.channels.as_slice(), m.stem, m.image_size)
+                != (a.channels.as_slice(), a.stem, a.image_size)
+            {
+                anyhow::bail!("the captioner's encoder differs from the align config beside it");
+            }
+            c.model.aligned = Some(a);
         }
         // A stand-in word table: the real one comes from the dataset's tokenizer.
         let words = c
@@ -69,7 +79,7 @@ fn build(path: &Path) -> anyhow::Result<usize> {
         c.model.text.vocab_size = VOCAB;
         if let Some(a) = &mut c.model.align {
             // The text side of the align run it reads, as the shipped align config has it.
-            let aligner = shipped_aligner();
+            let aligner = shipped_aligner(path);
             c.model.text = aligner.text;
             a.places = aligner.places;
         }
@@ -82,7 +92,7 @@ fn build(path: &Path) -> anyhow::Result<usize> {
         let mut c: UnifiedStageConfig = ekphrasis::config::load(path, &[])?;
         c.model.captioner.vocab_size = VOCAB;
         if let Some(a) = &mut c.model.align {
-            a.places = shipped_aligner().places;
+            a.places = shipped_aligner(path).places;
         }
         Unified::new(&root, &c.model)?;
     } else if name.starts_with("invertible") {

@@ -214,7 +214,11 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         )
     };
     let bridge_run = d.join("bridge_run");
-    train_ok("invertible", &write(d, "bridge.yaml", bridge_cfg(&align_run)), &bridge_run);
+    train_ok(
+        "invertible",
+        &write(d, "bridge.yaml", bridge_cfg(&align_run)),
+        &bridge_run,
+    );
     let (okay, out, err) = run(&[
         "eval",
         "invertible",
@@ -276,5 +280,60 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         &cfg,
         &d.join("v1"),
         "model.text differs from the text encoder of model.align.run",
+    );
+}
+
+/// A config counted in epochs (the GPU profile's) trains the steps its training split
+/// needs, both align phases alike; steps and epochs together are refused before training.
+#[test]
+fn epochs_are_counted_over_the_training_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let by_epochs = std::fs::read_to_string(align_cfg(d, &data))
+        .unwrap()
+        .replace(
+            "pretrain: {train: {steps: 3,",
+            "pretrain: {train: {epochs: 0.5,",
+        )
+        .replace("train: {steps: 6,", "train: {epochs: 1.5,");
+    let cfg = write(d, "align_epochs.yaml", by_epochs);
+    let run_dir = d.join("align_epochs");
+    let (okay, out, err) = run(&[
+        "train",
+        "align",
+        "-c",
+        &cfg,
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(okay, "{err}");
+    let examples = ekphrasis::data::layout::Dataset::open(&data)
+        .unwrap()
+        .split_ids(ekphrasis::data::layout::Split::Train)
+        .unwrap()
+        .len();
+    let steps = |epochs: f64| (epochs * examples as f64 / 8.0).ceil() as u64;
+    for (section, epochs) in [("pretrain.train", 0.5), ("train", 1.5)] {
+        let note = format!(
+            "{section}.epochs {epochs}: {} steps over {examples}",
+            steps(epochs)
+        );
+        assert!(err.contains(&note), "{note}: {err}");
+    }
+    assert!(
+        out.contains(&format!("align trained: {} steps", steps(1.5))),
+        "{out}"
+    );
+    let both = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("train: {epochs: 1.5,", "train: {epochs: 1.5, steps: 6,");
+    refused(
+        "align",
+        &write(d, "align_both.yaml", both),
+        &d.join("a2"),
+        "train.steps and train.epochs are both given",
     );
 }

@@ -10,8 +10,8 @@ use crate::eval::embedding::retrieval_grouped;
 use crate::models::align::{
     bag_loss, bag_targets, AlignConfig, AlignTextHeads, Aligner, TextParts,
 };
-use crate::models::text_encoder::TextEncoder;
 use crate::models::clip::l2_normalise;
+use crate::models::text_encoder::TextEncoder;
 use crate::train::checkpoint;
 use crate::train::runner::{
     self, BestMetric, Group, RunOptions, RunSummary, TrainConfig, Trainable,
@@ -317,7 +317,7 @@ fn embed_split(
 }
 
 pub fn train(
-    cfg: AlignStageConfig,
+    mut cfg: AlignStageConfig,
     yaml: String,
     run_dir: &Path,
     resume: bool,
@@ -334,6 +334,11 @@ pub fn train(
     let (vs, model) = build_aligner(&cfg.model, &tok, device)?;
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+    cfg.train.resolve_epochs(train.ids.len(), "train")?;
+    if let Some(pre) = cfg.pretrain.as_mut() {
+        pre.train
+            .resolve_epochs(train.ids.len(), "pretrain.train")?;
+    }
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
     let val_groups = image_groups(&val.ids, &ds.image_of_items()?);
     let opts = RunOptions {

@@ -207,12 +207,17 @@ pub fn build_model(
 }
 
 impl CaptionerStage {
-    pub fn new(cfg: CaptionerStageConfig, device: Device) -> Result<Self> {
+    pub fn new(mut cfg: CaptionerStageConfig, device: Device) -> Result<Self> {
         let (ds, tok) = super::open_training_data(&cfg.data, &cfg.scene_options())?;
         tch::manual_seed(cfg.seed as i64);
         let (vs, model) = build_model(&resolved_model(&cfg, &tok)?, &tok, device)?;
         let size = cfg.model.image_size as u32;
         let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+        cfg.train.resolve_epochs(train.ids.len(), "train")?;
+        if let Some(pre) = cfg.pretrain.as_mut() {
+            pre.train
+                .resolve_epochs(train.ids.len(), "pretrain.train")?;
+        }
         let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset.max(1)))?;
         train.check_token_room(cfg.model.max_len, "model.max_len")?;
         let truth = synth_facts(&ds)?;
@@ -372,7 +377,9 @@ pub fn train(
     if let Some(run) = &cfg.encoder_from {
         check_aligned_encoder(&cfg, run)?;
     }
-    let mut stage = CaptionerStage::new(cfg.clone(), device)?;
+    let mut stage = CaptionerStage::new(cfg, device)?;
+    // The stage's copy, with `epochs` turned into steps.
+    let cfg = stage.cfg.clone();
     if let Some(run) = &cfg.encoder_from {
         read_aligned_encoder(&mut stage, run)?;
     }

@@ -135,7 +135,7 @@ pub fn build_clip(
 }
 
 pub fn train_clip(
-    cfg: ClipStageConfig,
+    mut cfg: ClipStageConfig,
     yaml: String,
     run_dir: &Path,
     resume: bool,
@@ -146,6 +146,7 @@ pub fn train_clip(
     let (vs, model) = build_clip(&cfg.model, &tok, device)?;
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+    cfg.train.resolve_epochs(train.ids.len(), "train")?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval_subset))?;
     let val_groups = image_groups(&val.ids, &ds.image_of_items()?);
     let opts = RunOptions {

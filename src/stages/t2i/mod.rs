@@ -293,6 +293,7 @@ pub fn train(
     cfg.model = model.cfg.clone();
     let size = cfg.model.image_size as u32;
     let train = load_split(&ds, Split::Train, size, cfg.limit_train)?;
+    cfg.train.resolve_epochs(train.ids.len(), "train")?;
     let val = load_split(&ds, Split::Val, size, Some(cfg.eval.subset))?;
     let (clip, probe) = load_evaluators(&cfg.eval, &ds, device)?;
     let attribute_targets = if model.wants_attributes() {

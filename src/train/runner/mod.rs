@@ -111,8 +111,13 @@ fn better(new: f64, old: Option<f64>, higher: bool) -> bool {
 
 pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     crate::util::signals::stop_gracefully();
+    if cfg.epochs.is_some() {
+        bail!("epochs is not read by this stage or phase: give its steps");
+    }
     if cfg.steps == 0 || cfg.batch_size == 0 || cfg.accumulate == 0 {
-        bail!("train.steps, train.batch_size and train.accumulate must be positive");
+        bail!(
+            "train.steps (or train.epochs), train.batch_size and train.accumulate must be positive"
+        );
     }
     distributed::check_batch(cfg.batch_size, "train.batch_size")?;
     let run_dir = &opts.run_dir;
