@@ -54,7 +54,8 @@ pub fn embed_tokens(clip: &Clip, tokens: &Tensor, pad: i64, device: Device) -> T
         let mut s = 0;
         while s < n {
             let len = 128.min(n - s);
-            out.push(clip.embed_texts(&tokens.narrow(0, s, len).to_device(device), pad, false));
+            let rows = trim_padding(&tokens.narrow(0, s, len), pad);
+            out.push(clip.embed_texts(&rows.to_device(device), pad, false));
             s += len;
         }
         Tensor::cat(&out, 0)
@@ -96,7 +97,9 @@ impl Trainable for ClipStage {
             micro,
             self.device,
         );
-        let t = t.context("tokenized captions")?;
+        // Cut to the batch's longest caption: each rank gathers pooled embeddings, not
+        // token rows, so the ranks' lengths need not agree.
+        let t = trim_padding(&t.context("tokenized captions")?, self.tok.pad);
         let x = crate::data::augment::augment(&x, self.cfg.augment_shift, self.cfg.augment_crop);
         Ok(self.model.loss(&x, &t, self.tok.pad, true))
     }

@@ -4,7 +4,7 @@
 
 use crate::data::layout::{Dataset, Split};
 use crate::data::loader::{
-    batch_indices, image_groups, load_split, micro_batch, to_float, SplitData,
+    batch_indices, image_groups, load_split, micro_batch, to_float, trim_padding, SplitData,
 };
 use crate::data::tokenizer::TextTokenizer;
 use crate::eval::embedding::{r_precision_grouped, retrieval_folds, retrieval_grouped};
