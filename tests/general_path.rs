@@ -327,6 +327,9 @@ fn epochs_are_counted_over_the_training_split() {
         out.contains(&format!("align trained: {} steps", steps(1.5))),
         "{out}"
     );
+    // The run's config.yaml reads back: a captioner trains on its encoder.
+    let cap = captioner_cfg(d, &data, &run_dir, "[8, 16]");
+    train_ok("captioner", &cap, &d.join("captioner_on_epochs"));
     let both = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("train: {epochs: 1.5,", "train: {epochs: 1.5, steps: 6,");

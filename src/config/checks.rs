@@ -48,8 +48,9 @@ const COUNTS: [(&str, i64); 6] = [
 pub const MAX_GUIDANCE: f64 = 100.0;
 
 /// Numbers that must lie in a closed range.
-const RANGES: [(&str, f64, f64); 4] = [
+const RANGES: [(&str, f64, f64); 5] = [
     ("guidance", 0.0, MAX_GUIDANCE),
+    ("epochs", 0.001, 1_000_000.0),
     ("eta", 0.0, 1.0),
     ("adam_eps", 1e-12, 1.0),
     ("augment_crop", 0.1, 1.0),

@@ -6,8 +6,9 @@ use super::*;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Optimizer steps; or give `epochs` instead.
-    #[serde(default)]
+    /// Optimizer steps; or give `epochs` instead (0 until they are resolved, and then
+    /// left out of a written config).
+    #[serde(default, skip_serializing_if = "is_unset")]
     pub steps: u64,
     /// Passes over the training split, for configs meant for datasets of any size (the
     /// GPU profile): the stage turns them into `steps` once it knows the split
@@ -47,6 +48,9 @@ pub struct TrainConfig {
     /// Stop after this many evaluations without improvement; 0 never stops early.
     #[serde(default)]
     pub patience: u32,
+}
+fn is_unset(steps: &u64) -> bool {
+    *steps == 0
 }
 fn d_warmup() -> u64 {
     100
