@@ -35,6 +35,29 @@ fn proportion_se(p: f64, n: usize) -> f64 {
     (p * (1.0 - p) / n.max(1) as f64).sqrt()
 }
 
+/// Whether column `a` is clearly above column `b` on `metric` (Some(true)), clearly
+/// below (Some(false)) or within noise (None): apart by more than twice the standard
+/// error of their difference. R-precision is a proportion; other figures carry their
+/// own `<metric>_se` (taken as 0 where a table has none). None when either is missing.
+fn compare(t: &Table, n: usize, a: &str, b: &str, metric: &str) -> Option<bool> {
+    let (x, y) = (get(t, a, metric)?, get(t, b, metric)?);
+    let se = |col: &str, v: f64| {
+        if metric == "r_precision" {
+            proportion_se(v, n)
+        } else {
+            get(t, col, &format!("{metric}_se")).unwrap_or(0.0)
+        }
+    };
+    let spread = 2.0 * (se(a, x).powi(2) + se(b, y).powi(2)).sqrt();
+    if x - y > spread {
+        Some(true)
+    } else if y - x > spread {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// A few sentences answering the research question from the table of `n` images. A
 /// share of the ceiling is stated only when the ceiling (true captions) is clearly above
 /// the floor (random captions): R-precision apart by more than twice the standard error
@@ -84,24 +107,45 @@ pub fn answer(t: &Table, n: usize) -> String {
         get(t, floor, "r_precision"),
         get(t, ceiling, "r_precision"),
     ) {
-        out.push(format!("The reconstruction picks its original's caption among up to 100 with R-precision {c:.3} (± {:.3}; floor {f:.3}, ceiling {h:.3}).", proportion_se(c, n)));
+        let noisy = compare(t, n, "cycle", floor, "r_precision") != Some(true);
+        out.push(format!(
+            "The reconstruction picks its original's caption among up to 100 with R-precision {c:.3} (± {:.3}; floor {f:.3}, ceiling {h:.3}){}.",
+            proportion_se(c, n),
+            if noisy { ", within noise of its floor" } else { "" }
+        ));
     }
+    // Retrieval against generation, figure by figure, said only where the two are apart
+    // by more than noise.
     let nn = "nearest neighbour";
-    let beaten: Vec<&str> = [
+    let (mut retrieval, mut generation, mut tied) = (vec![], vec![], vec![]);
+    for (m, name) in [
         ("r_precision", "R-precision"),
         ("clip_image_image", "the contrastive image–image score"),
-    ]
-    .into_iter()
-    .filter(|(m, _)| matches!((get(t, "cycle", m), get(t, nn, m)), (Some(c), Some(r)) if r > c))
-    .map(|(_, name)| name)
-    .collect();
-    if !beaten.is_empty() {
+    ] {
+        match compare(t, n, nn, "cycle", m) {
+            Some(true) => retrieval.push(name),
+            Some(false) => generation.push(name),
+            None if get(t, "cycle", m).is_some() && get(t, nn, m).is_some() => tied.push(name),
+            None => {}
+        }
+    }
+    if !retrieval.is_empty() {
         out.push(format!(
             "Retrieval beats generation: the training image whose caption is nearest to the paragraph is closer to the original on {}.",
-            beaten.join(" and ")
+            retrieval.join(" and ")
         ));
-    } else if let (Some(c), Some(r)) = (get(t, "cycle", "r_precision"), get(t, nn, "r_precision")) {
-        out.push(format!("Generation matches or beats retrieving the nearest training image by caption (R-precision {c:.3} against {r:.3})."));
+    }
+    if !generation.is_empty() {
+        out.push(format!(
+            "Generation beats retrieving the nearest training image by caption on {}.",
+            generation.join(" and ")
+        ));
+    }
+    if !tied.is_empty() {
+        out.push(format!(
+            "Generation and retrieval are within noise of each other on {} (apart by less than twice the standard error of their difference on {n} images).",
+            tied.join(" and ")
+        ));
     }
     if let (true, Some(p)) = (uses_text, get(t, "cycle", "psnr")) {
         out.push(format!("Pixel agreement stays low (PSNR {p:.1} dB): a paragraph keeps what is in the picture and where, not the exact pixels."));
@@ -345,7 +389,58 @@ mod tests {
             a.contains("94 % of the way") && a.contains("sits at its ceiling"),
             "{a}"
         );
-        assert!(a.contains("Generation matches or beats retrieving"), "{a}");
+        assert!(
+            a.contains("within noise of each other on R-precision"),
+            "0.906 against 0.900 on 500 images: {a}"
+        );
         assert!(!a.contains("does not use its text"), "{a}");
+    }
+
+    #[test]
+    fn retrieval_and_generation_are_ranked_only_beyond_their_noise() {
+        // Tux Paint's cycle, 79 images: every difference within twice its standard error.
+        let tux = |cycle_ii: f64| {
+            table(&[
+                (
+                    "floor (random caption)",
+                    &[("r_precision", 0.013), ("clip_image_text", 8.0)],
+                ),
+                (
+                    "cycle",
+                    &[
+                        ("r_precision", 0.025),
+                        ("clip_image_text", 12.7),
+                        ("clip_image_image", cycle_ii),
+                        ("clip_image_image_se", 1.0),
+                    ],
+                ),
+                (
+                    "nearest neighbour",
+                    &[
+                        ("r_precision", 0.101),
+                        ("clip_image_image", 30.4),
+                        ("clip_image_image_se", 2.8),
+                    ],
+                ),
+                (
+                    "ceiling (true caption)",
+                    &[("r_precision", 0.152), ("clip_image_text", 21.6)],
+                ),
+            ])
+        };
+        let a = answer(&tux(27.4), 79);
+        assert!(a.contains("within noise of its floor"), "{a}");
+        assert!(
+            a.contains(
+                "within noise of each other on R-precision and the contrastive image–image score"
+            ),
+            "{a}"
+        );
+        assert!(!a.contains("beats"), "{a}");
+        let a = answer(&tux(40.0), 79);
+        assert!(
+            a.contains("Generation beats retrieving the nearest training image by caption on the contrastive image–image score"),
+            "{a}"
+        );
     }
 }
