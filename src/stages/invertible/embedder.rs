@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tch::{Device, Tensor};
 
+// One per loaded bridge, built once and never moved on a hot path: the variants' sizes
+// do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SentenceEmbedder {
     Contrastive(LoadedClip),
     Aligned {
