@@ -437,7 +437,7 @@ pub fn load_aligned_part(vs: &nn::VarStore, run_dir: &Path, from: &str, to: &str
 /// caption features and the invertible bridge's sentence embedder.
 pub struct AlignedText {
     pub cfg: AlignConfig,
-    _vs: nn::VarStore,
+    vs: nn::VarStore,
     encoder: TextEncoder,
     heads: AlignTextHeads,
 }
@@ -454,26 +454,28 @@ impl AlignedText {
         load_aligned_part(&vs, run, "text.", "text.")?;
         Ok(AlignedText {
             cfg,
-            _vs: vs,
+            vs,
             encoder,
             heads,
         })
     }
 
-    /// `keep` of the text parts of every row of `tokens`, 64 rows at a time without
-    /// gradients, concatenated along the first axis.
+    /// `keep` of the text parts of every row of `tokens`, 64 rows at a time (each cut to
+    /// its longest caption) without gradients, concatenated along the first axis. `keep`
+    /// must not return anything as long as the rows (the word vectors are cut).
     pub fn read_all(
         &self,
         tokens: &Tensor,
         pad: i64,
         keep: impl Fn(TextParts) -> Tensor,
     ) -> Tensor {
-        let device = self._vs.device();
+        let device = self.vs.device();
         let n = tokens.size()[0];
         let out: Vec<Tensor> = (0..n)
             .step_by(64)
             .map(|start| {
-                let t = tokens.narrow(0, start, 64.min(n - start)).to_device(device);
+                let rows = tokens.narrow(0, start, 64.min(n - start));
+                let t = crate::data::loader::trim_padding(&rows, pad).to_device(device);
                 tch::no_grad(|| keep(self.heads.read(&self.encoder.forward(&t, pad, false))))
             })
             .collect();
