@@ -28,14 +28,25 @@ pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if !GRACEFUL.load(Ordering::SeqCst) {
             eprintln!("\ninterrupted: stopped before finishing (every file is written whole, so those already written are intact)");
-            std::process::exit(130);
+            exit_now();
         }
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             eprintln!("\ninterrupted twice: exiting without a checkpoint");
-            std::process::exit(130);
+            exit_now();
         }
         eprintln!(
             "\ninterrupt: finishing the work in hand (a training step and its checkpoint, or the requests in flight), then stopping; Ctrl-C again to quit now"
         );
     });
+}
+
+/// Exits with 130 at once, skipping the C library's exit handlers: they tear down
+/// libtorch's thread pool while the main thread may still be computing on it, which
+/// can crash the process on its way out (a signal death instead of 130). No file is
+/// left half-written by skipping them: every file is written whole and renamed.
+fn exit_now() -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit only ends the process; it touches no Rust state.
+    unsafe { libc::_exit(130) }
 }
