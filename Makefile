@@ -17,10 +17,16 @@ PY_STAMP := $(VENV)/.tools-3
 DEVICE ?= auto
 DATA ?= data/synth
 BIN := target/release/ekphrasis
-EK := $(BIN) --device $(DEVICE)
 # NPROC=N trains data-parallel: N processes under torchrun (Gloo on the CPU, NCCL on
 # CUDA); the config's batch is the global batch. Other commands run in one process.
 NPROC ?= 1
+# `make demo` and `make pipeline` run JOBS stages at once (JOBS=1: one after another),
+# splitting the cores between them (`--share-cores`: a stage left alone takes them all)
+# and printing a line per stage every 30 s. SIDE_BY_SIDE is set on the make they start.
+JOBS ?= $(if $(filter 1,$(NPROC)),2,1)
+SIDE_BY_SIDE ?=
+PAR := $(if $(and $(SIDE_BY_SIDE),$(filter-out 1,$(JOBS))),--share-cores runs/.cores --progress lines,)
+EK := $(BIN) --device $(DEVICE) $(PAR)
 EK_TRAIN := $(if $(filter 1,$(NPROC)),$(EK),scripts/ekphrasis-torchrun --nproc-per-node=$(NPROC) -- --device $(DEVICE))
 
 ifeq ($(origin LIBTORCH), undefined)
@@ -37,7 +43,7 @@ resume = $(if $(wildcard $(1)/checkpoints/latest.json $(1)/*/checkpoints/latest.
 
 .PHONY: all libtorch pytools build test demo data-synth tokenizer train-captioner \
         eval-captioner train-clip eval-clip train-probe eval-probe train-align train-t2i eval-t2i \
-        cycle pipeline demo-scenes export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified train-unified-scenes eval-unified tensorboard fmt lint clean
+        cycle pipeline pipeline-stages demo-stages demo-scenes export serve bench-serve screenshots bench bench-ddp fuzz train-invertible eval-invertible train-unified train-unified-scenes eval-unified tensorboard fmt lint clean
 
 all: build
 
@@ -188,12 +194,16 @@ G := experiments/$(if $(filter gpu,$(PROFILE)),gpu,general)
 SMOKE := $(if $(filter smoke,$(PROFILE)),--set train.steps=4 --set train.eval_every=4,)
 SMOKE_PRE := $(if $(filter smoke,$(PROFILE)),--set pretrain.train.steps=4 --set pretrain.train.eval_every=4,)
 ON = --set data=$(DATA) $(SMOKE)
-pipeline: reports/$(NAME)/index.html runs/captioner/$(NAME)/eval_test/metrics.json \
-          runs/clip/$(NAME)/eval_test/metrics.json runs/t2i/$(NAME)/eval_test/metrics.json \
-          models/$(NAME)/captioner/manifest.json models/$(NAME)/t2i/manifest.json
+pipeline: build $(DATA)/tokenizer.json
+	@$(MAKE) --no-print-directory -j$(JOBS) SIDE_BY_SIDE=1 pipeline-stages
 	@echo "==> $(NAME): report in reports/$(NAME)/index.html, models in models/$(NAME)"
 	@for f in runs/clip/$(NAME)/eval_test runs/captioner/$(NAME)/eval_test runs/t2i/$(NAME)/eval_test; do \
 	  echo "--- $$f/metrics.json"; cat $$f/metrics.json; echo; done
+# The align model first: the captioner and the generator wait for it.
+pipeline-stages: runs/align/$(NAME)/done.json runs/clip/$(NAME)/done.json \
+          reports/$(NAME)/index.html runs/captioner/$(NAME)/eval_test/metrics.json \
+          runs/clip/$(NAME)/eval_test/metrics.json runs/t2i/$(NAME)/eval_test/metrics.json \
+          models/$(NAME)/captioner/manifest.json models/$(NAME)/t2i/manifest.json
 runs/clip/$(NAME)/done.json: $(DATA)/tokenizer.json
 	$(EK_TRAIN) train clip -c $(G)/clip.yaml $(ON) --run runs/clip/$(NAME) $(call resume,runs/clip/$(NAME))
 runs/align/$(NAME)/done.json: $(DATA)/tokenizer.json
@@ -257,9 +267,12 @@ bench: build $(PY_STAMP)
 
 ## demo: the general path on the embedded set (every model learns from images and
 ## paragraphs alone; the probe and the caption parser only grade), then the report and
-## the exported models
-demo: build data-synth tokenizer train-clip train-probe train-align train-captioner train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle export
+## the exported models. JOBS stages at once (the align model, which the captioner and
+## the generator wait for, first).
+demo: build data-synth tokenizer
+	@$(MAKE) --no-print-directory -j$(JOBS) SIDE_BY_SIDE=1 demo-stages
 	@echo "==> demo finished: open reports/demo/index.html (make tensorboard to browse runs/; exported models in models/)"
+demo-stages: train-align train-clip train-probe train-captioner train-t2i eval-captioner eval-clip eval-probe eval-t2i cycle export
 
 ## demo-scenes: the scene-supervised path, an embedded-set extension and upper bound: the
 ## captioner's encoder and the VAE's text reader also learn from the scene facts

@@ -1,5 +1,6 @@
-//! Foundation: bad input is a clean error, resume continues a run exactly, and
-//! TensorBoard files are readable by TensorBoard's own reader.
+//! Foundation: bad input is a clean error, resume continues a run exactly,
+//! TensorBoard files are readable by TensorBoard's own reader, and stages run side by
+//! side share the cores and label their lines.
 
 mod common;
 use common::*;
@@ -316,4 +317,60 @@ fn sigint_checkpoints_and_resume_matches_uninterrupted_run() {
             "{name} differs after interrupt + resume"
         );
     }
+}
+
+#[test]
+fn stages_side_by_side_share_the_cores_and_label_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let cfg = probe_cfg(d, &data);
+    let share = d.join("cores");
+    let (a, b) = (d.join("probe_a"), d.join("probe_b"));
+    let start = |run: &std::path::Path| {
+        bin()
+            .args(["--device", "cpu", "--share-cores", share.to_str().unwrap()])
+            .args(["--progress", "lines", "train", "probe", "-c", &cfg, "--run"])
+            .arg(run)
+            .output()
+            .expect("running ekphrasis")
+    };
+    let (out_a, out_b) = std::thread::scope(|s| {
+        let ha = s.spawn(|| start(&a));
+        let hb = s.spawn(|| start(&b));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    for (out, run) in [(&out_a, &a), (&out_b, &b)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let label = format!("[train probe {}] ", run.display());
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&label) && l.contains("step")),
+            "every log line names its stage: {err}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&share).unwrap().collect();
+    assert!(left.is_empty(), "both left the share: {left:?}");
+    let r = d.join("probe_c");
+    let r = r.to_str().unwrap();
+    assert_clean_error(
+        &["--threads", "0", "train", "probe", "-c", &cfg, "--run", r],
+        "--threads 0",
+    );
+    assert_clean_error(
+        &[
+            "--threads",
+            "1",
+            "--share-cores",
+            "x",
+            "train",
+            "probe",
+            "-c",
+            &cfg,
+            "--run",
+            r,
+        ],
+        "cannot be used with",
+    );
 }

@@ -80,6 +80,18 @@ pub fn run(cli: Cli) -> Result<()> {
         bail!("--set was given without -c/--config");
     }
     let device = parse_device(&cli.device)?;
+    crate::util::progress::configure(cli.progress, cli.label());
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads 0: give at least one thread");
+        }
+        tch::set_num_threads(n as i32);
+    }
+    // Held to the end of the command: dropping it leaves the share.
+    let _share = match &cli.share_cores {
+        Some(dir) => Some(crate::util::cores::join(dir)?),
+        None => None,
+    };
     match &cli.command {
         Command::Data(_) | Command::Tokenizer(_) => data::run(&cli)?,
         Command::Train(_) => train::run(&cli, device)?,

@@ -29,6 +29,19 @@ pub struct Cli {
     /// Override a config value, e.g. --set train.steps=100 (repeatable).
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// CPU threads for libtorch's operators (default: libtorch's choice, one per core).
+    #[arg(long, global = true, value_name = "N", conflicts_with = "share_cores")]
+    pub threads: Option<usize>,
+    /// Split the CPU cores with the other ekphrasis processes given the same folder:
+    /// each runs on cores ÷ processes threads, counted again every few seconds while it
+    /// trains. `make demo` and `make pipeline` run two stages at once this way.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub share_cores: Option<PathBuf>,
+    /// auto: a bar on a terminal; lines: a line every 30 s with the position and ETA,
+    /// every line prefixed with the command (for logs, and for stages run side by side);
+    /// off: the log lines alone.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub progress: crate::util::progress::Mode,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -290,4 +303,49 @@ pub struct CaptionArgs {
     pub checkpoint: String,
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+impl Cli {
+    /// What `--progress lines` prefixes each line with: the command and its run,
+    /// e.g. `train align runs/align/demo` or `eval t2i runs/t2i/demo`.
+    pub fn label(&self) -> String {
+        let (what, run) = match &self.command {
+            Command::Train(t) => {
+                let (stage, args) = match t {
+                    TrainCommand::Captioner(a) => ("captioner", a),
+                    TrainCommand::Clip(a) => ("clip", a),
+                    TrainCommand::Align(a) => ("align", a),
+                    TrainCommand::Probe(a) => ("probe", a),
+                    TrainCommand::T2i(a) => ("t2i", a),
+                    TrainCommand::Invertible(a) => ("invertible", a),
+                    TrainCommand::Unified(a) => ("unified", a),
+                };
+                (format!("train {stage}"), Some(&args.run))
+            }
+            Command::Eval(e) => match e {
+                EvalCommand::Captioner { run, .. } => ("eval captioner".into(), Some(run)),
+                EvalCommand::Clip { run, .. } => ("eval clip".into(), Some(run)),
+                EvalCommand::T2i { run, .. } => ("eval t2i".into(), Some(run)),
+                EvalCommand::Invertible { run, .. } => ("eval invertible".into(), Some(run)),
+                EvalCommand::Unified { run, .. } => ("eval unified".into(), Some(run)),
+                EvalCommand::Probe { run, .. } => ("eval probe".into(), Some(run)),
+            },
+            Command::Export(a) => ("export".into(), Some(&a.run)),
+            Command::Cycle(a) => ("cycle".into(), Some(&a.out)),
+            Command::Data(_) => ("data".into(), None),
+            Command::Tokenizer(_) => ("tokenizer".into(), None),
+            Command::Caption(_) => ("caption".into(), None),
+            Command::Draw(_) => ("draw".into(), None),
+            Command::Embed(_) => ("embed".into(), None),
+            Command::Retrieve(_) => ("retrieve".into(), None),
+            Command::Generate(_) => ("generate".into(), None),
+            Command::Score(_) => ("score".into(), None),
+            Command::Bench(_) => ("bench".into(), None),
+            Command::Serve(_) => ("serve".into(), None),
+        };
+        match run {
+            Some(run) => format!("{what} {}", run.display()),
+            None => what,
+        }
+    }
 }

@@ -321,6 +321,7 @@ fn draw_at(
     seed: i64,
     device: Device,
 ) -> Tensor {
+    crate::util::cores::rebalance();
     resized(
         &draw_tokens(model, tokens, pad, per_caption, seed, device),
         side as i64,

@@ -1,5 +1,7 @@
-//! Small helpers shared by every stage: atomic file writes, hashing, progress bars.
+//! Small helpers shared by every stage: atomic file writes, hashing, progress bars,
+//! sharing the cores.
 
+pub mod cores;
 pub mod draws;
 pub mod fsio;
 pub mod memory;

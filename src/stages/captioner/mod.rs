@@ -268,6 +268,8 @@ pub fn caption_images(
     let mut out = Vec::with_capacity(n as usize);
     let mut start = 0;
     while start < n {
+        // Minutes of decoding: take the cores a finished neighbour frees.
+        crate::util::cores::rebalance();
         let len = batch.min(n - start);
         let x = to_float(&images.narrow(0, start, len), device);
         for ids in model.generate(&x, opts, tok.bos, tok.eos, tok.pad) {

@@ -248,6 +248,8 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
         .ok()
         .and_then(|v| v.parse().ok());
     while state.step < cfg.steps {
+        // Side by side with other stages (`--share-cores`): take the cores they free.
+        crate::util::cores::rebalance();
         let step = state.step;
         let lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio);
         let mut losses: Vec<(String, f64, f64)> = vec![];
