@@ -122,6 +122,33 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         &heads(&align_run),
         "the captioner's frozen place heads",
     );
+    // Fine-tuned (`encoder_lr_scale`): the encoder learns on, its batch-norm statistics
+    // stay the align run's.
+    let tuned_run = d.join("cap_tuned");
+    let tuned = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("seed: 0\n", "seed: 0\nencoder_lr_scale: 0.1\n");
+    let tuned_cfg = write(d, "captioner_tuned.yaml", tuned.clone());
+    train_ok("captioner", &tuned_cfg, &tuned_run);
+    let (stats, learned): (Vec<_>, Vec<_>) = weights(&tuned_run, "model.cnn.")
+        .into_iter()
+        .zip(weights(&align_run, "model.image.cnn."))
+        .partition(|((n, _), _)| n.contains("running_"));
+    assert!(!stats.is_empty() && !learned.is_empty());
+    for ((n, a), (_, b)) in &stats {
+        assert!(a.equal(b), "the batch norm's {n} moved");
+    }
+    assert!(
+        learned.iter().any(|((_, a), (_, b))| !a.equal(b)),
+        "the fine-tuned encoder did not learn"
+    );
+    let cfg_no_source = tuned.replace(&format!("encoder_from: {}\n", align_run.display()), "");
+    refused(
+        "captioner",
+        &write(d, "captioner_tuned_alone.yaml", cfg_no_source),
+        &d.join("c_alone"),
+        "give encoder_from too",
+    );
     let (okay, out, err) = run(&[
         "eval",
         "captioner",

@@ -32,6 +32,8 @@ struct Param {
     m: Tensor,
     v: Tensor,
     decay: bool,
+    /// This variable steps at `lr × lr_scale` (1 unless [`AdamW::scale_lr`] set it).
+    lr_scale: f64,
 }
 
 pub struct AdamW {
@@ -68,6 +70,7 @@ impl AdamW {
                 m: var.zeros_like(),
                 v: var.zeros_like(),
                 decay: cfg.decay_all || var.dim() >= 2,
+                lr_scale: 1.0,
                 name,
                 var,
             })
@@ -78,6 +81,22 @@ impl AdamW {
             params,
             key: key.to_string(),
         }
+    }
+
+    /// Steps the variables whose names start with `prefix` at `lr × scale` (a pretrained
+    /// part fine-tuned gently); returns how many it matched. Moments and checkpoints are
+    /// unchanged by it: the scale is the config's, set again on every start.
+    pub fn scale_lr(&mut self, prefix: &str, scale: f64) -> usize {
+        let mut matched = 0;
+        for p in self
+            .params
+            .iter_mut()
+            .filter(|p| p.name.starts_with(prefix))
+        {
+            p.lr_scale = scale;
+            matched += 1;
+        }
+        matched
     }
 
     /// The variables this optimizer updates, in name order (shallow handles).
@@ -141,6 +160,7 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                let lr = lr * p.lr_scale;
                 if p.decay && c.weight_decay > 0.0 {
                     let _ = p.var.g_mul_scalar_(1.0 - lr * c.weight_decay);
                 }
@@ -241,5 +261,45 @@ mod tests {
                 assert!(diff < 1e-6, "step {step} {name}: {diff}");
             }
         }
+    }
+
+    /// A scaled prefix moves by its share of the step; the other variables as before.
+    #[test]
+    fn a_scaled_prefix_steps_at_its_share_of_the_rate() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = (vs.root() / "a").randn("w", &[4, 4], 0.0, 1.0);
+        let b = (vs.root() / "b").randn("w", &[4, 4], 0.0, 1.0);
+        let cfg = AdamWConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let step_once = |scale: f64| {
+            let (a0, b0) = (a.detach().copy(), b.detach().copy());
+            let mut opt = AdamW::new(&vs, cfg);
+            assert_eq!(opt.scale_lr("a.", scale), 1);
+            opt.zero_grad();
+            ((&a * 3.0).sum(Kind::Float) + (&b * 3.0).sum(Kind::Float)).backward();
+            opt.step(0.1);
+            let moved = (
+                (&a - &a0).abs().mean(Kind::Float).double_value(&[]),
+                (&b - &b0).abs().mean(Kind::Float).double_value(&[]),
+            );
+            tch::no_grad(|| {
+                a.detach().copy_(&a0);
+                b.detach().copy_(&b0);
+            });
+            moved
+        };
+        let (a_full, b_full) = step_once(1.0);
+        let (a_tenth, b_same) = step_once(0.1);
+        let (a_frozen, _) = step_once(0.0);
+        assert!(
+            (a_full - 0.1).abs() < 1e-5,
+            "Adam's first step moves by lr: {a_full}"
+        );
+        assert!((a_tenth - 0.01).abs() < 1e-6, "{a_tenth}");
+        assert_eq!(a_frozen, 0.0);
+        assert!((b_full - b_same).abs() < 1e-9, "{b_full} {b_same}");
     }
 }

@@ -140,6 +140,9 @@ pub struct Captioner {
     /// Set by [`Captioner::freeze_encoder`]: the CNN and the heads run in inference mode
     /// without gradients, and only the decoder side learns.
     encoder_frozen: bool,
+    /// Set by [`Captioner::freeze_encoder`] and [`Captioner::fine_tune_encoder`]: the
+    /// CNN's batch norms keep the statistics they came with.
+    encoder_stats_kept: bool,
 }
 
 /// The general path's extra context read off the align run's image heads.
@@ -376,7 +379,16 @@ impl Captioner {
                 .filter(|_| cfg.attribute_words)
                 .map(|w| (w, p.var("fact_word_pos", &[10, cfg.dim], init))),
             encoder_frozen: false,
+            encoder_stats_kept: false,
         })
+    }
+
+    /// A pretrained encoder learns on with the decoder (at the rate the stage gives its
+    /// prefixes) while its batch norms keep their pretrained statistics: the captioner's
+    /// small batches would estimate them worse.
+    pub fn fine_tune_encoder(&mut self) {
+        self.encoder_frozen = false;
+        self.encoder_stats_kept = true;
     }
 
     /// Freezes the CNN and the attribute heads of `vs` (this model's store): they stop
@@ -391,6 +403,7 @@ impl Captioner {
             }
         }
         self.encoder_frozen = true;
+        self.encoder_stats_kept = true;
     }
 
     /// The auxiliary attribute loss alone (the encoder pretraining's objective); None
@@ -451,14 +464,15 @@ impl Captioner {
         match &self.encoder {
             ImageEncoder::Cnn { conv, proj } => {
                 let frozen = self.encoder_frozen;
+                let encoder_train = train && !self.encoder_stats_kept;
                 let wanted = want_attributes || self.attribute_tokens.is_some();
                 let features = || {
-                    let f = conv.forward(images, train && !frozen); // (B, C, g, g)
+                    let f = conv.forward(images, encoder_train); // (B, C, g, g)
                     let logits = self
                         .attributes
                         .as_ref()
                         .filter(|_| wanted)
-                        .map(|heads| heads.logits(&f, train && !frozen));
+                        .map(|heads| heads.logits(&f, encoder_train));
                     let aligned = self.aligned.as_ref().map(|a| a.read(&f, &self.cfg));
                     (f, logits, aligned)
                 };

@@ -95,6 +95,15 @@ pub struct CaptionerStageConfig {
     /// `model`'s). Only the decoder side learns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_from: Option<PathBuf>,
+    /// With `encoder_from`: 0 (the default) keeps the align run's encoder frozen; a
+    /// positive value fine-tunes it with the decoder at `train.lr × encoder_lr_scale`,
+    /// its batch norms keeping their statistics.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub encoder_lr_scale: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Checks that the align run `run` holds an image encoder of the captioner's shape; its
@@ -102,6 +111,12 @@ pub struct CaptionerStageConfig {
 fn check_aligned_encoder(cfg: &CaptionerStageConfig, run: &Path) -> Result<()> {
     if cfg.pretrain.is_some() {
         bail!("encoder_from and pretrain both give the encoder its first phase: keep one");
+    }
+    if !(0.0..=1.0).contains(&cfg.encoder_lr_scale) {
+        bail!(
+            "encoder_lr_scale {}: give 0 (frozen) up to 1 (the decoder's rate)",
+            cfg.encoder_lr_scale
+        );
     }
     let a = crate::stages::align::finished_config(run)?;
     let m = &cfg.model;
@@ -137,13 +152,17 @@ pub fn resolved_model(cfg: &CaptionerStageConfig, tok: &TextTokenizer) -> Result
 }
 
 /// Loads the align run's image encoder (and, for `context_words`, its image heads) into
-/// the captioner and freezes them.
+/// the captioner, and freezes them unless `encoder_lr_scale` fine-tunes them.
 fn read_aligned_encoder(stage: &mut CaptionerStage, run: &Path) -> Result<()> {
     crate::stages::align::load_aligned_part(&stage.vs, run, "image.cnn.", "cnn.")?;
     if stage.model.cfg.context_words > 0 || stage.model.cfg.context_places {
         crate::stages::align::load_aligned_part(&stage.vs, run, "image.", "image.")?;
     }
-    stage.model.freeze_encoder(&stage.vs);
+    if stage.cfg.encoder_lr_scale > 0.0 {
+        stage.model.fine_tune_encoder();
+    } else {
+        stage.model.freeze_encoder(&stage.vs);
+    }
     Ok(())
 }
 
@@ -308,6 +327,19 @@ impl Trainable for CaptionerStage {
         &self.vs
     }
 
+    fn lr_scales(&self) -> Vec<(String, f64)> {
+        let scale = self.cfg.encoder_lr_scale;
+        if self.cfg.encoder_from.is_none() || scale == 0.0 {
+            return vec![];
+        }
+        let names: Vec<String> = self.vs.variables().into_keys().collect();
+        ["cnn.", crate::models::captioner::ALIGNED_PREFIX]
+            .into_iter()
+            .filter(|p| names.iter().any(|n| n.starts_with(p)))
+            .map(|p| (p.to_string(), scale))
+            .collect()
+    }
+
     fn loss(&mut self, micro: u64) -> Result<Tensor> {
         // Started at the first micro-batch asked for, so a resumed run keeps the order.
         let (images, tokens) = (&self.train.images, self.train.tokens.as_ref());
@@ -378,6 +410,8 @@ pub fn train(
 ) -> Result<runner::RunSummary> {
     if let Some(run) = &cfg.encoder_from {
         check_aligned_encoder(&cfg, run)?;
+    } else if cfg.encoder_lr_scale != 0.0 {
+        bail!("encoder_lr_scale fine-tunes the encoder_from run's encoder: give encoder_from too");
     }
     let mut stage = CaptionerStage::new(cfg, device)?;
     // The stage's copy, with `epochs` turned into steps.

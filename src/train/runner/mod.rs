@@ -50,6 +50,11 @@ pub trait Trainable {
         let _ = g;
         self.loss(micro)
     }
+    /// Learning-rate scales by variable-name prefix, applied in every optimizer: a
+    /// pretrained part fine-tuned at a fraction of the rate. None by default.
+    fn lr_scales(&self) -> Vec<(String, f64)> {
+        vec![]
+    }
     /// The named parts of the last loss (e.g. pixel, KL, an auxiliary term), logged as
     /// `train/<name>` and printed with each evaluation. None by default.
     fn loss_parts(&self) -> BTreeMap<String, f64> {
@@ -159,6 +164,17 @@ pub fn run(model: &mut dyn Trainable, cfg: &TrainConfig, opts: &RunOptions) -> R
             g.name,
             g.prefixes
         );
+    }
+    for (prefix, scale) in model.lr_scales() {
+        let matched: usize = optimizers
+            .iter_mut()
+            .map(|(_, o)| o.scale_lr(&prefix, scale))
+            .sum();
+        if matched == 0 {
+            bail!(
+                "learning-rate scale {scale} for {prefix:?}: no trainable variable has that prefix"
+            );
+        }
     }
     let mut ema = (cfg.ema > 0.0).then(|| Ema::new(vs, cfg.ema));
     let mut state = TrainState {
