@@ -91,8 +91,8 @@ pub struct CaptionerStageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainConfig>,
     /// The general path's first phase: a finished `train align` run whose image encoder
-    /// the captioner reads, frozen (its `channels`, `stem` and `image_size` must match
-    /// `model`'s). Only the decoder side learns.
+    /// the captioner reads (its `channels`, `stem` and `image_size` must match
+    /// `model`'s): frozen, or fine-tuned with `encoder_lr_scale`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_from: Option<PathBuf>,
     /// With `encoder_from`: 0 (the default) keeps the align run's encoder frozen; a
