@@ -90,6 +90,12 @@ pub fn to_yaml<T: Serialize>(cfg: &T) -> Result<String> {
     Ok(serde_yaml::to_string(cfg)?)
 }
 
+/// For `skip_serializing_if`: a field at its default (0, off) is left out of a run's
+/// config.yaml, so runs written before the field existed keep the same config.
+pub fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

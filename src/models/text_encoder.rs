@@ -30,7 +30,7 @@ pub struct TextEncoderConfig {
     /// top right"). Learned absolute positions must discover from scratch that the
     /// words to bind sit together; a sentence-local layer binds them from the first
     /// step, and the global layers after it read the bound phrases.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub local_layers: i64,
     /// Token ids that end a sentence (".", "!", "?"), set from the tokenizer at build
     /// time when `local_layers` > 0.
@@ -63,10 +63,6 @@ impl TextEncoderConfig {
         }
         Ok(())
     }
-}
-
-fn is_zero(v: &i64) -> bool {
-    *v == 0
 }
 
 pub struct TextEncoder {

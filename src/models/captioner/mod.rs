@@ -80,7 +80,7 @@ pub struct CaptionerConfig {
     /// words-as-labels head finds most likely in the image join the context, each its
     /// token embedding weighted by its probability (attributes as words, Wu et al., CVPR
     /// 2016). Needs the stage's `encoder_from` run to have that head; 0 is off.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub context_words: i64,
     /// The general path's object tokens: the align run's global image vector and its
     /// place vectors (what stands at each place, matched to what the paragraph says
@@ -91,9 +91,6 @@ pub struct CaptionerConfig {
     /// The `encoder_from` run's model, filled in at build time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aligned: Option<AlignConfig>,
-}
-fn is_zero(v: &i64) -> bool {
-    *v == 0
 }
 fn default_attribute_hidden() -> i64 {
     256

@@ -98,12 +98,8 @@ pub struct CaptionerStageConfig {
     /// With `encoder_from`: 0 (the default) keeps the align run's encoder frozen; a
     /// positive value fine-tunes it with the decoder at `train.lr × encoder_lr_scale`,
     /// its batch norms keeping their statistics.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub encoder_lr_scale: f64,
-}
-
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
 }
 
 /// Checks that the align run `run` holds an image encoder of the captioner's shape; its

@@ -16,16 +16,12 @@ pub struct ClipStageConfig {
     #[serde(default)]
     pub limit_train: Option<usize>,
     /// Random shift in pixels ([`crate::data::augment`]); 0 is off.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub augment_shift: i64,
     /// Random crops of at least this share of the side (0.1–1), resized back; unset is
     /// off ([`crate::data::augment`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment_crop: Option<f64>,
-}
-
-fn is_zero(v: &i64) -> bool {
-    *v == 0
 }
 
 /// Embeds `images` (uint8) in batches: unit embeddings and pre-projection features.

@@ -8,7 +8,7 @@ use super::*;
 pub struct TrainConfig {
     /// Optimizer steps; or give `epochs` instead (0 until they are resolved, and then
     /// left out of a written config).
-    #[serde(default, skip_serializing_if = "is_unset")]
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub steps: u64,
     /// Passes over the training split, for configs meant for datasets of any size (the
     /// GPU profile): the stage turns them into `steps` once it knows the split
@@ -48,9 +48,6 @@ pub struct TrainConfig {
     /// Stop after this many evaluations without improvement; 0 never stops early.
     #[serde(default)]
     pub patience: u32,
-}
-fn is_unset(steps: &u64) -> bool {
-    *steps == 0
 }
 fn d_warmup() -> u64 {
     100
