@@ -198,7 +198,9 @@ fn build_and_step(kind: &str, path: &Path, tok: &TextTokenizer) -> anyhow::Resul
             let x = images(2, c.model.image_size);
             let facts = facts();
             let facts = m.wants_attributes().then_some(&facts);
-            if m.gan_losses(0, &x, &t, tok.pad).is_none() {
+            if m.is_gan() {
+                m.gan_losses(0, &x, &t, tok.pad)?;
+            } else {
                 let _ = m.loss(&x, &t, facts, tok.pad, 0)?.f_sum(Kind::Float)?;
             }
         }

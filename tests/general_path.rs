@@ -31,8 +31,15 @@ fn generator_cfg(dir: &Path, data: &Path, align_run: &Path, kind: &str) -> Strin
         "gan" => "kind: gan\n  image_size: 32\n  generator: {z_dim: 8, channels: [32, 16, 8], attention_max_side: 8}\n  gan: {disc_channels: [8, 16]}",
         _ => "kind: diffusion\n  image_size: 16\n  unet: {channels: [8, 16], attention_max_side: 8}\n  diffusion: {sample_steps: 3}",
     };
+    // The one-pass generators also learn from the align model's score of their
+    // pictures (`match_weight`); diffusion has no such term.
+    let matching = if kind == "diffusion" {
+        ""
+    } else {
+        ", match_weight: 1.0"
+    };
     write(dir, &format!("{kind}_general.yaml"), format!(
-        "data: {}\nseed: 0\nmodel:\n  {body}\n  align: {{run: {}}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel:\n  {body}\n  align: {{run: {}{matching}}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
         data.display(),
         align_run.display(),
         dir.join("clip_run").display()

@@ -41,6 +41,10 @@ pub struct AlignConfig {
     pub word_weight: f64,
     #[serde(default = "d_one")]
     pub place_weight: f64,
+    /// Weight of the within-picture place term: each place of a caption against the
+    /// other places of its own picture ([`Aligner::pair_losses`]); 0 leaves it out.
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
+    pub within_weight: f64,
     /// Weight of the words-as-labels term ([`bag_targets`]); 0 leaves the head out.
     #[serde(default)]
     pub bag_weight: f64,
@@ -294,6 +298,7 @@ pub struct AlignLosses {
     pub sentence: Tensor,
     pub words: Tensor,
     pub places: Tensor,
+    pub within: Tensor,
     pub bag: Tensor,
 }
 
@@ -302,6 +307,7 @@ impl AlignLosses {
         &self.sentence
             + &self.words * cfg.word_weight
             + &self.places * cfg.place_weight
+            + &self.within * cfg.within_weight
             + &self.bag * cfg.bag_weight
     }
 }
@@ -374,35 +380,64 @@ impl Aligner {
         pad: i64,
         train: bool,
     ) -> AlignLosses {
-        let gather = crate::distributed::gather_batch;
         let img = self.image.forward(images, train);
         let txt = self.read_text(tokens, pad, train);
+        self.pair_losses(
+            &img,
+            &txt.sentence,
+            &txt.places,
+            Some((&txt.words, &txt.mask)),
+            bag,
+        )
+    }
+
+    /// The terms of image parts against text parts read before: the sentence vectors
+    /// `(B, D)`, the place vectors `(B, P², D)` and, for the word term, the word vectors
+    /// with their mask (`None` leaves the word term out).
+    pub fn pair_losses(
+        &self,
+        img: &ImageParts,
+        sentence: &Tensor,
+        places: &Tensor,
+        words: Option<(&Tensor, &Tensor)>,
+        bag: Option<&Tensor>,
+    ) -> AlignLosses {
+        let gather = crate::distributed::gather_batch;
         let scale = self.logit_scale();
-        let (gi, gt) = (gather(&unit(&img.global)), gather(&unit(&txt.sentence)));
+        let (gi, gt) = (gather(&unit(&img.global)), gather(&unit(sentence)));
         let sentence = symmetric_ce(&(gt.matmul(&gi.tr()) * &scale));
         let zero = || sentence.zeros_like();
-        let words = if self.cfg.word_weight > 0.0 {
-            let mask = gather(&txt.mask.to_kind(Kind::Float));
-            let scores = word_scores(
-                &gather(&unit(&txt.words)),
-                &mask,
-                &gather(&unit(&img.regions)),
-            );
-            symmetric_ce(&(scores * SCALE))
-        } else {
-            zero()
+        let words = match words {
+            Some((words, mask)) if self.cfg.word_weight > 0.0 => {
+                let mask = gather(&mask.to_kind(Kind::Float));
+                let scores =
+                    word_scores(&gather(&unit(words)), &mask, &gather(&unit(&img.regions)));
+                symmetric_ce(&(scores * SCALE))
+            }
+            _ => zero(),
         };
         // (P², B, B): each place's captions against the same place of every image.
         let (pi, pt) = (
             gather(&unit(&img.places)).transpose(0, 1),
-            gather(&unit(&txt.places)).transpose(0, 1),
+            gather(&unit(places)).transpose(0, 1),
         );
         let places = if self.cfg.place_weight > 0.0 {
             symmetric_ce(&(pt.matmul(&pi.transpose(1, 2)) * &scale))
         } else {
             zero()
         };
-        let bag = match (self.image.heads.bag_logits(&img), bag) {
+        // (B, P², P²): each caption's places against its own picture's places. Why:
+        // against the other pictures' same place, a place is matched most easily by
+        // its background (the sky of a top row, the ground of a bottom one), which the
+        // sentence vector already carries; within one picture the background is
+        // shared, so only what stands in the place tells it from its neighbours.
+        let within = if self.cfg.within_weight > 0.0 {
+            let (pi, pt) = (pi.transpose(0, 1), pt.transpose(0, 1));
+            symmetric_ce(&(pt.matmul(&pi.transpose(1, 2)) * &scale))
+        } else {
+            zero()
+        };
+        let bag = match (self.image.heads.bag_logits(img), bag) {
             (Some(logits), Some(targets)) => bag_loss(&logits, targets),
             _ => zero(),
         };
@@ -410,6 +445,7 @@ impl Aligner {
             sentence,
             words,
             places,
+            within,
             bag,
         }
     }
@@ -440,6 +476,7 @@ mod tests {
             },
             word_weight: 1.0,
             place_weight: 1.0,
+            within_weight: 1.0,
             bag_weight: 1.0,
             pair_buckets: 16,
         }
@@ -479,7 +516,7 @@ mod tests {
         let bag = bag_targets(&tokens, &[0], &[9], 12, 16).unwrap();
         let mut opt = nn::Adam::default().build(&vs, 3e-3).unwrap();
         let terms = |l: &AlignLosses| {
-            [&l.sentence, &l.words, &l.places, &l.bag].map(|t| t.double_value(&[]))
+            [&l.sentence, &l.words, &l.places, &l.within, &l.bag].map(|t| t.double_value(&[]))
         };
         let first = terms(&model.losses(&images, &tokens, Some(&bag), 0, true));
         for _ in 0..80 {
@@ -492,6 +529,7 @@ mod tests {
             ("sentence", 0.5),
             ("words", 0.5),
             ("places", 0.8),
+            ("within", 0.8),
             ("bag", 0.5),
         ];
         for (i, (name, share)) in shares.into_iter().enumerate() {

@@ -234,6 +234,7 @@ impl Trainable for AlignStage {
             ("sentence", l.sentence.detach()),
             ("words", l.words.detach()),
             ("places", l.places.detach()),
+            ("within", l.within.detach()),
             ("bag", l.bag.detach()),
         ];
         Ok(l.total(&self.model.cfg))
@@ -407,6 +408,22 @@ pub fn aligned_config(run_dir: &Path, tok: &TextTokenizer) -> Result<AlignConfig
     }
     m.text.set_tokenizer(tok)?;
     Ok(m)
+}
+
+/// A finished align run's whole model (best checkpoint, its EMA shadow when kept) in a
+/// store of its own, for what uses it frozen: a generator's
+/// [`crate::models::t2i::critic::MatchCritic`].
+pub fn load_aligner(
+    run_dir: &Path,
+    tok: &TextTokenizer,
+    device: Device,
+) -> Result<(nn::VarStore, Aligner)> {
+    let cfg = aligned_config(run_dir, tok)?;
+    let vs = nn::VarStore::new(device);
+    let m = Aligner::new(&vs.root(), &cfg)?;
+    checkpoint::load_weights(&vs, run_dir, "best", Some(&tok.hash))
+        .with_context(|| format!("loading the align model {}", run_dir.display()))?;
+    Ok((vs, m))
 }
 
 /// Copies part of a finished align run's weights (best checkpoint, its EMA shadow when

@@ -198,7 +198,7 @@ impl super::Body for GanBody {
         _images: &Tensor,
         _c: super::Condition,
         _step: u64,
-    ) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+    ) -> anyhow::Result<super::BodyLoss> {
         anyhow::bail!(
             "a GAN has two losses (discriminator, generator): train it through gan_losses"
         )

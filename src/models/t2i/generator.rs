@@ -26,6 +26,10 @@ pub struct GeneratorConfig {
     /// input. Needs a generator painting from places.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cell_coordinates: bool,
+    /// Read each place vector through a residual two-layer MLP before the blocks do
+    /// ([`PlaceMlp`]). Needs a generator painting from places.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub place_mlp: bool,
 }
 fn d_attn() -> i64 {
     16
@@ -225,6 +229,43 @@ pub fn cell_coordinates(grid: i64, side: i64, device: tch::Device) -> Tensor {
     Tensor::stack(&f, -1).view([side * side, COORDINATE_FEATURES])
 }
 
+/// A residual MLP over each place vector (pre-norm, its output layer zero at the start,
+/// so it begins as the identity).
+///
+/// Why: every block reads a place through one linear map to its scale and shift. A
+/// fact vector (the scene-supervised path) is near one-hot, so a linear read suffices;
+/// the align model's place vectors are contrastive embeddings, in which "a red tower"
+/// and "a red house" need not differ along any one direction a linear map can pick.
+#[derive(Debug)]
+struct PlaceMlp {
+    norm: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl PlaceMlp {
+    fn new(p: nn::Path, dim: i64) -> Self {
+        let zero = nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        PlaceMlp {
+            norm: nn::layer_norm(&p / "norm", vec![dim], Default::default()),
+            fc1: nn::linear(&p / "fc1", dim, 2 * dim, Default::default()),
+            fc2: nn::linear(&p / "fc2", 2 * dim, dim, zero),
+        }
+    }
+
+    fn forward(&self, places: &Tensor) -> Tensor {
+        places
+            + places
+                .apply(&self.norm)
+                .apply(&self.fc1)
+                .gelu("tanh")
+                .apply(&self.fc2)
+    }
+}
+
 #[derive(Debug)]
 pub struct Generator {
     pub cfg: GeneratorConfig,
@@ -235,6 +276,7 @@ pub struct Generator {
     /// The side of the grid the condition's tokens are laid out on, when they are the
     /// place vectors themselves.
     given_layout: Option<i64>,
+    place_mlp: Option<PlaceMlp>,
 }
 
 impl Generator {
@@ -300,6 +342,8 @@ impl Generator {
             ),
             c0,
             given_layout,
+            place_mlp: (cfg.place_mlp && given_layout.is_some())
+                .then(|| PlaceMlp::new(&p / "place_mlp", text_dim)),
         }
     }
 
@@ -326,6 +370,19 @@ impl Generator {
             tokens,
             mask: token_mask,
             layout: self.given_layout.map(|grid| (tokens.shallow_clone(), grid)),
+        };
+        // The places as the blocks read them, modulating and attended to alike.
+        let read = self.place_mlp.as_ref().map(|m| m.forward(tokens));
+        let caption = match &read {
+            Some(places) => Caption {
+                tokens: places,
+                layout: caption
+                    .layout
+                    .as_ref()
+                    .map(|(_, g)| (places.shallow_clone(), *g)),
+                ..caption
+            },
+            None => caption,
         };
         for blk in &self.blocks {
             x = blk.forward(&x, &caption);

@@ -106,12 +106,7 @@ impl DiffusionBody {
 }
 
 impl Body for DiffusionBody {
-    fn loss_terms(
-        &self,
-        images: &Tensor,
-        c: Condition,
-        _step: u64,
-    ) -> Result<Vec<(&'static str, Tensor)>> {
+    fn loss_terms(&self, images: &Tensor, c: Condition, _step: u64) -> Result<BodyLoss> {
         let b = images.size()[0];
         let p = self.schedule.cfg.caption_dropout;
         let drop = draws::uniform(&[b], images.device()).lt(p);
@@ -120,7 +115,10 @@ impl Body for DiffusionBody {
         let out = self
             .unet
             .forward(&xt, &t, &c.global, &c.tokens, &c.mask, true);
-        Ok(vec![("denoise", (out - target).square().mean(Kind::Float))])
+        Ok(BodyLoss {
+            terms: vec![("denoise", (out - target).square().mean(Kind::Float))],
+            painted: None,
+        })
     }
     fn sample(&self, c: &Condition, z: &Tensor) -> Tensor {
         let scale = self.schedule.cfg.guidance;

@@ -3,6 +3,7 @@
 //! (DF-GAN-style, Tao et al. 2022) and `diffusion` (a U-Net denoiser with classifier-free
 //! guidance).
 
+pub mod critic;
 pub mod diffusion;
 pub mod gan;
 pub mod generator;
@@ -20,7 +21,8 @@ use super::text_encoder::{TextEncoder, TextEncoderConfig};
 use crate::scenes::facts::{FactEmbedding, FactReader, Facts};
 use crate::scenes::heads::attribute_loss;
 use crate::util::draws;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use critic::MatchCritic;
 use diffusion::{DiffusionConfig, Schedule};
 use gan::GanConfig;
 use generator::{Generator, GeneratorConfig};
@@ -84,6 +86,10 @@ pub struct AlignedText {
     /// Side of its place grid, set from the run at build time.
     #[serde(default)]
     pub places: i64,
+    /// vae, gan: weight of the align model's score of the generator's own pictures
+    /// against their captions ([`critic`], AttnGAN's DAMSM term); 0 leaves it out.
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
+    pub match_weight: f64,
 }
 
 impl T2IConfig {
@@ -126,10 +132,26 @@ impl Condition {
         }
     }
 
+    /// The same tensors, shared.
+    fn shallow(&self) -> Condition {
+        Condition {
+            global: self.global.shallow_clone(),
+            tokens: self.tokens.shallow_clone(),
+            mask: self.mask.shallow_clone(),
+        }
+    }
+
     /// The sentence vector alone, detached: what the GAN's discriminator conditions on.
     fn sentence(&self) -> Tensor {
         self.global.detach()
     }
+}
+
+/// What a body's training step gives: its named terms and, from a one-pass generator,
+/// the pictures it painted for them (what a [`MatchCritic`] scores).
+struct BodyLoss {
+    terms: Vec<(&'static str, Tensor)>,
+    painted: Option<Tensor>,
 }
 
 /// The network that turns a condition into pixels. One file per kind holds its body
@@ -139,12 +161,7 @@ impl Condition {
 trait Body {
     /// The named training terms for `images` in [-1, 1] and their condition; `step`
     /// drives warm-ups. A GAN has none (it trains through [`TextToImage::gan_losses`]).
-    fn loss_terms(
-        &self,
-        images: &Tensor,
-        c: Condition,
-        step: u64,
-    ) -> Result<Vec<(&'static str, Tensor)>>;
+    fn loss_terms(&self, images: &Tensor, c: Condition, step: u64) -> Result<BodyLoss>;
     /// One image per row of `c` from the starting noise `z`.
     fn sample(&self, c: &Condition, z: &Tensor) -> Tensor;
     /// The one-pass generator (vae, gan): what the export traces.
@@ -178,6 +195,9 @@ pub struct TextToImage {
     facts: Option<(FactReader, FactEmbedding)>,
     /// With `align`: the align run's sentence and place heads over `text`.
     aligned: Option<AlignTextHeads>,
+    /// With `align.match_weight`, while training: the frozen align model scoring the
+    /// painted pictures ([`TextToImage::attach_critic`]).
+    critic: Option<MatchCritic>,
     /// The text side (encoder and fact reader) was trained first and is frozen.
     text_frozen: bool,
     body: Box<dyn Body>,
@@ -195,6 +215,9 @@ pub(super) fn need<'a, T>(v: &'a Option<T>, kind: &str, key: &str) -> Result<&'a
 
 pub(super) fn checked_generator(p: &nn::Path, cfg: &T2IConfig, kind: &str) -> Result<Generator> {
     let gcfg = need(&cfg.generator, kind, "generator")?;
+    if gcfg.place_mlp && !cfg.paints_from_places() {
+        bail!("model.generator.place_mlp reads the places model.facts or model.align paints from: without them there are none");
+    }
     if gcfg.cell_coordinates && !cfg.paints_from_places() {
         bail!("model.generator.cell_coordinates needs the places model.facts or model.align paints from");
     }
@@ -233,6 +256,17 @@ impl TextToImage {
         if cfg.align.as_ref().is_some_and(|a| a.places < 1) {
             bail!("model.align.places is not set (it comes from the align run)");
         }
+        if let Some(a) = &cfg.align {
+            if !(a.match_weight >= 0.0 && a.match_weight.is_finite()) {
+                bail!(
+                    "model.align.match_weight must be 0 or more, not {}",
+                    a.match_weight
+                );
+            }
+            if a.match_weight > 0.0 && cfg.kind == T2IKind::Diffusion {
+                bail!("model.align.match_weight scores a one-pass generator's pictures (vae, gan); diffusion paints in many steps: leave it out");
+            }
+        }
         let text = TextEncoder::new(p / "text", &cfg.text);
         let aligned = cfg
             .align
@@ -253,9 +287,48 @@ impl TextToImage {
             text,
             facts,
             aligned,
+            critic: None,
             text_frozen: false,
             body,
         })
+    }
+
+    /// Whether training wants a [`MatchCritic`] attached (`model.align.match_weight`).
+    pub fn wants_critic(&self) -> bool {
+        self.cfg
+            .align
+            .as_ref()
+            .is_some_and(|a| a.match_weight > 0.0)
+    }
+
+    /// Adds the align model's score of the painted pictures to every training loss
+    /// from now on. Sampling never reads it, so a loaded model for drawing has none.
+    /// The critic must be the align model whose text side this model paints from.
+    pub fn attach_critic(&mut self, critic: MatchCritic) -> Result<()> {
+        let (dim, places) = critic.widths();
+        let want = self.cfg.align.as_ref().map_or(0, |a| a.places);
+        if dim != self.cfg.text.dim || places != want {
+            bail!(
+                "the critic's align model is {dim} wide with {places}×{places} places; this generator paints from {} wide with {want}×{want}: it must be the run of model.align",
+                self.cfg.text.dim
+            );
+        }
+        self.critic = Some(critic);
+        Ok(())
+    }
+
+    /// The critic's term for pictures painted from condition `c` of `tokens`, when one
+    /// is attached.
+    fn match_term(
+        &self,
+        painted: &Tensor,
+        c: &Condition,
+        tokens: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        self.critic
+            .as_ref()
+            .map(|critic| critic.loss(painted, c, tokens))
+            .transpose()
     }
 
     pub fn condition(&self, tokens: &Tensor, pad: i64, train: bool) -> Condition {
@@ -324,7 +397,13 @@ impl TextToImage {
         } else {
             (self.condition(tokens, pad, true), None)
         };
-        let mut terms = self.body.loss_terms(images, c, step)?;
+        // The critic scores the pictures against the condition they were painted from.
+        let kept = self.critic.is_some().then(|| c.shallow());
+        let BodyLoss { mut terms, painted } = self.body.loss_terms(images, c, step)?;
+        if let Some(c) = kept {
+            let painted = painted.context("this generator paints no picture to score")?;
+            terms.extend(self.match_term(&painted, &c, tokens)?.map(|m| ("match", m)));
+        }
         terms.extend(aux.map(|a| ("facts", a)));
         Ok(terms)
     }
@@ -336,22 +415,26 @@ impl TextToImage {
     }
 
     /// The GAN's loss for optimizer group `group`: 0 = discriminator, 1 = generator and
-    /// text encoder. `None` for other kinds.
+    /// text encoder (and, with a [`MatchCritic`], its score of the fakes). Refused for
+    /// other kinds.
     pub fn gan_losses(
         &self,
         group: usize,
         images: &Tensor,
         tokens: &Tensor,
         pad: i64,
-    ) -> Option<Tensor> {
-        let gan::GanBody {
+    ) -> Result<Tensor> {
+        let Some(gan::GanBody {
             generator,
             discriminator,
             cfg,
-        } = self.body.gan()?;
+        }) = self.body.gan()
+        else {
+            bail!("only a GAN trains through two optimizer groups");
+        };
         let b = images.size()[0];
         let z = gan::truncated_noise(b, generator.cfg.z_dim, 0.0, images.device());
-        Some(if group == 0 {
+        Ok(if group == 0 {
             // The discriminator's step trains neither the text encoder nor the generator:
             // no graph is built through them.
             let (c, fake) = tch::no_grad(|| {
@@ -364,6 +447,9 @@ impl TextToImage {
             let c = self.condition(tokens, pad, true);
             let fake = generator.forward(&z, &c.global, &c.tokens, &c.mask);
             let mut loss = gan::generator_loss(discriminator, &fake, &c.sentence());
+            if let Some(m) = self.match_term(&fake, &c, tokens)? {
+                loss += m;
+            }
             if cfg.interpolate {
                 // GAN-INT: a caption halfway between two real ones should also give a
                 // convincing image (the discriminator scores it with the blend).

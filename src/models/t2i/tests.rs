@@ -364,3 +364,109 @@ fn facts_are_the_vaes_alone() {
     let err = config_error(&cfg);
     assert!(err.contains("implemented for the vae"), "{err}");
 }
+
+/// A VAE and a GAN painting from an align model's places, with `match_weight` on, and
+/// a tiny random align model of the same vocabulary as their critic.
+fn matched(kind: T2IKind) -> (VarStore, TextToImage) {
+    use crate::models::align::{AlignConfig, Aligner};
+    tch::manual_seed(0);
+    let mut cfg = config(kind);
+    cfg.align = Some(AlignedText {
+        run: "align_run".into(),
+        places: 2,
+        match_weight: 2.0,
+    });
+    let vs = VarStore::new(Device::Cpu);
+    let mut m = TextToImage::new(&vs.root(), &cfg).unwrap();
+    assert!(m.wants_critic());
+    let align: AlignConfig = serde_yaml::from_str(
+        "image_size: 8\nchannels: [8, 16]\nstem: 2\nplaces: 2\n\
+         text: {dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 16, vocab_size: 20}\n\
+         bag_weight: 1.0\npair_buckets: 8\n",
+    )
+    .unwrap();
+    let weights = VarStore::new(Device::Cpu);
+    let aligner = Aligner::new(&weights.root(), &align).unwrap();
+    m.attach_critic(critic::MatchCritic::new(
+        weights,
+        aligner,
+        vec![0],
+        vec![],
+        2.0,
+    ))
+    .unwrap();
+    (vs, m)
+}
+
+#[test]
+fn the_align_models_score_of_the_painted_pictures_trains_the_generator_alone() {
+    let (images, tokens) = batch();
+    let (vs, m) = matched(T2IKind::Vae);
+    let terms = m.loss_terms(&images, &tokens, None, 0, 1000).unwrap();
+    let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["pixel", "kl", "match"]);
+    let (_, matching) = terms.into_iter().last().unwrap();
+    // Two InfoNCE terms over 8 pairs and the words-as-labels term, weighted 2.
+    let v = matching.double_value(&[]);
+    assert!(v.is_finite() && v > 2.0 * 2.0 * 8f64.ln() * 0.5, "{v}");
+    matching.backward();
+    let moved = |prefix: &str| {
+        vs.variables().iter().any(|(name, t)| {
+            name.starts_with(prefix)
+                && t.grad().defined()
+                && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+        })
+    };
+    assert!(moved("generator."), "the term reaches the generator");
+    // The GAN's generator loss carries it too (its discriminator's loss does not).
+    let (vs, m) = matched(T2IKind::Gan);
+    m.gan_losses(1, &images, &tokens, 0).unwrap().backward();
+    assert!(vs
+        .variables()
+        .iter()
+        .any(|(n, t)| n.starts_with("generator.") && t.grad().defined()));
+}
+
+#[test]
+fn the_match_term_is_refused_for_diffusion_and_below_zero() {
+    let mut cfg = config(T2IKind::Diffusion);
+    let align = AlignedText {
+        run: "align_run".into(),
+        places: 2,
+        match_weight: 1.0,
+    };
+    cfg.align = Some(align.clone());
+    let err = config_error(&cfg);
+    assert!(
+        err.contains("match_weight") && err.contains("diffusion"),
+        "{err}"
+    );
+    let mut cfg = config(T2IKind::Vae);
+    cfg.align = Some(AlignedText {
+        match_weight: -1.0,
+        ..align
+    });
+    let err = config_error(&cfg);
+    assert!(err.contains("match_weight must be 0 or more"), "{err}");
+    // A critic of another width than the text side painted from is refused.
+    use crate::models::align::{AlignConfig, Aligner};
+    let (_vs, mut m) = matched(T2IKind::Vae);
+    let other: AlignConfig = serde_yaml::from_str(
+        "image_size: 8\nchannels: [8, 16]\nstem: 2\nplaces: 2\n\
+         text: {dim: 16, layers: 1, heads: 2, mlp: 32, max_len: 16, vocab_size: 20}\n",
+    )
+    .unwrap();
+    let weights = VarStore::new(Device::Cpu);
+    let aligner = Aligner::new(&weights.root(), &other).unwrap();
+    let err = m
+        .attach_critic(critic::MatchCritic::new(
+            weights,
+            aligner,
+            vec![0],
+            vec![],
+            1.0,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be the run of model.align"), "{err}");
+}

@@ -40,7 +40,8 @@ pub fn kl_to_standard_normal(mu: &Tensor, logvar: &Tensor) -> Tensor {
     ((mu.square() + logvar.exp() - logvar - 1.0) * 0.5).sum_dim_intlist(1, false, Kind::Float)
 }
 
-/// The VAE loss pieces for a batch: (pixel loss, KL), both per image.
+/// The VAE loss pieces for a batch: (pixel loss, KL), both per image, and the
+/// reconstruction they were measured on.
 pub fn vae_terms(
     posterior: &Posterior,
     generator: &Generator,
@@ -48,16 +49,16 @@ pub fn vae_terms(
     cond: &Tensor,
     tokens: &Tensor,
     mask: &Tensor,
-) -> (Tensor, Tensor) {
+) -> (Tensor, Tensor, Tensor) {
     let (mu, logvar) = posterior.forward(x, cond);
     let z = &mu + (&logvar * 0.5).exp() * draws::normal_like(&mu);
     let recon = generator.forward(&z, cond, tokens, mask);
     // Summed squared error per image (a Gaussian decoder with σ² = ½ on [-1, 1]),
     // so the KL keeps its natural weight against it.
-    let pixel = (recon - x)
+    let pixel = (&recon - x)
         .square()
         .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float);
-    (pixel, kl_to_standard_normal(&mu, &logvar))
+    (pixel, kl_to_standard_normal(&mu, &logvar), recon)
 }
 
 /// The VAE as a text → image body: the generator is the decoder p(x | z, t), the
@@ -96,8 +97,8 @@ impl super::Body for VaeBody {
         images: &Tensor,
         c: super::Condition,
         step: u64,
-    ) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-        let (pixel, kl) = vae_terms(
+    ) -> anyhow::Result<super::BodyLoss> {
+        let (pixel, kl, recon) = vae_terms(
             &self.posterior,
             &self.generator,
             images,
@@ -111,10 +112,15 @@ impl super::Body for VaeBody {
             (step as f64 / self.beta_warmup as f64).min(1.0)
         };
         let beta = self.beta * ramp;
-        Ok(vec![
-            ("pixel", pixel.mean(Kind::Float)),
-            ("kl", kl.mean(Kind::Float) * beta),
-        ])
+        Ok(super::BodyLoss {
+            terms: vec![
+                ("pixel", pixel.mean(Kind::Float)),
+                ("kl", kl.mean(Kind::Float) * beta),
+            ],
+            // The reconstruction: with the posterior near collapse (the caption fixes
+            // the scene) it is what a prior sample paints, at no extra cost.
+            painted: Some(recon),
+        })
     }
     fn sample(&self, c: &super::Condition, z: &Tensor) -> Tensor {
         self.generator.forward(z, &c.global, &c.tokens, &c.mask)

@@ -17,6 +17,7 @@ use crate::eval::embedding::{
     clip_score, frechet_distance, inception_style_score, kid, mean_pairwise_distance,
     r_precision_grouped,
 };
+use crate::models::t2i::critic::MatchCritic;
 use crate::models::t2i::diffusion::{DiffusionConfig, Sampler};
 use crate::models::t2i::{sum_terms, Condition, T2IConfig, TextToImage, DISCRIMINATOR_PREFIX};
 use crate::scenes::paint::paint;
@@ -202,9 +203,7 @@ impl Trainable for T2IStage {
     fn group_loss(&mut self, g: usize, micro: u64) -> Result<Tensor> {
         // Both groups see the same micro-batch: D steps on it, then G against the new D.
         let (x, t, _) = self.batch(micro)?;
-        self.model
-            .gan_losses(g, &x, &t, self.tok.pad)
-            .context("optimizer groups are only used by a GAN")
+        self.model.gan_losses(g, &x, &t, self.tok.pad)
     }
     fn evaluate(&mut self, step: u64, tb: &mut EventWriter) -> Result<BTreeMap<String, f64>> {
         let tokens = self
@@ -287,6 +286,18 @@ pub fn train(
         // The general path's text side was trained by the align run, and stays frozen.
         super::align::load_aligned_part(&vs, &a.run, "text.", "text.")?;
         model.freeze_text(&vs);
+        if model.wants_critic() {
+            // The whole align model, frozen, scores the painted pictures; it grades
+            // nothing (the evaluators below were trained apart from it).
+            let (weights, aligner) = super::align::load_aligner(&a.run, &tok, device)?;
+            model.attach_critic(MatchCritic::new(
+                weights,
+                aligner,
+                vec![tok.pad, tok.bos, tok.eos],
+                tok.sentence_end_ids(),
+                a.match_weight,
+            ))?;
+        }
     }
     // Downstream reads the text config the align run filled in.
     let mut cfg = cfg;
