@@ -199,7 +199,7 @@ fn build_and_step(kind: &str, path: &Path, tok: &TextTokenizer) -> anyhow::Resul
             let facts = facts();
             let facts = m.wants_attributes().then_some(&facts);
             if m.is_gan() {
-                m.gan_losses(0, &x, &t, tok.pad)?;
+                let _ = m.gan_losses(0, &x, &t, tok.pad)?.f_sum(Kind::Float)?;
             } else {
                 let _ = m.loss(&x, &t, facts, tok.pad, 0)?.f_sum(Kind::Float)?;
             }

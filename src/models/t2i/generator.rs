@@ -229,8 +229,8 @@ pub fn cell_coordinates(grid: i64, side: i64, device: tch::Device) -> Tensor {
     Tensor::stack(&f, -1).view([side * side, COORDINATE_FEATURES])
 }
 
-/// A residual MLP over each place vector (pre-norm, its output layer zero at the start,
-/// so it begins as the identity).
+/// A residual MLP over each place vector (pre-norm; its output layer's weights start at
+/// zero, so it begins as the identity plus a small shift, its output bias).
 ///
 /// Why: every block reads a place through one linear map to its scale and shift. A
 /// fact vector (the scene-supervised path) is near one-hot, so a linear read suffices;

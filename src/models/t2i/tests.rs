@@ -470,3 +470,40 @@ fn the_match_term_is_refused_for_diffusion_and_below_zero() {
         .to_string();
     assert!(err.contains("must be the run of model.align"), "{err}");
 }
+
+#[test]
+fn the_place_mlp_starts_as_the_identity_and_needs_places() {
+    // The same seed draws the same blocks; the MLP's output weights start at zero.
+    let painted = |mlp: bool| {
+        let mut cfg = config(T2IKind::Vae);
+        cfg.align = Some(AlignedText {
+            run: "align_run".into(),
+            places: 2,
+            match_weight: 0.0,
+        });
+        cfg.generator.as_mut().unwrap().place_mlp = mlp;
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let m = TextToImage::new(&vs.root(), &cfg).unwrap();
+        // Its output bias starts random, as every linear layer's here: zeroed, the
+        // MLP must be the identity.
+        for (name, t) in vs.variables() {
+            if name.starts_with("generator.place_mlp.fc2.bias") {
+                let _ = tch::no_grad(|| t.shallow_clone().fill_(0.0));
+            }
+        }
+        let (_, tokens) = batch();
+        let c = m.condition(&tokens, 0, false);
+        let z = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
+        m.generate(&c, &z).unwrap()
+    };
+    let diff = (painted(true) - painted(false))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-6, "{diff}");
+    let mut cfg = config(T2IKind::Vae);
+    cfg.generator.as_mut().unwrap().place_mlp = true;
+    let err = config_error(&cfg);
+    assert!(err.contains("place_mlp"), "{err}");
+}
