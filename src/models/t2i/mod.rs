@@ -90,6 +90,10 @@ pub struct AlignedText {
     /// against their captions ([`critic`], AttnGAN's DAMSM term); 0 leaves it out.
     #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub match_weight: f64,
+    /// vae: the matching term scores a fresh prior sample painted from the caption
+    /// alone, not the reconstruction, whose posterior latent has seen the picture.
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
+    pub match_prior: bool,
 }
 
 impl T2IConfig {
@@ -265,6 +269,9 @@ impl TextToImage {
             }
             if a.match_weight > 0.0 && cfg.kind == T2IKind::Diffusion {
                 bail!("model.align.match_weight scores a one-pass generator's pictures (vae, gan); diffusion paints in many steps: leave it out");
+            }
+            if a.match_prior && (cfg.kind != T2IKind::Vae || a.match_weight <= 0.0) {
+                bail!("model.align.match_prior chooses which VAE picture the matching term scores: it needs kind vae and match_weight above 0");
             }
         }
         let text = TextEncoder::new(p / "text", &cfg.text);

@@ -368,6 +368,11 @@ fn facts_are_the_vaes_alone() {
 /// A VAE and a GAN painting from an align model's places, with `match_weight` on, and
 /// a tiny random align model of the same vocabulary as their critic.
 fn matched(kind: T2IKind) -> (VarStore, TextToImage) {
+    matched_with(kind, false)
+}
+
+/// [`matched`], the VAE's term scoring a prior sample when `match_prior`.
+fn matched_with(kind: T2IKind, match_prior: bool) -> (VarStore, TextToImage) {
     use crate::models::align::{AlignConfig, Aligner};
     tch::manual_seed(0);
     let mut cfg = config(kind);
@@ -375,6 +380,7 @@ fn matched(kind: T2IKind) -> (VarStore, TextToImage) {
         run: "align_run".into(),
         places: 2,
         match_weight: 2.0,
+        match_prior,
     });
     let vs = VarStore::new(Device::Cpu);
     let mut m = TextToImage::new(&vs.root(), &cfg).unwrap();
@@ -428,12 +434,40 @@ fn the_align_models_score_of_the_painted_pictures_trains_the_generator_alone() {
 }
 
 #[test]
+fn with_match_prior_the_term_scores_a_prior_sample_and_skips_the_posterior() {
+    let (images, tokens) = batch();
+    // Which variables the matching term alone moves.
+    let moved_by_match = |prior: bool| {
+        let (vs, m) = matched_with(T2IKind::Vae, prior);
+        let terms = m.loss_terms(&images, &tokens, None, 0, 1000).unwrap();
+        let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["pixel", "kl", "match"]);
+        let (_, matching) = terms.into_iter().last().unwrap();
+        assert!(matching.double_value(&[]).is_finite());
+        matching.backward();
+        let moved = |prefix: &str| {
+            vs.variables().iter().any(|(name, t)| {
+                name.starts_with(prefix)
+                    && t.grad().defined()
+                    && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+            })
+        };
+        (moved("generator."), moved("posterior."))
+    };
+    // On the reconstruction the term reaches the posterior through z; on a prior
+    // sample only the generator, which must paint the caption from the caption.
+    assert_eq!(moved_by_match(false), (true, true));
+    assert_eq!(moved_by_match(true), (true, false));
+}
+
+#[test]
 fn the_match_term_is_refused_for_diffusion_and_below_zero() {
     let mut cfg = config(T2IKind::Diffusion);
     let align = AlignedText {
         run: "align_run".into(),
         places: 2,
         match_weight: 1.0,
+        match_prior: false,
     };
     cfg.align = Some(align.clone());
     let err = config_error(&cfg);
@@ -444,10 +478,21 @@ fn the_match_term_is_refused_for_diffusion_and_below_zero() {
     let mut cfg = config(T2IKind::Vae);
     cfg.align = Some(AlignedText {
         match_weight: -1.0,
-        ..align
+        ..align.clone()
     });
     let err = config_error(&cfg);
     assert!(err.contains("match_weight must be 0 or more"), "{err}");
+    // A prior sample is the VAE's choice, and only when the term is on.
+    for (kind, weight) in [(T2IKind::Gan, 1.0), (T2IKind::Vae, 0.0)] {
+        let mut cfg = config(kind);
+        cfg.align = Some(AlignedText {
+            match_weight: weight,
+            match_prior: true,
+            ..align.clone()
+        });
+        let err = config_error(&cfg);
+        assert!(err.contains("match_prior"), "{kind:?} {weight}: {err}");
+    }
     // A critic of another width than the text side painted from is refused.
     use crate::models::align::{AlignConfig, Aligner};
     let (_vs, mut m) = matched(T2IKind::Vae);
@@ -480,6 +525,7 @@ fn the_place_mlp_starts_as_the_identity_and_needs_places() {
             run: "align_run".into(),
             places: 2,
             match_weight: 0.0,
+            match_prior: false,
         });
         cfg.generator.as_mut().unwrap().place_mlp = mlp;
         tch::manual_seed(0);

@@ -68,6 +68,9 @@ pub struct VaeBody {
     posterior: Posterior,
     beta: f64,
     beta_warmup: u64,
+    /// `model.align.match_prior`: paint a prior sample for the matching term.
+    paint_prior: bool,
+    z_dim: i64,
 }
 
 impl VaeBody {
@@ -87,6 +90,8 @@ impl VaeBody {
             posterior,
             beta: cfg.beta,
             beta_warmup: cfg.beta_warmup,
+            paint_prior: cfg.align.as_ref().is_some_and(|a| a.match_prior),
+            z_dim,
         })
     }
 }
@@ -112,14 +117,22 @@ impl super::Body for VaeBody {
             (step as f64 / self.beta_warmup as f64).min(1.0)
         };
         let beta = self.beta * ramp;
+        // The reconstruction costs nothing more, but its latent comes from the picture
+        // itself, so a matching term on it can be met by what the posterior passes
+        // through z rather than by the caption. A prior sample, what the model draws
+        // at test time, has only the caption to paint the objects from.
+        let painted = if self.paint_prior {
+            let z = draws::normal(&[images.size()[0], self.z_dim], images.device());
+            self.generator.forward(&z, &c.global, &c.tokens, &c.mask)
+        } else {
+            recon
+        };
         Ok(super::BodyLoss {
             terms: vec![
                 ("pixel", pixel.mean(Kind::Float)),
                 ("kl", kl.mean(Kind::Float) * beta),
             ],
-            // The reconstruction: with the posterior near collapse (the caption fixes
-            // the scene) it is what a prior sample paints, at no extra cost.
-            painted: Some(recon),
+            painted: Some(painted),
         })
     }
     fn sample(&self, c: &super::Condition, z: &Tensor) -> Tensor {
