@@ -404,27 +404,37 @@ fn matched_with(kind: T2IKind, match_prior: bool) -> (VarStore, TextToImage) {
     (vs, m)
 }
 
-#[test]
-fn the_align_models_score_of_the_painted_pictures_trains_the_generator_alone() {
+/// The matching term of a matched VAE's loss on one batch (after the pixel and KL
+/// terms), and the model's variables.
+fn match_term(match_prior: bool) -> (VarStore, Tensor) {
     let (images, tokens) = batch();
-    let (vs, m) = matched(T2IKind::Vae);
+    let (vs, m) = matched_with(T2IKind::Vae, match_prior);
     let terms = m.loss_terms(&images, &tokens, None, 0, 1000).unwrap();
     let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["pixel", "kl", "match"]);
     let (_, matching) = terms.into_iter().last().unwrap();
+    (vs, matching)
+}
+
+/// Whether a variable under `prefix` got a nonzero gradient.
+fn moved(vs: &VarStore, prefix: &str) -> bool {
+    vs.variables().iter().any(|(name, t)| {
+        name.starts_with(prefix)
+            && t.grad().defined()
+            && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+    })
+}
+
+#[test]
+fn the_align_models_score_of_the_painted_pictures_trains_the_generator_alone() {
+    let (vs, matching) = match_term(false);
     // Two InfoNCE terms over 8 pairs and the words-as-labels term, weighted 2.
     let v = matching.double_value(&[]);
     assert!(v.is_finite() && v > 2.0 * 2.0 * 8f64.ln() * 0.5, "{v}");
     matching.backward();
-    let moved = |prefix: &str| {
-        vs.variables().iter().any(|(name, t)| {
-            name.starts_with(prefix)
-                && t.grad().defined()
-                && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
-        })
-    };
-    assert!(moved("generator."), "the term reaches the generator");
+    assert!(moved(&vs, "generator."), "the term reaches the generator");
     // The GAN's generator loss carries it too (its discriminator's loss does not).
+    let (images, tokens) = batch();
     let (vs, m) = matched(T2IKind::Gan);
     m.gan_losses(1, &images, &tokens, 0).unwrap().backward();
     assert!(vs
@@ -435,24 +445,12 @@ fn the_align_models_score_of_the_painted_pictures_trains_the_generator_alone() {
 
 #[test]
 fn with_match_prior_the_term_scores_a_prior_sample_and_skips_the_posterior() {
-    let (images, tokens) = batch();
     // Which variables the matching term alone moves.
     let moved_by_match = |prior: bool| {
-        let (vs, m) = matched_with(T2IKind::Vae, prior);
-        let terms = m.loss_terms(&images, &tokens, None, 0, 1000).unwrap();
-        let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["pixel", "kl", "match"]);
-        let (_, matching) = terms.into_iter().last().unwrap();
+        let (vs, matching) = match_term(prior);
         assert!(matching.double_value(&[]).is_finite());
         matching.backward();
-        let moved = |prefix: &str| {
-            vs.variables().iter().any(|(name, t)| {
-                name.starts_with(prefix)
-                    && t.grad().defined()
-                    && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
-            })
-        };
-        (moved("generator."), moved("posterior."))
+        (moved(&vs, "generator."), moved(&vs, "posterior."))
     };
     // On the reconstruction the term reaches the posterior through z; on a prior
     // sample only the generator, which must paint the caption from the caption.
