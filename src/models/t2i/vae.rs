@@ -123,7 +123,7 @@ impl super::Body for VaeBody {
         // at test time, has only the caption to paint the objects from.
         let painted = if self.paint_prior {
             let z = draws::normal(&[images.size()[0], self.z_dim], images.device());
-            self.generator.forward(&z, &c.global, &c.tokens, &c.mask)
+            super::Body::sample(self, &c, &z)
         } else {
             recon
         };
