@@ -42,6 +42,17 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
                     .display()
             );
         }
+        Command::Eval(EvalCommand::Align { run, side, steps }) => {
+            print_metrics(&crate::stages::align_facts::place_fact_accuracy(
+                run, *side, *steps, device,
+            )?);
+            println!(
+                "wrote {}",
+                run.join(format!("eval_places_{}", side.name()))
+                    .join("metrics.json")
+                    .display()
+            );
+        }
         Command::Eval(EvalCommand::Probe { run, split }) => {
             print_metrics(&evaluators::eval_probe(run, *split, device)?);
         }

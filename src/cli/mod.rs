@@ -329,6 +329,7 @@ impl Cli {
                 EvalCommand::Invertible { run, .. } => ("eval invertible".into(), Some(run)),
                 EvalCommand::Unified { run, .. } => ("eval unified".into(), Some(run)),
                 EvalCommand::Probe { run, .. } => ("eval probe".into(), Some(run)),
+                EvalCommand::Align { run, .. } => ("eval align".into(), Some(run)),
             },
             Command::Export(a) => ("export".into(), Some(&a.run)),
             Command::Cycle(a) => ("cycle".into(), Some(&a.out)),

@@ -122,6 +122,21 @@ pub enum EvalCommand {
         #[arg(long, value_enum)]
         scene: Option<crate::stages::unified::SceneChoice>,
     },
+    /// How much of each place's scene facts an align run carries (embedded set only): a
+    /// small head trained on the frozen vectors of `--side` reads each cell's kind,
+    /// colour and size, scored on the validation split.
+    Align {
+        #[arg(long)]
+        run: PathBuf,
+        /// text: the place vectors the generators paint from; image: the true picture's
+        /// pooled places they are matched to; words: the word vectors, through a fresh
+        /// place reader (whether the text encoder holds the facts at all; slow).
+        #[arg(long, value_enum, default_value = "text")]
+        side: crate::stages::align_facts::PlaceSide,
+        /// Training steps of the head (batches of 256).
+        #[arg(long, default_value_t = 1500)]
+        steps: u64,
+    },
     /// Attribute accuracy of the probe on real images of a split.
     Probe {
         #[arg(long)]

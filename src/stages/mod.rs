@@ -2,6 +2,7 @@
 //! what a CLI command calls.
 
 pub mod align;
+pub mod align_facts;
 pub mod bench;
 pub mod captioner;
 pub mod cycle;
