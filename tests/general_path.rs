@@ -374,3 +374,63 @@ fn epochs_are_counted_over_the_training_split() {
         "train.steps and train.epochs are both given",
     );
 }
+
+/// `eval align` trains a head on a finished align run's frozen place vectors and writes
+/// each cell fact's validation accuracy; a run whose place grid is not the scenes' 3×3
+/// is refused before any head trains.
+#[test]
+fn eval_align_reads_the_cells_facts_off_the_place_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = tiny_dataset(d);
+    let three = std::fs::read_to_string(align_cfg(d, &data))
+        .unwrap()
+        .replace("places: 2", "places: 3");
+    let cfg = write(d, "align_places3.yaml", three);
+    let (two, nine) = (d.join("align_places2"), d.join("align_places3"));
+    for (cfg, run_dir) in [(align_cfg(d, &data), &two), (cfg, &nine)] {
+        let (okay, _, err) = run(&[
+            "train",
+            "align",
+            "-c",
+            &cfg,
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        assert!(okay, "{err}");
+    }
+    let eval = |run_dir: &Path, side: &str| {
+        run(&[
+            "eval",
+            "align",
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--side",
+            side,
+            "--steps",
+            "3",
+            "--device",
+            "cpu",
+        ])
+    };
+    let (okay, _, err) = eval(&two, "text");
+    assert!(!okay && err.contains("model.places is 2"), "{err}");
+    for side in ["text", "image", "words"] {
+        let (okay, out, err) = eval(&nine, side);
+        assert!(okay, "{side}: {err}");
+        let path = nine.join(format!("eval_places_{side}/metrics.json"));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for fact in ["kind", "kind_held", "colour", "size"] {
+            let a = m[fact].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=1.0).contains(&a), "{side} {fact}: {a} ({out})");
+        }
+        assert_eq!(
+            m["captions"].as_f64(),
+            Some(4.0),
+            "{side}: the validation split"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use crate::data::layout::Split;
 use crate::data::loader::{load_split, to_float};
 use crate::nn::place_reader::LayoutReader;
 use crate::scenes::heads::{CELL_HEADS, CELL_WIDTH};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
@@ -57,6 +57,13 @@ pub fn place_fact_accuracy(
     device: Device,
 ) -> Result<BTreeMap<String, f64>> {
     let cfg: AlignStageConfig = super::run_config(run, "align")?;
+    if cfg.model.places != 3 {
+        bail!(
+            "eval align reads the 3×3 cells of the embedded set's scenes; model.places is {} in {}",
+            cfg.model.places,
+            run.display()
+        );
+    }
     let (ds, tok) = super::open_training_data(&cfg.data, &["eval align"])?;
     let text = AlignedText::load(run, &tok, device)?;
     let (_vs, aligner) = load_aligner(run, &tok, device)?;
