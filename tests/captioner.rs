@@ -5,7 +5,18 @@
 use ekphrasis::models::captioner::decode::{DecodeOptions, Strategy};
 use ekphrasis::models::captioner::{Captioner, CaptionerConfig, EncoderKind};
 use ekphrasis::train::adamw::{AdamW, AdamWConfig};
+use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Device, Kind, Tensor};
+
+/// libtorch's random generator is one per process, and the tests of a binary run on
+/// parallel threads: each test holds this while it runs, so no other test draws from
+/// the generator between a test's `manual_seed` and the draws it checks.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    // A test that failed while holding the lock poisons it; the others still run.
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn config(encoder: EncoderKind) -> CaptionerConfig {
     CaptionerConfig {
@@ -46,6 +57,7 @@ fn images(n: i64) -> Tensor {
 
 #[test]
 fn shapes() {
+    let _rng = serial();
     for kind in [EncoderKind::Cnn, EncoderKind::Vit] {
         let (_vs, m) = model(kind, 0);
         let ctx = m.encode(&images(3), false);
@@ -62,6 +74,7 @@ fn shapes() {
 
 #[test]
 fn overfits_one_batch() {
+    let _rng = serial();
     let (vs, m) = model(EncoderKind::Cnn, 1);
     let x = images(2);
     let tokens =
@@ -118,6 +131,7 @@ fn decoded_with_and_without_cache(
 
 #[test]
 fn kv_cache_decoding_equals_full_recomputation() {
+    let _rng = serial();
     let (_vs, m) = model(EncoderKind::Cnn, 2);
     let x = images(4);
     for strategy in [Strategy::Greedy, Strategy::Beam] {
@@ -140,6 +154,7 @@ fn kv_cache_decoding_equals_full_recomputation() {
 
 #[test]
 fn beam_width_one_equals_greedy() {
+    let _rng = serial();
     let (_vs, m) = model(EncoderKind::Vit, 3);
     let x = images(3);
     let greedy = m.generate(
@@ -169,6 +184,7 @@ fn beam_width_one_equals_greedy() {
 
 #[test]
 fn batched_beam_search_equals_one_image_at_a_time() {
+    let _rng = serial();
     // One intra-op thread: with tests running beside it, libtorch may split a reduction
     // differently from call to call, and an untrained model's near-tied beams then break
     // ties differently. The property holds per thread count; this pins it.
@@ -203,6 +219,7 @@ fn batched_beam_search_equals_one_image_at_a_time() {
 
 #[test]
 fn sampling_is_seeded() {
+    let _rng = serial();
     let (_vs, m) = model(EncoderKind::Cnn, 4);
     let x = images(2);
     let opts = DecodeOptions {
@@ -220,6 +237,7 @@ fn sampling_is_seeded() {
 
 #[test]
 fn wrong_images_are_refused() {
+    let _rng = serial();
     let (_vs, m) = model(EncoderKind::Cnn, 0);
     let e = m
         .check_images(&Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu)))
@@ -248,6 +266,7 @@ fn attribute_targets() -> Tensor {
 
 #[test]
 fn attribute_heads_train_the_encoder_and_join_the_context() {
+    let _rng = serial();
     let mut cfg = config(EncoderKind::Cnn);
     cfg.attribute_weight = 1.0;
     cfg.attribute_context = true;
@@ -288,6 +307,7 @@ fn attribute_heads_train_the_encoder_and_join_the_context() {
 
 #[test]
 fn attribute_options_that_cannot_work_are_refused() {
+    let _rng = serial();
     let vs = nn::VarStore::new(Device::Cpu);
     let mut cfg = config(EncoderKind::Cnn);
     cfg.attribute_context = true;
