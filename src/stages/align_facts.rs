@@ -11,6 +11,7 @@
 use super::align::{load_aligner, AlignStageConfig, AlignedText};
 use crate::data::layout::Split;
 use crate::data::loader::{load_split, to_float};
+use crate::models::align::Aligner;
 use crate::nn::place_reader::LayoutReader;
 use crate::scenes::heads::{CELL_HEADS, CELL_WIDTH};
 use anyhow::{bail, Context, Result};
@@ -42,6 +43,16 @@ impl PlaceSide {
     }
 }
 
+/// What the vectors are read with.
+enum Reader {
+    Text(AlignedText),
+    /// The whole align model, its store held while it is used.
+    Image {
+        _store: nn::VarStore,
+        model: Aligner,
+    },
+}
+
 /// Batch of the head's training steps.
 const BATCH: i64 = 256;
 
@@ -65,8 +76,14 @@ pub fn place_fact_accuracy(
         );
     }
     let (ds, tok) = super::open_training_data(&cfg.data, &["eval align"])?;
-    let text = AlignedText::load(run, &tok, device)?;
-    let (_vs, aligner) = load_aligner(run, &tok, device)?;
+    // Only the side that is read is loaded: the image side comes with the whole model.
+    let reader = match side {
+        PlaceSide::Image => {
+            let (_store, model) = load_aligner(run, &tok, device)?;
+            Reader::Image { _store, model }
+        }
+        PlaceSide::Text | PlaceSide::Words => Reader::Text(AlignedText::load(run, &tok, device)?),
+    };
     let size = cfg.model.image_size as u32;
     // Per caption the vectors `(N, places or tokens, D)` (word vectors carry their mask
     // as one more channel) and its cells' (kind, colour, size, detail) `(N, 9, 4)`.
@@ -75,26 +92,26 @@ pub fn place_fact_accuracy(
         let tokens = s.tokens.as_ref().context("tokenized captions")?;
         let width = tokens.size()[1];
         let cpu = Device::Cpu;
-        let v = match side {
-            PlaceSide::Text => text.read_all(tokens, tok.pad, |t| t.places.to_device(cpu)),
-            PlaceSide::Image => {
+        let v = match (&reader, side) {
+            (Reader::Image { model, .. }, _) => {
                 let n = s.images.size()[0];
                 let parts: Vec<Tensor> = (0..n)
                     .step_by(128)
                     .map(|start| {
                         let x = to_float(&s.images.narrow(0, start, 128.min(n - start)), device);
-                        tch::no_grad(|| aligner.image.forward(&x, false).places.to_device(cpu))
+                        tch::no_grad(|| model.image.forward(&x, false).places.to_device(cpu))
                     })
                     .collect();
                 Tensor::cat(&parts, 0)
             }
-            PlaceSide::Words => text.read_all(tokens, tok.pad, |t| {
+            (Reader::Text(text), PlaceSide::Words) => text.read_all(tokens, tok.pad, |t| {
                 let mask = t.mask.to_kind(Kind::Float).unsqueeze(-1);
                 let w = Tensor::cat(&[t.words, mask], 2);
                 // Every chunk padded to the split's width, so the chunks concatenate.
                 let short = width - w.size()[1];
                 w.constant_pad_nd([0, 0, 0, short]).to_device(cpu)
             }),
+            (Reader::Text(text), _) => text.read_all(tokens, tok.pad, |t| t.places.to_device(cpu)),
         };
         let facts = super::evaluators::cell_target_tensor(&ds, &s.ids)?;
         Ok((v, facts.narrow(1, 3, 36).view([-1, 9, 4])))
