@@ -16,6 +16,20 @@ fn align_cfg(dir: &Path, data: &Path) -> String {
     ))
 }
 
+/// `train align -c cfg --run run_dir` on the CPU: (success, stdout, stderr).
+fn train_align(cfg: &str, run_dir: &Path) -> (bool, String, String) {
+    run(&[
+        "train",
+        "align",
+        "-c",
+        cfg,
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ])
+}
+
 fn captioner_cfg(dir: &Path, data: &Path, align_run: &Path, channels: &str) -> String {
     write(dir, "captioner_general.yaml", format!(
         "data: {}\nseed: 0\nencoder_from: {}\nmodel: {{encoder: cnn, channels: {channels}, stem: 4, dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, image_size: 32, context_places: true}}\ntrain: {{steps: 4, batch_size: 4, lr: 3.0e-3, warmup: 1, eval_every: 4}}\nloss: {{}}\neval: {{subset: 2, decode: {{strategy: greedy, max_tokens: 12}}}}\nbest: {{name: loss}}\n",
@@ -89,16 +103,7 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
     let unfinished = d.join("align_unfinished");
     let cfg = captioner_cfg(d, &data, &unfinished, "[8, 16]");
     refused("captioner", &cfg, &d.join("c0"), "is not a align run");
-    let (okay, out, err) = run(&[
-        "train",
-        "align",
-        "-c",
-        &align_cfg(d, &data),
-        "--run",
-        align_run.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let (okay, out, err) = train_align(&align_cfg(d, &data), &align_run);
     assert!(okay, "{err}");
     assert!(out.contains("align trained: 6 steps"), "{out}");
     for term in ["sentence", "words", "places", "bag", "bag_map"] {
@@ -333,16 +338,7 @@ fn epochs_are_counted_over_the_training_split() {
         .replace("train: {steps: 6,", "train: {epochs: 1.5,");
     let cfg = write(d, "align_epochs.yaml", by_epochs);
     let run_dir = d.join("align_epochs");
-    let (okay, out, err) = run(&[
-        "train",
-        "align",
-        "-c",
-        &cfg,
-        "--run",
-        run_dir.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let (okay, out, err) = train_align(&cfg, &run_dir);
     assert!(okay, "{err}");
     let examples = ekphrasis::data::layout::Dataset::open(&data)
         .unwrap()
@@ -389,16 +385,7 @@ fn eval_align_reads_the_cells_facts_off_the_place_vectors() {
     let cfg = write(d, "align_places3.yaml", three);
     let (two, nine) = (d.join("align_places2"), d.join("align_places3"));
     for (cfg, run_dir) in [(align_cfg(d, &data), &two), (cfg, &nine)] {
-        let (okay, _, err) = run(&[
-            "train",
-            "align",
-            "-c",
-            &cfg,
-            "--run",
-            run_dir.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ]);
+        let (okay, _, err) = train_align(&cfg, run_dir);
         assert!(okay, "{err}");
     }
     let eval = |run_dir: &Path, side: &str| {
