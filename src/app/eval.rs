@@ -43,15 +43,10 @@ pub(super) fn run(cli: &Cli, device: tch::Device) -> Result<()> {
             );
         }
         Command::Eval(EvalCommand::Align { run, side, steps }) => {
-            print_metrics(&crate::stages::align_facts::place_fact_accuracy(
-                run, *side, *steps, device,
-            )?);
-            println!(
-                "wrote {}",
-                run.join(format!("eval_places_{}", side.name()))
-                    .join("metrics.json")
-                    .display()
-            );
+            let (m, out) =
+                crate::stages::align_facts::place_fact_accuracy(run, *side, *steps, device)?;
+            print_metrics(&m);
+            println!("wrote {}", out.display());
         }
         Command::Eval(EvalCommand::Probe { run, split }) => {
             print_metrics(&evaluators::eval_probe(run, *split, device)?);

@@ -16,7 +16,7 @@ use crate::nn::place_reader::LayoutReader;
 use crate::scenes::heads::{CELL_HEADS, CELL_WIDTH};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
 
 /// Which of the align run's vectors the head reads.
@@ -60,13 +60,13 @@ const BATCH: i64 = 256;
 /// `steps` on the training split's `side` vectors of the align run `run`; the kind of
 /// held cells alone (`kind_held`, chance 0.1) besides the kind-or-empty of every cell.
 /// A colour or size counts only in cells that hold an object. Writes
-/// `<run>/eval_places_<side>/metrics.json`.
+/// `<run>/eval_places_<side>/metrics.json`, and returns the scores with that path.
 pub fn place_fact_accuracy(
     run: &Path,
     side: PlaceSide,
     steps: u64,
     device: Device,
-) -> Result<BTreeMap<String, f64>> {
+) -> Result<(BTreeMap<String, f64>, PathBuf)> {
     let cfg: AlignStageConfig = super::run_config(run, "align")?;
     if cfg.model.places != 3 {
         bail!(
@@ -179,6 +179,7 @@ pub fn place_fact_accuracy(
         }
     }
     let out = run.join(format!("eval_places_{}", side.name()));
-    crate::util::fsio::write_json(&out.join("metrics.json"), &m)?;
-    Ok(m)
+    let out = out.join("metrics.json");
+    crate::util::fsio::write_json(&out, &m)?;
+    Ok((m, out))
 }
