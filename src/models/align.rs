@@ -45,6 +45,16 @@ pub struct AlignConfig {
     /// other places of its own picture ([`Aligner::pair_losses`]); 0 leaves it out.
     #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub within_weight: f64,
+    /// Hard negatives for the place term (Robinson et al., ICLR 2021): each negative
+    /// weighs in proportion to exp(hardness × its logit), so the pictures whose place the
+    /// caption's place cannot yet tell apart dominate the loss; 0 weighs them all alike.
+    ///
+    /// Why: against a random batch a place is matched most easily by its background (a
+    /// top row's sky, a bottom row's ground), and the term stops there; the negatives it
+    /// still confuses are those that share the background, which only what stands in
+    /// the place tells apart.
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
+    pub place_hardness: f64,
     /// Weight of the words-as-labels term ([`bag_targets`]); 0 leaves the head out.
     #[serde(default)]
     pub bag_weight: f64,
@@ -318,12 +328,39 @@ fn unit(x: &Tensor) -> Tensor {
 
 /// Symmetric cross-entropy of square `logits` `(…, N, N)` whose diagonal holds the pairs.
 fn symmetric_ce(logits: &Tensor) -> Tensor {
+    (ce_by_rows(logits) + ce_by_rows(&logits.transpose(-1, -2))) / 2.0
+}
+
+/// [`symmetric_ce`] with hard negatives: each direction's negatives reweighted by
+/// exp(`hardness` × logit), normalised to keep their total weight (N − 1). The weights are
+/// constants (detached), added to the logits as their logarithm; `hardness` 0 is
+/// [`symmetric_ce`].
+fn hard_symmetric_ce(logits: &Tensor, hardness: f64) -> Tensor {
+    let n = logits.size()[logits.dim() - 1];
+    if hardness == 0.0 || n < 2 {
+        return symmetric_ce(logits);
+    }
+    let eye = Tensor::eye(n, (Kind::Float, logits.device()));
+    let off_diagonal = 1.0 - &eye;
+    let reweighted = |l: &Tensor| {
+        // The diagonal (the pair) is pushed out of the normaliser and keeps weight 1.
+        let scaled: Tensor = l.detach() * hardness - &eye * 1e9;
+        let log_w =
+            (&scaled - scaled.logsumexp([-1], true) + ((n - 1) as f64).ln()) * &off_diagonal;
+        l + log_w
+    };
+    let rows = reweighted(logits);
+    let cols = reweighted(&logits.transpose(-1, -2));
+    (ce_by_rows(&rows) + ce_by_rows(&cols)) / 2.0
+}
+
+/// Cross-entropy of square `logits` `(…, N, N)` read row by row, the pair on the diagonal.
+fn ce_by_rows(logits: &Tensor) -> Tensor {
     let n = logits.size()[logits.dim() - 1];
     let rows = logits.reshape([-1, n]);
-    let cols = logits.transpose(-1, -2).reshape([-1, n]);
     let k = rows.size()[0] / n;
     let target = Tensor::arange(n, (Kind::Int64, logits.device())).repeat([k]);
-    (rows.cross_entropy_for_logits(&target) + cols.cross_entropy_for_logits(&target)) / 2.0
+    rows.cross_entropy_for_logits(&target)
 }
 
 /// DAMSM's word-level matching score of every caption against every image: `(T, I)`.
@@ -422,7 +459,10 @@ impl Aligner {
             gather(&unit(places)).transpose(0, 1),
         );
         let places = if self.cfg.place_weight > 0.0 {
-            symmetric_ce(&(pt.matmul(&pi.transpose(1, 2)) * &scale))
+            hard_symmetric_ce(
+                &(pt.matmul(&pi.transpose(1, 2)) * &scale),
+                self.cfg.place_hardness,
+            )
         } else {
             zero()
         };
@@ -477,6 +517,7 @@ mod tests {
             word_weight: 1.0,
             place_weight: 1.0,
             within_weight: 1.0,
+            place_hardness: 0.0,
             bag_weight: 1.0,
             pair_buckets: 16,
         }
@@ -540,6 +581,55 @@ mod tests {
                 last[i]
             );
         }
+    }
+
+    #[test]
+    fn hard_negatives_weigh_the_confused_pictures_and_leave_a_flat_batch_alone() {
+        let opts = (Kind::Float, Device::Cpu);
+        // Every negative alike: the weights are all 1, the plain loss.
+        let flat = Tensor::from_slice(&[4f32, 1., 1., 1., 4., 1., 1., 1., 4.]).view([3, 3]);
+        let (plain, hard) = (symmetric_ce(&flat), hard_symmetric_ce(&flat, 1.0));
+        assert!((plain.double_value(&[]) - hard.double_value(&[])).abs() < 1e-5);
+        // Caption 0 nearly matches picture 1 and not picture 2: with hardness the
+        // gradient leans on the confusable pair against the easy one.
+        let lean = |hardness: f64| {
+            let l = Tensor::from_slice(&[5f32, 4., 0., 0., 5., 0., 0., 0., 5.])
+                .view([3, 3])
+                .set_requires_grad(true);
+            hard_symmetric_ce(&l, hardness).backward();
+            let g = l.grad();
+            g.double_value(&[0, 1]) / g.double_value(&[0, 2])
+        };
+        assert!(
+            lean(1.0) > 2.0 * lean(0.0),
+            "{} vs {}",
+            lean(1.0),
+            lean(0.0)
+        );
+        // Zero hardness is the plain loss, on any logits.
+        let any = Tensor::randn([2, 4, 4], opts);
+        let diff = symmetric_ce(&any) - hard_symmetric_ce(&any, 0.0);
+        assert!(diff.abs().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn the_place_term_falls_with_hard_negatives() {
+        tch::manual_seed(0);
+        let cfg = AlignConfig {
+            place_hardness: 1.0,
+            ..tiny_config()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Aligner::new(&vs.root(), &cfg).unwrap();
+        let (images, tokens) = tiny_pairs();
+        let mut opt = nn::Adam::default().build(&vs, 3e-3).unwrap();
+        let places = || model.losses(&images, &tokens, None, 0, true).places;
+        let first = places().double_value(&[]);
+        for _ in 0..80 {
+            opt.backward_step(&model.losses(&images, &tokens, None, 0, true).total(&cfg));
+        }
+        let last = places().double_value(&[]);
+        assert!(last < 0.8 * first, "places: {first} → {last}");
     }
 
     #[test]

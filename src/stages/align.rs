@@ -328,6 +328,12 @@ pub fn train(
     if cfg.augment_shift < 0 {
         bail!("augment_shift {} must be 0 or more", cfg.augment_shift);
     }
+    if cfg.model.place_hardness < 0.0 {
+        bail!(
+            "model.place_hardness {} must be 0 (plain negatives) or more",
+            cfg.model.place_hardness
+        );
+    }
     if cfg.pretrain.is_some() && cfg.model.bag_weight <= 0.0 {
         bail!("pretrain trains the words-as-labels head: give model.bag_weight > 0");
     }
