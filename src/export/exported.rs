@@ -303,9 +303,16 @@ impl Painter for ExportedPainter {
         }
         let states = self.text.call(&[tokens])?;
         let mask = if self.cfg.paints_from_places() {
-            // The condition's tokens are places (facts or aligned), all present.
-            let cells = states.size()[1] - 1;
-            Tensor::ones([tokens.size()[0], cells], (Kind::Bool, tokens.device()))
+            // The condition's tokens are places (facts or aligned), all present, then
+            // with `align.words` the caption's words.
+            let words = self.cfg.align.as_ref().is_some_and(|a| a.words);
+            let cells = states.size()[1] - 1 - if words { l } else { 0 };
+            let places = Tensor::ones([tokens.size()[0], cells], (Kind::Bool, tokens.device()));
+            if words {
+                Tensor::cat(&[places, tokens.ne(self.tok.pad)], 1)
+            } else {
+                places
+            }
         } else {
             tokens.ne(self.tok.pad)
         };

@@ -98,7 +98,11 @@ impl MatchCritic {
         let terms = self.aligner.pair_losses(
             &img,
             &condition.global.detach(),
-            &condition.tokens.detach(),
+            // The places lead the condition's tokens (words may follow them).
+            &condition
+                .tokens
+                .narrow(1, 0, cfg.places * cfg.places)
+                .detach(),
             None,
             bag.as_ref(),
         );

@@ -288,6 +288,7 @@ impl Generator {
     /// A generator whose condition tokens `(B, G², D)` are the place vectors of a
     /// `grid`×`grid` layout, row-major from the top left: every block is modulated by
     /// them place by place (and attends to them where `attention_max_side` allows).
+    /// Tokens after the G² places (`(B, G² + L, D)`) are attended to, not laid out.
     pub fn painting_from_places(
         p: nn::Path,
         cfg: &GeneratorConfig,
@@ -365,24 +366,31 @@ impl Generator {
             .fc
             .forward(&Tensor::cat(&[z, cond], 1))
             .unflatten(1, [self.c0, 4, 4]);
+        // With a layout the first G² tokens are its places, read as the blocks read them
+        // (through the MLP), modulating and attended to alike; any tokens after them
+        // (the align run's words) are attended to only.
+        let (attended, layout) = match self.given_layout {
+            Some(grid) => {
+                let (n, l) = (grid * grid, tokens.size()[1]);
+                let places = tokens.narrow(1, 0, n);
+                let places = match &self.place_mlp {
+                    Some(m) => m.forward(&places),
+                    None => places,
+                };
+                let attended = if l > n {
+                    Tensor::cat(&[&places, &tokens.narrow(1, n, l - n)], 1)
+                } else {
+                    places.shallow_clone()
+                };
+                (attended, Some((places, grid)))
+            }
+            None => (tokens.shallow_clone(), None),
+        };
         let caption = Caption {
             cond,
-            tokens,
+            tokens: &attended,
             mask: token_mask,
-            layout: self.given_layout.map(|grid| (tokens.shallow_clone(), grid)),
-        };
-        // The places as the blocks read them, modulating and attended to alike.
-        let read = self.place_mlp.as_ref().map(|m| m.forward(tokens));
-        let caption = match &read {
-            Some(places) => Caption {
-                tokens: places,
-                layout: caption
-                    .layout
-                    .as_ref()
-                    .map(|(_, g)| (places.shallow_clone(), *g)),
-                ..caption
-            },
-            None => caption,
+            layout,
         };
         for blk in &self.blocks {
             x = blk.forward(&x, &caption);

@@ -94,6 +94,15 @@ pub struct AlignedText {
     /// alone, not the reconstruction, whose posterior latent has seen the picture.
     #[serde(default, skip_serializing_if = "crate::config::is_default")]
     pub match_prior: bool,
+    /// The condition carries the align run's word vectors after its place vectors, and
+    /// the generator's attention blocks read both (AttnGAN's word attention, Xu et al.
+    /// 2018); the places alone still modulate it place by place.
+    ///
+    /// Why: the place vectors keep little of each object, while the word vectors hold
+    /// most of it for a reader that learns where to look (docs/results.md, "What the
+    /// place vectors carry").
+    #[serde(default, skip_serializing_if = "crate::config::is_default")]
+    pub words: bool,
 }
 
 impl T2IConfig {
@@ -342,10 +351,19 @@ impl TextToImage {
         let e = self.text.forward(tokens, pad, train && !self.text_frozen);
         if let Some(heads) = &self.aligned {
             let t = heads.read(&e);
+            let places = all_present(&t.places);
+            let (tokens, mask) = if self.cfg.align.as_ref().is_some_and(|a| a.words) {
+                (
+                    Tensor::cat(&[&t.places, &t.words], 1),
+                    Tensor::cat(&[places, t.mask], 1),
+                )
+            } else {
+                (t.places, places)
+            };
             return Condition {
-                mask: all_present(&t.places),
+                mask,
                 global: t.sentence,
-                tokens: t.places,
+                tokens,
             };
         }
         match &self.facts {

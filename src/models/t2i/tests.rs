@@ -368,11 +368,12 @@ fn facts_are_the_vaes_alone() {
 /// A VAE and a GAN painting from an align model's places, with `match_weight` on, and
 /// a tiny random align model of the same vocabulary as their critic.
 fn matched(kind: T2IKind) -> (VarStore, TextToImage) {
-    matched_with(kind, false)
+    matched_with(kind, false, false)
 }
 
-/// [`matched`], the VAE's term scoring a prior sample when `match_prior`.
-fn matched_with(kind: T2IKind, match_prior: bool) -> (VarStore, TextToImage) {
+/// [`matched`], the VAE's term scoring a prior sample when `match_prior`, the words
+/// after the places when `words`.
+fn matched_with(kind: T2IKind, match_prior: bool, words: bool) -> (VarStore, TextToImage) {
     use crate::models::align::{AlignConfig, Aligner};
     tch::manual_seed(0);
     let mut cfg = config(kind);
@@ -381,6 +382,7 @@ fn matched_with(kind: T2IKind, match_prior: bool) -> (VarStore, TextToImage) {
         places: 2,
         match_weight: 2.0,
         match_prior,
+        words,
     });
     let vs = VarStore::new(Device::Cpu);
     let mut m = TextToImage::new(&vs.root(), &cfg).unwrap();
@@ -408,7 +410,7 @@ fn matched_with(kind: T2IKind, match_prior: bool) -> (VarStore, TextToImage) {
 /// terms), and the model's variables.
 fn match_term(match_prior: bool) -> (VarStore, Tensor) {
     let (images, tokens) = batch();
-    let (vs, m) = matched_with(T2IKind::Vae, match_prior);
+    let (vs, m) = matched_with(T2IKind::Vae, match_prior, false);
     let terms = m.loss_terms(&images, &tokens, None, 0, 1000).unwrap();
     let names: Vec<&str> = terms.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["pixel", "kl", "match"]);
@@ -466,6 +468,7 @@ fn the_match_term_is_refused_for_diffusion_and_below_zero() {
         places: 2,
         match_weight: 1.0,
         match_prior: false,
+        words: false,
     };
     cfg.align = Some(align.clone());
     let err = config_error(&cfg);
@@ -524,6 +527,7 @@ fn the_place_mlp_starts_as_the_identity_and_needs_places() {
             places: 2,
             match_weight: 0.0,
             match_prior: false,
+            words: false,
         });
         cfg.generator.as_mut().unwrap().place_mlp = mlp;
         tch::manual_seed(0);
@@ -550,4 +554,36 @@ fn the_place_mlp_starts_as_the_identity_and_needs_places() {
     cfg.generator.as_mut().unwrap().place_mlp = true;
     let err = config_error(&cfg);
     assert!(err.contains("place_mlp"), "{err}");
+}
+
+#[test]
+fn with_words_the_generator_attends_to_them_after_the_places() {
+    let (images, tokens) = batch();
+    let (vs, m) = matched_with(T2IKind::Vae, false, true);
+    let c = m.condition(&tokens, 0, false);
+    // Four places (a 2×2 grid), then one vector per token.
+    let l = tokens.size()[1];
+    assert_eq!(c.tokens.size(), [8, 4 + l, 32]);
+    let places = c.mask.narrow(1, 0, 4).to_kind(Kind::Int64);
+    assert_eq!(places.sum(Kind::Int64).int64_value(&[]), 8 * 4);
+    let words = c.mask.narrow(1, 4, l);
+    assert!(words.eq_tensor(&tokens.ne(0)).all().int64_value(&[]) == 1);
+    // The attention blocks read the words: other word vectors, another picture.
+    let z = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
+    let painted = m.generate(&c, &z).unwrap();
+    let mut shifted = c.shallow();
+    let word_part = c.tokens.narrow(1, 4, l) + 1.0;
+    shifted.tokens = Tensor::cat(&[c.tokens.narrow(1, 0, 4), word_part], 1);
+    let other = m.generate(&shifted, &z).unwrap();
+    assert!((painted - other).abs().max().double_value(&[]) > 1e-4);
+    // The critic still scores against the places alone, and the loss trains.
+    let terms = m.loss_terms(&images, &tokens, None, 0, 1000).unwrap();
+    let total = terms
+        .into_iter()
+        .map(|(_, t)| t)
+        .reduce(|a, b| a + b)
+        .unwrap();
+    assert!(total.double_value(&[]).is_finite());
+    total.backward();
+    assert!(moved(&vs, "generator.blocks.0.attn"));
 }
