@@ -11,7 +11,7 @@ use std::path::Path;
 
 fn align_cfg(dir: &Path, data: &Path) -> String {
     write(dir, "align.yaml", format!(
-        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  stem: 4\n  places: 2\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, local_layers: 1}}\n  bag_weight: 1.0\n  pair_buckets: 64\npretrain: {{train: {{steps: 3, batch_size: 8, lr: 2.0e-3, warmup: 1, eval_every: 3}}}}\ntrain: {{steps: 6, batch_size: 8, lr: 2.0e-3, warmup: 1, eval_every: 3, log_every: 1}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\n",
+        "data: {}\nseed: 0\nmodel:\n  image_size: 32\n  channels: [8, 16]\n  stem: 4\n  places: 2\n  text: {{dim: 32, layers: 1, heads: 2, mlp: 64, max_len: 256, local_layers: 1}}\n  bag_weight: 1.0\n  pair_buckets: 64\n  place_hardness: 1.0\npretrain: {{train: {{steps: 3, batch_size: 8, lr: 2.0e-3, warmup: 1, eval_every: 3}}}}\ntrain: {{steps: 6, batch_size: 8, lr: 2.0e-3, warmup: 1, eval_every: 3, log_every: 1}}\neval_subset: 4\nbest: {{name: mean_r1, higher_is_better: true}}\n",
         data.display()
     ))
 }
@@ -47,10 +47,11 @@ fn generator_cfg(dir: &Path, data: &Path, align_run: &Path, kind: &str) -> Strin
     };
     // The one-pass generators also learn from the align model's score of their
     // pictures (`match_weight`); diffusion has no such term.
-    let matching = if kind == "diffusion" {
-        ""
-    } else {
-        ", match_weight: 1.0"
+    // The GAN also attends to the align run's word vectors after its places.
+    let matching = match kind {
+        "diffusion" => "",
+        "gan" => ", match_weight: 1.0, words: true",
+        _ => ", match_weight: 1.0",
     };
     write(dir, &format!("{kind}_general.yaml"), format!(
         "data: {}\nseed: 0\nmodel:\n  {body}\n  align: {{run: {}{matching}}}\ntrain: {{steps: 4, batch_size: 8, lr: 1.0e-3, warmup: 1, eval_every: 4}}\neval: {{clip: {}, subset: 4}}\nbest: {{name: r_precision, higher_is_better: true}}\n",
@@ -275,37 +276,51 @@ fn the_general_path_trains_from_a_frozen_aligned_encoder() {
         "neither an align run",
     );
 
-    // The exported VAE draws from a caption without the align run's help.
-    let models = d.join("vae_export");
-    let (okay, _, err) = run(&[
-        "export",
-        "--run",
-        d.join("vae_run").to_str().unwrap(),
-        "--kind",
-        "t2i",
-        "--out",
-        models.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(okay, "{err}");
-    let drawn = d.join("drawn");
-    let (okay, _, err) = run(&[
-        "draw",
-        "--model",
-        models.to_str().unwrap(),
-        "A red house.",
-        "--n",
-        "2",
-        "--out",
-        drawn.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(
-        okay && drawn.join("caption000_noise1.png").exists(),
-        "{err}"
-    );
+    // The exported VAE, and the GAN reading words, draw from a caption without the
+    // align run's help, as their runs do.
+    for kind in ["vae", "gan"] {
+        let models = d.join(format!("{kind}_export"));
+        let (okay, _, err) = run(&[
+            "export",
+            "--run",
+            d.join(format!("{kind}_run")).to_str().unwrap(),
+            "--kind",
+            "t2i",
+            "--out",
+            models.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        assert!(okay, "{kind}: {err}");
+        let draw = |from: &str, source: &Path, out: &Path| {
+            let (okay, _, err) = run(&[
+                "draw",
+                from,
+                source.to_str().unwrap(),
+                "A red house.",
+                "--n",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                out.to_str().unwrap(),
+                "--device",
+                "cpu",
+            ]);
+            assert!(okay, "{kind}: {err}");
+            std::fs::read(out.join("caption000_noise1.png")).unwrap()
+        };
+        let exported = draw("--model", &models, &d.join(format!("{kind}_drawn")));
+        let trained = draw(
+            "--run",
+            &d.join(format!("{kind}_run")),
+            &d.join(format!("{kind}_drawn_run")),
+        );
+        assert!(
+            exported == trained,
+            "{kind}: the export paints its run's picture"
+        );
+    }
 
     // A text encoder given beside the align run must be that run's.
     let vae = std::fs::read_to_string(generator_cfg(d, &data, &align_run, "vae")).unwrap();
